@@ -1,0 +1,286 @@
+"""The shared launcher: sharding, journals, failures, summaries, submitit submission."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.toy_stage import attempts, expected_content, output_path
+from utils.io import read_journals
+from utils.launch import (
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    EXIT_SYSTEMIC,
+    EXIT_USAGE,
+    UsageError,
+    resolve_rank,
+    shard_indices,
+)
+
+
+def write_items(path: Path, items: list[str]) -> Path:
+    path.write_text("\n".join(items) + "\n")
+    return path
+
+
+def toy(tmp_path: Path, *args: str, items: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
+    item_list = tmp_path / "items.txt"
+    if items is not None:
+        write_items(item_list, items)
+    return run_cli("-m", "tests.toy_stage", "--base_dir", tmp_path / "db", "--item_list", item_list, *args, **kw)
+
+
+def journal_records(tmp_path: Path, event: str | None = None) -> list[dict]:
+    records = list(read_journals(tmp_path / "db" / "logs" / "toy"))
+    return [r for r in records if event is None or r["event"] == event]
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("num_items", [0, 1, 7, 100, 1001])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8, 128])
+def test_shards_partition_items_exactly(num_items, world_size):
+    seen = []
+    for rank in range(world_size):
+        indices = list(shard_indices(num_items, world_size, rank))
+        assert all(i % world_size == rank for i in indices)
+        seen.extend(indices)
+    assert sorted(seen) == list(range(num_items))  # none lost, none twice
+
+
+def test_rank_outside_world_is_refused():
+    with pytest.raises(UsageError, match="--rank 3 is outside"):
+        shard_indices(10, 3, 3)
+    with pytest.raises(UsageError, match="--world_size must be at least 1"):
+        shard_indices(10, 0, 0)
+
+
+def test_rank_from_sbatch_array_variables():
+    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0"}
+    assert resolve_rank(None, None, env) == (5, 8)
+    # an array that starts at 1 (sbatch --array=1-8)
+    env = {"SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}
+    assert resolve_rank(None, None, env) == (7, 8)
+    # explicit flags win over the environment
+    assert resolve_rank(2, 4, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}) == (2, 4)
+    # --world_size given, rank from the array (a partial array over a bigger world)
+    assert resolve_rank(None, 128, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "10"}) == (7, 128)
+    assert resolve_rank(None, None, {}) == (0, 1)
+    with pytest.raises(UsageError, match="without --rank"):
+        resolve_rank(None, 4, {})
+
+
+def test_sbatch_array_env_selects_the_shard(tmp_path):
+    items = [f"item{i}" for i in range(9)]
+    for task in range(3):
+        env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "3"}
+        proc = toy(tmp_path, items=items, env=env)
+        assert proc.returncode == EXIT_OK, proc.stderr
+        done = sorted(p.stem for p in (tmp_path / "db" / "toy").glob("*.out"))
+        assert done == sorted(items[i] for i in range(9) if i % 3 <= task)
+
+
+# ------------------------------------------------------------------- local runs, journals
+
+
+def test_one_failing_item_is_journaled_and_the_rest_complete(tmp_path):
+    items = ["a1", "fail-private", "b2", "crash-bad", "c3"]
+    proc = toy(tmp_path, items=items)
+    assert proc.returncode == EXIT_ITEMS_FAILED, proc.stderr
+    for item in ("a1", "b2", "c3"):
+        assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 1)
+    failed = {r["item"]: r for r in journal_records(tmp_path, "failed")}
+    assert set(failed) == {"fail-private", "crash-bad"}
+    assert failed["fail-private"]["reason"] == "fail-private is private"
+    assert failed["fail-private"]["category"] == "private"
+    assert "unexpected content in crash-bad" in failed["crash-bad"]["reason"]
+    assert "3 done, 0 skipped (already done), 2 failed" in proc.stderr
+    assert "FAILED fail-private: fail-private is private" in proc.stderr
+
+
+def test_rerun_skips_done_and_permanent_failures_retries_transient(tmp_path):
+    items = ["a1", "fail-x", "flaky-y", "b2"]
+    first = toy(tmp_path, items=items)
+    assert first.returncode == EXIT_ITEMS_FAILED
+    assert not output_path(tmp_path / "db", "flaky-y").exists()
+
+    second = toy(tmp_path)
+    assert second.returncode == EXIT_OK, second.stderr
+    assert output_path(tmp_path / "db", "flaky-y").exists()  # transient: retried by a plain re-run
+    assert attempts(tmp_path / "db", "a1") == 1  # done: never redone
+    assert attempts(tmp_path / "db", "fail-x") == 1  # permanent: not retried
+    assert "1 done, 2 skipped (already done), 0 failed, 1 failed before and not retried" in second.stderr
+
+    third = toy(tmp_path, "--retry_failed")
+    assert third.returncode == EXIT_ITEMS_FAILED
+    assert attempts(tmp_path / "db", "fail-x") == 2
+
+
+def test_malformed_lines_are_failed_items_naming_the_line(tmp_path):
+    proc = toy(tmp_path, items=["good1", "../../etc/passwd", "Bad Name", "good2"])
+    assert proc.returncode == EXIT_ITEMS_FAILED
+    failed = {r["item"]: r["reason"] for r in journal_records(tmp_path, "failed")}
+    assert "not a toy item name" in failed["../../etc/passwd"]
+    assert "not a toy item name" in failed["Bad Name"]
+    assert output_path(tmp_path / "db", "good2").exists()
+    assert not list((tmp_path / "db").rglob("passwd*"))
+
+
+def test_empty_item_list_and_bad_rank_are_usage_errors(tmp_path):
+    (tmp_path / "items.txt").write_text("\n# only a comment\n\n")
+    proc = toy(tmp_path)
+    assert proc.returncode == EXIT_USAGE
+    assert "has no items" in proc.stderr and "items.txt" in proc.stderr
+
+    proc = toy(tmp_path, "--world_size", "3", "--rank", "3", items=["a1"])
+    assert proc.returncode == EXIT_USAGE
+    assert "--rank 3 is outside [0, --world_size 3)" in proc.stderr
+
+    proc = run_cli("-m", "tests.toy_stage", "--base_dir", tmp_path / "db", "--item_list", tmp_path / "nope.txt")
+    assert proc.returncode == EXIT_USAGE and "nope.txt does not exist" in proc.stderr
+
+
+def test_systemic_faults_stop_the_rank(tmp_path):
+    proc = toy(tmp_path, items=["a1", "nospace-1", "b2"])
+    assert proc.returncode == EXIT_SYSTEMIC
+    assert "STOPPED" in proc.stderr and "No space left on device" in proc.stderr
+    assert not output_path(tmp_path / "db", "b2").exists()  # nothing after the fault
+
+    proc = toy(tmp_path, "--setup_fails", items=["a1"])
+    assert proc.returncode == EXIT_SYSTEMIC
+    assert "model weights /nowhere/model.pt not found" in proc.stderr
+    assert journal_records(tmp_path, "systemic")
+
+
+def test_many_unexpected_errors_in_a_row_stop_as_systemic(tmp_path):
+    proc = toy(tmp_path, "--max_consecutive_errors", "3", items=["crash1", "crash2", "crash3", "crash4", "ok1"])
+    assert proc.returncode == EXIT_SYSTEMIC
+    assert "3 items in a row failed" in proc.stderr
+    assert not output_path(tmp_path / "db", "ok1").exists()
+
+
+def test_sigkill_mid_write_leaves_nothing_a_rerun_trusts(tmp_path):
+    items = [f"big{i}" for i in range(6)]
+    write_items(tmp_path / "items.txt", items)
+    cmd = [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(tmp_path / "db"),
+           "--item_list", str(tmp_path / "items.txt"), "--chunks", "20", "--sleep", "0.02"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out_dir = tmp_path / "db" / "toy"
+    deadline = time.time() + 60
+    # kill while the third item is being written (its temporary exists)
+    while time.time() < deadline:
+        if out_dir.is_dir() and any(p.name.startswith(".big2.out.tmp-") for p in out_dir.iterdir()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not output_path(tmp_path / "db", "big2").exists()
+    for item in items:  # every final file present is whole
+        path = output_path(tmp_path / "db", item)
+        if path.exists():
+            assert path.read_bytes() == expected_content(item, 20)
+    assert any(p.name.startswith(".") for p in out_dir.iterdir())  # the torn temporary
+
+    rerun = toy(tmp_path, "--chunks", "20")
+    assert rerun.returncode == EXIT_OK, rerun.stderr
+    for item in items:
+        assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 20)
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{i}.out" for i in items)  # no temporaries
+    assert attempts(tmp_path / "db", "big0", "done") == 1
+
+
+# ------------------------------------------------------------------------ submitit
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_slurm_without_rank_submits_an_array_and_skips_queued_ranks(tmp_path):
+    items = [f"it{i}" for i in range(6)]
+    args = ["--slurm", "--slurm_cluster", "local", "--world_size", "3", "--sleep", "2", "--chunks", "2"]
+    first = toy(tmp_path, *args, items=items)
+    assert first.returncode == EXIT_OK, first.stderr
+    assert "submitted 3 job(s)" in first.stdout
+    assert "logs:" in first.stdout
+
+    second = toy(tmp_path, *args)  # while the first jobs are still running
+    assert second.returncode == EXIT_OK, second.stderr
+    assert second.stdout.count("already queued or running") == 3
+    assert "job(s)" not in second.stdout and "nothing to submit" in second.stdout
+
+    _wait_for(lambda: all(attempts(tmp_path / "db", i, "done") for i in items), 120, "all outputs")
+    for item in items:
+        assert attempts(tmp_path / "db", item, "done") == 1
+    records = list((tmp_path / "db" / "logs" / "slurm" / "toy" / "submissions").glob("*.json"))
+    assert len(records) == 1
+    ranks = sorted(j["rank"] for j in json.loads(records[0].read_text())["jobs"])
+    assert ranks == [0, 1, 2]
+
+    _wait_for(lambda: "nothing to submit" in toy(tmp_path, *args).stdout, 60, "jobs to end")
+
+
+def test_slurm_with_rank_submits_one_job_and_waits(tmp_path):
+    items = [f"it{i}" for i in range(4)]
+    proc = toy(tmp_path, "--slurm", "--slurm_cluster", "local", "--world_size", "2", "--rank", "1",
+               "--slurm_wait", items=items)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "submitted 1 job(s)" in proc.stdout
+    assert "[toy rank 1/2] 2 items: 2 done" in proc.stdout
+    assert sorted(p.stem for p in (tmp_path / "db" / "toy").glob("*.out")) == ["it1", "it3"]
+
+
+def test_checkpointable_job_requeued_mid_shard_finishes_without_redoing_items(tmp_path):
+    items = [f"it{i}" for i in range(8)]
+    # each item takes ~1 s; the job's time limit (6 s) expires mid-shard: submitit
+    # signals it, the job checkpoints and is requeued, and the rerun resumes.
+    proc = toy(tmp_path, "--slurm", "--slurm_cluster", "local", "--rank", "0", "--timeout_min", "0.1",
+               "--sleep", "0.5", "--chunks", "2", "--slurm_wait", items=items, timeout=180)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    for item in items:
+        assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 2)
+        assert attempts(tmp_path / "db", item, "done") == 1  # never redone
+    starts = [r for r in journal_records(tmp_path, "start")]
+    assert len(starts) >= 2, "the job was not requeued"
+    pids = {r["pid"] for r in journal_records(tmp_path, "done")}
+    assert len(pids) >= 2  # items were finished by two different processes
+    out_dir = tmp_path / "db" / "toy"
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{i}.out" for i in items)
+
+
+def test_cancelled_job_is_reported_and_rerun_finishes(tmp_path):
+    items = [f"it{i}" for i in range(6)]
+    args = ["--slurm", "--slurm_cluster", "local", "--rank", "0", "--sleep", "1", "--chunks", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(tmp_path / "db"),
+         "--item_list", str(write_items(tmp_path / "items.txt", items)), *args, "--slurm_wait"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    sub_dir = tmp_path / "db" / "logs" / "slurm" / "toy" / "submissions"
+    _wait_for(lambda: sub_dir.is_dir() and any(sub_dir.glob("*.json")), 60, "submission")
+    _wait_for(lambda: output_path(tmp_path / "db", "it0").exists(), 60, "first item")
+    job_id = json.loads(next(sub_dir.glob("*.json")).read_text())["jobs"][0]["job_id"]
+    os.kill(int(job_id), signal.SIGINT)  # how submitit cancels a local job (its scancel)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_ITEMS_FAILED, stdout + stderr
+    assert "did not complete" in stdout and "Re-run the same command" in stdout
+    assert not output_path(tmp_path / "db", "it5").exists()
+
+    rerun = toy(tmp_path, *args, "--slurm_wait")
+    assert rerun.returncode == EXIT_OK, rerun.stdout + rerun.stderr
+    assert all(output_path(tmp_path / "db", i).exists() for i in items)
+    assert attempts(tmp_path / "db", "it0", "done") == 1

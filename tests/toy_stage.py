@@ -1,0 +1,94 @@
+"""A tiny stage for testing the launcher: items are names, outputs are text files.
+
+Item names steer behaviour: ``fail*`` fails permanently, ``flaky*`` fails transiently on
+its first attempt, ``crash*`` raises an unexpected error, ``nospace*`` a disk-full error.
+Every attempt leaves a marker file so tests can count how often an item was processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from utils.io import atomic_path
+from utils.launch import ItemError, Stage, UsageError, main, read_item_list
+from utils.layout import InvalidItemError, inside
+
+NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
+
+
+def output_path(base_dir: Path, item: str) -> Path:
+    if not NAME.match(item):
+        raise InvalidItemError(f"{item!r} is not a toy item name")
+    return inside(Path(base_dir) / "toy", f"{item}.out")
+
+
+def expected_content(item: str, chunks: int) -> bytes:
+    return b"".join(f"{item} chunk {i}\n".encode() * 200 for i in range(chunks)) + b"END\n"
+
+
+def attempts(base_dir: Path, item: str, kind: str = "start") -> int:
+    folder = Path(base_dir) / "toy_attempts"
+    return len(list(folder.glob(f"{item}.{kind}.*"))) if folder.is_dir() else 0
+
+
+class ToyStage(Stage):
+    name = "toy"
+    description = "test stage"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--item_list", required=True)
+        parser.add_argument("--sleep", type=float, default=0.0, help="seconds per chunk written")
+        parser.add_argument("--chunks", type=int, default=1)
+        parser.add_argument("--setup_fails", action="store_true")
+
+    def validate_args(self, args: argparse.Namespace) -> None:
+        if args.chunks < 1:
+            raise UsageError("--chunks must be positive")
+
+    def list_items(self, args: argparse.Namespace) -> list[str]:
+        return read_item_list(args.item_list)
+
+    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
+        return output_path(args.base_dir, item).exists()
+
+    def setup(self, args: argparse.Namespace) -> object:
+        if args.setup_fails:
+            raise FileNotFoundError("model weights /nowhere/model.pt not found")
+        return object()
+
+    def process(self, args: argparse.Namespace, item: str, resources: object) -> dict[str, float]:
+        marker_dir = Path(args.base_dir) / "toy_attempts"
+        marker_dir.mkdir(parents=True, exist_ok=True)
+        (marker_dir / f"{item}.start.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
+        if item.startswith("fail"):
+            raise ItemError(f"{item} is private", category="private")
+        if item.startswith("flaky") and attempts(args.base_dir, item) == 1:
+            raise ItemError("HTTP 429 Too Many Requests", transient=True, category="rate_limited")
+        if item.startswith("crash"):
+            raise ValueError(f"unexpected content in {item}")
+        if item.startswith("nospace"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with atomic_path(output_path(args.base_dir, item)) as tmp, open(tmp, "wb") as f:
+            content = expected_content(item, args.chunks)
+            step = max(1, len(content) // args.chunks)
+            for i in range(0, len(content), step):
+                f.write(content[i:i + step])
+                f.flush()
+                time.sleep(args.sleep)
+        (marker_dir / f"{item}.done.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
+        return {"units": 1.0}
+
+
+STAGE = ToyStage()
+
+if __name__ == "__main__":
+    from tests.toy_stage import STAGE as importable_stage  # pickled by reference for submitit
+
+    sys.exit(main(importable_stage))

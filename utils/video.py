@@ -1,0 +1,331 @@
+"""Video I/O with PyAV: probe, sample frames at a target rate, encode H.264 clips atomically.
+
+Sampling decodes every frame (seeking lands on the keyframe before ``start``, so exact
+timestamps need decoding forward) but converts to RGB only the frames it returns, and lets
+swscale do the resize in the same conversion: that is where the time goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from utils.io import commit_temp, remove_temps_of, temp_path_for
+
+
+class VideoError(Exception):
+    """A file that is not a readable video; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration: float  # seconds
+    num_frames: int  # from the container when known, else estimated
+    codec: str
+
+
+@dataclass
+class Frame:
+    time: float  # presentation time of the decoded frame, seconds from the stream start
+    image: np.ndarray  # HxWx3 uint8 RGB
+    index: int  # index of the sample (0, 1, 2, ...) within this read
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoError(f"{path}: is a folder, not a video")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file")
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise VideoError(f"{path}: cannot be opened as a video ({exc})") from exc
+
+
+def _video_stream(container: av.container.InputContainer, path: str | os.PathLike) -> av.video.VideoStream:
+    if not container.streams.video:
+        raise VideoError(f"{path}: has no video stream")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo:
+    """Facts of a video; with ``decode_check``, also decode its first frame (a truncated
+    or corrupt file fails here with a VideoError that names it)."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        fps = _stream_fps(stream)
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if decode_check:
+            try:
+                first = next(container.decode(stream), None)
+            except av.error.FFmpegError as exc:
+                raise VideoError(f"{path}: cannot decode ({exc})") from exc
+            if first is None:
+                raise VideoError(f"{path}: has no decodable frame")
+            width, height = first.width, first.height
+        if not width or not height:
+            raise VideoError(f"{path}: video stream has no frame size")
+        if duration is None:
+            raise VideoError(f"{path}: duration unknown")
+        num_frames = stream.frames or (round(duration * fps) if fps else 0)
+        return VideoInfo(str(path), width, height, fps, duration, int(num_frames), stream.codec_context.name)
+
+
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Size with the longer side ``max_side`` (never upscaled), both sides even."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def read_frames(
+    path: str | os.PathLike,
+    fps: float | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+    max_side: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> Iterator[Frame]:
+    """Yield RGB frames over ``[start, end)`` seconds.
+
+    With ``fps``, targets are ``start + k / fps`` and each yields the decoded frame whose
+    timestamp is nearest; a source frame is yielded at most once, so a rate above the
+    source's gives the source's frames. Without ``fps``, every frame in the span.
+    ``max_side`` resizes so the longer side is that many pixels; ``size`` = (w, h) forces one.
+    """
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if end is not None and end <= start:
+        return
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        src_fps = _stream_fps(stream) or 30.0
+        half_frame = 0.5 / src_fps
+        width, height = stream.codec_context.width, stream.codec_context.height
+        out_w, out_h = size if size is not None else scaled_size(width, height, max_side)
+
+        def convert(frame: av.VideoFrame) -> np.ndarray:
+            if (frame.width, frame.height) == (out_w, out_h):
+                return frame.to_ndarray(format="rgb24")
+            return frame.to_ndarray(format="rgb24", width=out_w, height=out_h, interpolation="AREA")
+
+        frames = _decode_from(container, stream, start, path)
+        index = 0
+        if fps is None:
+            for frame, t in frames:
+                if t < start - half_frame:
+                    continue
+                if end is not None and t >= end - 1e-9:
+                    break
+                yield Frame(t, convert(frame), index)
+                index += 1
+            return
+
+        step = 1.0 / fps
+        k = 0  # index of the next target, start + k * step (no float drift over hours)
+        prev: tuple[av.VideoFrame, float] | None = None
+        last_emitted = -math.inf
+
+        def target(k: int) -> float:
+            return start + k * step
+
+        for frame, t in frames:
+            while target(k) <= t and (end is None or target(k) < end):
+                tk = target(k)
+                chosen = prev if prev is not None and (tk - prev[1]) < (t - tk) else (frame, t)
+                if chosen[1] > last_emitted and (end is None or chosen[1] < end):
+                    yield Frame(chosen[1], convert(chosen[0]), index)
+                    index += 1
+                    last_emitted = chosen[1]
+                k += 1
+            if end is not None and target(k) >= end:
+                return
+            prev = (frame, t)
+        # the stream ended: its last frame serves targets within its display time
+        if prev is not None and prev[1] > last_emitted:
+            tk = target(k)
+            if (end is None or tk < end) and tk - prev[1] <= 2 * half_frame:
+                yield Frame(prev[1], convert(prev[0]), index)
+    finally:
+        container.close()
+
+
+def _decode_from(container, stream, start: float, path) -> Iterator[tuple[av.VideoFrame, float]]:
+    """Decoded frames from the keyframe at or before ``start``, with their times."""
+    if start > 0 and stream.time_base is not None:
+        offset = int(start / stream.time_base)
+        if stream.start_time is not None:
+            offset += stream.start_time
+        try:
+            container.seek(offset, stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            container.seek(0)
+    step = 1.0 / (_stream_fps(stream) or 30.0)
+    first = True
+    try:
+        for frame, t in _presentation_times(container.decode(stream), step):
+            if first:
+                first = False
+                if start > 0 and t > start + step:
+                    # the index sent us past the start (rare, broken indexes): decode from 0
+                    container.seek(0)
+                    yield from _presentation_times(container.decode(stream), step)
+                    return
+            yield frame, t
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{path}: decoding failed ({exc})") from exc
+
+
+_REORDER_DEPTH = 16
+
+
+def _presentation_times(frames: Iterator[av.VideoFrame], step: float) -> Iterator[tuple[av.VideoFrame, float]]:
+    """Pair each decoded frame with its presentation time.
+
+    Decoders emit frames in display order, but some muxers store decode times as
+    presentation times when B-frames are present (e.g. OpenCV's ``box.mp4``), so the
+    ``pts`` of emitted frames go back and forth. The set of time stamps is still right:
+    give the k-th emitted frame the k-th smallest stamp, with a small window.
+    """
+    pending: list[av.VideoFrame] = []
+    stamps: list[float] = []
+    counter = 0
+    for frame in frames:
+        stamp = float(frame.time) if frame.time is not None else counter * step
+        counter += 1
+        pending.append(frame)
+        heapq.heappush(stamps, stamp)
+        if len(pending) > _REORDER_DEPTH:
+            yield pending.pop(0), heapq.heappop(stamps)
+    while pending:
+        yield pending.pop(0), heapq.heappop(stamps)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+class VideoWriter:
+    """H.264 (libx264, yuv420p) mp4 written to a temporary name and renamed into place by
+    ``close()``; ``abort()`` (or leaving a ``with`` block by an exception) leaves nothing.
+
+    ``keyframe_interval`` seconds between keyframes (fixed GOP, no scene-cut keyframes), for
+    fast random access in data loaders.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: float,
+        keyframe_interval: float = 0.5,
+        crf: int = 23,
+        preset: str = "veryfast",
+    ):
+        if width % 2 or height % 2 or width <= 0 or height <= 0:
+            raise ValueError(f"H.264 yuv420p needs even positive sizes, got {width}x{height}")
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.frames_written = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_temps_of(self.path)
+        self._tmp = temp_path_for(self.path)
+        self._closed = False
+        try:
+            self._container = av.open(str(self._tmp), mode="w", format="mp4")
+            rate = Fraction(fps).limit_denominator(1001)
+            gop = max(1, round(fps * keyframe_interval))
+            stream = self._container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.gop_size = gop
+            stream.options = {
+                "crf": str(crf), "preset": preset,
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+            }
+            self._stream = stream
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, image: np.ndarray) -> None:
+        if image.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]}, writer is {self.width}x{self.height}")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = self.frames_written
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush, close and rename into place. A clip with no frames is an error."""
+        if self.frames_written == 0:
+            self.abort()
+            raise ValueError(f"{self.path}: no frames written")
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        commit_temp(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial clip; the final path is never touched."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._container.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def keyframe_times(path: str | os.PathLike) -> list[float]:
+    """Timestamps of keyframes (from packets, no decoding)."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        times = [
+            float(p.pts * stream.time_base)
+            for p in container.demux(stream)
+            if p.pts is not None and p.is_keyframe
+        ]
+    return sorted(times)
