@@ -1,0 +1,126 @@
+"""Class prompt files (the LVIS vocabulary): one class per line, ``name (also known as a, b)``.
+
+- the *label* of a line is the name before ``" (also"``, stripped (``"aerosol can"``);
+- the label *with dashes* is what track file names carry: spaces become ``-`` and anything
+  outside ``[A-Za-z0-9_-]`` is dropped (``"aerosol-can"``, ``"Band-Aid"``);
+- the *vocabulary hash* is the sha256 of the prompt lines (each stripped, joined by ``\\n``),
+  so a run's metadata records which vocabulary produced its labels.
+
+Fetching the default prompts asset is done elsewhere; this module reads a given path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Vocabulary",
+    "label_of",
+    "label_with_dashes",
+    "parse_prompt_lines",
+    "read_prompts",
+    "vocabulary_hash",
+]
+
+_ALSO = re.compile(r"\s*\(also\b.*$", re.IGNORECASE | re.DOTALL)
+# Prefixes the original pipeline put in front of class descriptions ("photo of a ...").
+_PHOTO_PREFIX = re.compile(r"^(?:a\s+)?photo\s+of\s+(?:a|an)\s+", re.IGNORECASE)
+_NOT_FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def vocabulary_hash(lines: Sequence[str]) -> str:
+    """sha256 (hex) of prompt lines: each stripped, blank lines kept out, joined by ``\\n``.
+
+    CRLF endings, trailing blanks and a missing final newline do not change the hash; the
+    order of the lines does (class indices depend on it).
+    """
+    text = "\n".join(s for s in (str(line).strip() for line in lines) if s)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def label_of(prompt: str) -> str:
+    """The class label of a prompt line: the text before ``" (also"``, stripped.
+
+    Also removes a leading ``"photo of a "`` / ``"a photo of a "`` (how the original pipeline
+    stored class descriptions), so labels can be recovered from old metadata.
+    """
+    text = _ALSO.sub("", str(prompt)).strip()
+    return _PHOTO_PREFIX.sub("", text).strip()
+
+
+def label_with_dashes(label: str) -> str:
+    """``label`` made file-name safe: whitespace runs -> ``-``, characters outside
+    ``[A-Za-z0-9_-]`` removed, repeated dashes collapsed, no leading/trailing dash.
+
+    A label with nothing left (e.g. only punctuation) becomes ``"object"``.
+    """
+    text = re.sub(r"\s+", "-", str(label).strip())
+    text = _NOT_FILENAME_SAFE.sub("", text)
+    text = re.sub(r"-{2,}", "-", text).strip("-")
+    return text or "object"
+
+
+def parse_prompt_lines(lines: Iterable[str]) -> list[str]:
+    """Non-blank lines, stripped (the order is the class order)."""
+    return [s for s in (str(line).strip() for line in lines) if s]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A class vocabulary read from a prompts file.
+
+    ``lines[i]`` is class ``i``'s prompt line (what text encoders may be given);
+    ``labels[i]`` its label (what records and file names use).
+    """
+
+    lines: tuple[str, ...]
+    labels: tuple[str, ...]
+    source: str | None = None
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], source: str | None = None) -> Vocabulary:
+        parsed = parse_prompt_lines(lines)
+        if not parsed:
+            raise ValueError(f"no class prompts found{f' in {source}' if source else ''}")
+        labels = tuple(label_of(line) for line in parsed)
+        for i, (line, label) in enumerate(zip(parsed, labels, strict=True)):
+            if not label:
+                raise ValueError(f"class {i} has an empty label: {line!r}{f' ({source})' if source else ''}")
+        return cls(lines=tuple(parsed), labels=labels, source=source)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def hash(self) -> str:
+        """:func:`vocabulary_hash` of the lines."""
+        return vocabulary_hash(self.lines)
+
+    @property
+    def labels_with_dashes(self) -> list[str]:
+        return [label_with_dashes(label) for label in self.labels]
+
+    def index_of(self, label: str) -> int:
+        """Class index of a label (exact match, then case-insensitive); ``KeyError`` if none."""
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            lowered = [lab.lower() for lab in self.labels]
+            if label.lower() in lowered:
+                return lowered.index(label.lower())
+            raise KeyError(f"label {label!r} is not in the vocabulary") from None
+
+
+def read_prompts(path: str | os.PathLike) -> Vocabulary:
+    """Read a prompts file (UTF-8, one class per line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"class prompts file not found: {path}") from None
+    return Vocabulary.from_lines(text.splitlines(), source=str(path))
