@@ -285,8 +285,10 @@ class VideoWriter:
             self._container.mux(packet)
         self.frames_written += 1
 
-    def close(self) -> None:
-        """Flush, close and rename into place. A clip with no frames is an error."""
+    def finish(self) -> Path:
+        """Flush and close the encoder without renaming: returns the complete temporary file,
+        for callers that must record something before it replaces ``path`` (they rename it
+        with ``utils.io.commit_temp`` or drop it with ``abort``). No frames is an error."""
         if self.frames_written == 0:
             self.abort()
             raise ValueError(f"{self.path}: no frames written")
@@ -298,7 +300,11 @@ class VideoWriter:
             self.abort()
             raise
         self._closed = True
-        commit_temp(self._tmp, self.path)
+        return self._tmp
+
+    def close(self) -> None:
+        """Flush, close and rename into place."""
+        commit_temp(self.finish(), self.path)
 
     def abort(self) -> None:
         """Drop the partial clip; the final path is never touched."""

@@ -1,0 +1,132 @@
+"""gdpr_blur_faces: a real face (skimage's astronaut) is blurred in place, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from tests.conftest import REPO
+from utils.anonymize import FaceBlurrer, file_sha256
+from utils.layout import DatasetLayout
+from utils.video import VideoWriter, read_frames
+
+YID = "facevideo01"
+
+
+def make_face_video(path: Path, seconds: float = 2.0, fps: float = 15.0) -> None:
+    """The astronaut photo (a real face) drifting over a textured background."""
+    rng = np.random.default_rng(0)
+    background = cv2.resize(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), (320, 240),
+                            interpolation=cv2.INTER_NEAREST)
+    face = cv2.resize(skimage.data.astronaut(), (200, 200), interpolation=cv2.INTER_AREA)
+    with VideoWriter(path, 320, 240, fps, keyframe_interval=1.0, crf=16) as writer:
+        for i in range(int(seconds * fps)):
+            frame = background.copy()
+            x = 100 + int(10 * np.sin(i / 5))
+            frame[20:220, x:x + 200] = face
+            writer.write(frame)
+
+
+def laplacian_var(image: np.ndarray, box) -> float:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    gray = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def run_blur(base_dir: Path, *args: str, wait: bool = True):
+    env = dict(os.environ, PYTHON=sys.executable, TRACKVERSE_DB=str(base_dir))
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    cmd = [str(REPO / "gdpr_blur_faces.sh"), "--execution_provider", "cpu", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture
+def face_db(tmp_path):
+    base = tmp_path / "my db's \"quoted\" dir"  # quoting-safe for any file name
+    video = DatasetLayout(base).video_mp4(YID)
+    video.parent.mkdir(parents=True)
+    make_face_video(video)
+    return base
+
+
+def test_faces_are_blurred_in_place_and_recorded(face_db):
+    layout = DatasetLayout(face_db)
+    video = layout.video_mp4(YID)
+    before = [f.image for f in read_frames(video)]
+    blurrer = FaceBlurrer("cpu")
+    face_boxes = [blurrer.detect(img) for img in before]
+    assert all(len(b) == 1 for b in face_boxes)  # CenterFace sees the astronaut in every frame
+
+    proc = run_blur(face_db)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPUExecutionProvider" in proc.stderr  # the provider is stated
+
+    record = json.loads(layout.video_sidecar(YID, "blurred").read_text())
+    assert record["frames"] == len(before) == 30
+    assert record["frames_with_faces"] == 30 and record["provider"] == "CPUExecutionProvider"
+
+    after = [f.image for f in read_frames(video)]
+    assert len(after) == len(before)
+    control = (0, 225, 90, 240)  # a strip of background the face never covers
+    for img_before, img_after, boxes in zip(before, after, face_boxes, strict=True):
+        face = boxes[0][:4]
+        assert laplacian_var(img_after, face) * 10 <= laplacian_var(img_before, face)
+        assert laplacian_var(img_after, control) == pytest.approx(laplacian_var(img_before, control), rel=0.05)
+        assert len(blurrer.detect(img_after)) == 0  # no face found any more
+
+    again = run_blur(face_db)
+    assert again.returncode == 0
+    assert "0 done, 1 skipped" in again.stderr
+    assert file_sha256(video) == record["sha256"]
+
+
+def test_kill_mid_video_keeps_the_original_and_rerun_completes(tmp_path):
+    base = tmp_path / "db"
+    video = DatasetLayout(base).video_mp4(YID)
+    video.parent.mkdir(parents=True)
+    make_face_video(video, seconds=20)
+    original = file_sha256(video)
+
+    proc = run_blur(base, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(f".{YID}.mp4.tmp-") for p in video.parent.iterdir()):
+        time.sleep(0.01)
+    time.sleep(0.5)  # well inside the video
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert file_sha256(video) == original
+    assert not DatasetLayout(base).video_sidecar(YID, "blurred").exists()
+
+    rerun = run_blur(base)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 done" in rerun.stderr
+    assert file_sha256(video) != original
+    assert sorted(p.name for p in video.parent.iterdir()) == [f"{YID}.blurred.json", f"{YID}.mp4"]
+
+
+def test_keep_original_and_corrupt_video(tmp_path):
+    base = tmp_path / "db"
+    layout = DatasetLayout(base)
+    good = layout.video_mp4(YID)
+    good.parent.mkdir(parents=True)
+    make_face_video(good, seconds=0.5)
+    bad = layout.video_mp4("corrupt0001")
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"\x00" * 1000)
+    proc = run_blur(base, "--keep_original")
+    assert proc.returncode == 1  # one item failed, the other done
+    assert "corrupt0001" in proc.stderr
+    assert good.with_name(f"{YID}.orig.mp4").exists()
+    assert layout.video_sidecar(YID, "blurred").exists()
