@@ -37,6 +37,7 @@ EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SYSTEMIC = 3
+PROGRESS_INTERVAL_S = 60.0
 
 
 # ------------------------------------------------------------------------------ errors
@@ -52,6 +53,15 @@ class ItemError(Exception):
         self.reason = reason
         self.transient = transient
         self.category = category
+
+
+class NotReady(Exception):
+    """The item's inputs do not exist yet (an earlier stage has not reached it). Not a
+    failure: counted apart as ``not ready``, journaled, and picked up by a later re-run."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SystemicError(Exception):
@@ -164,7 +174,9 @@ class Stage:
 
     def process(self, args: argparse.Namespace, item: str, resources: Any) -> dict[str, float] | None:
         """Make the item's final output (atomically). Return optional numeric stats
-        (e.g. ``{"video_s": 12.5}``) that progress and summaries show as rates."""
+        (e.g. ``{"video_s": 12.5}``) that progress and summaries show as rates; entries
+        whose value is not a number (text, lists) are journaled with the ``done`` record
+        as ``notes`` (e.g. what was repaired) and not summed."""
         raise NotImplementedError
 
     def teardown(self, resources: Any) -> None:
@@ -181,6 +193,7 @@ class ShardSummary:
     skipped: int = 0
     previously_failed: int = 0
     failed: int = 0
+    not_ready: int = 0
     seconds: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
     failures_by_category: dict[str, int] = field(default_factory=dict)
@@ -201,6 +214,8 @@ class ShardSummary:
             f"[{self.stage} rank {self.rank}/{self.world_size}] {self.total} items: {self.done} done, "
             f"{self.skipped} skipped (already done), {self.failed} failed"
         )
+        if self.not_ready:
+            text += f", {self.not_ready} not ready (inputs missing: re-run later)"
         if self.previously_failed:
             text += f", {self.previously_failed} failed before and not retried (--retry_failed)"
         if self.failures_by_category:
@@ -253,7 +268,13 @@ def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int
                 mininterval=0.5 if _is_tty() else 30,
                 file=sys.stderr,
             )
+            last_progress = time.time()
             for item in bar:
+                if time.time() - last_progress >= PROGRESS_INTERVAL_S:
+                    # lets status.py count skipped items and see the rank alive
+                    journal.write("progress", total=summary.total, done=summary.done, skipped=summary.skipped,
+                                  failed=summary.failed, previously_failed=summary.previously_failed)
+                    last_progress = time.time()
                 try:
                     if stage.output_exists(args, item):
                         summary.skipped += 1
@@ -268,6 +289,10 @@ def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int
                 item_started = time.time()
                 try:
                     stats = stage.process(args, item, resources) or {}
+                except NotReady as exc:
+                    summary.not_ready += 1
+                    journal.write("not_ready", item, reason=exc.reason)
+                    continue
                 except Exception as exc:
                     if is_systemic(exc):
                         raise
@@ -283,9 +308,11 @@ def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int
                 consecutive_unexpected = 0
                 seconds = time.time() - item_started
                 summary.done += 1
+                notes = {k: v for k, v in stats.items() if isinstance(v, bool) or not isinstance(v, int | float)}
+                stats = {k: v for k, v in stats.items() if k not in notes}
                 for key, value in stats.items():
                     summary.stats[key] = summary.stats.get(key, 0.0) + float(value)
-                journal.write("done", item, seconds=round(seconds, 3), stats=stats)
+                journal.write("done", item, seconds=round(seconds, 3), stats=stats, **({"notes": notes} if notes else {}))
                 elapsed = max(time.time() - started, 1e-9)
                 postfix = {"done": summary.done, "skip": summary.skipped, "fail": summary.failed}
                 postfix.update({f"{k}/s": f"{v / elapsed:.2f}" for k, v in summary.stats.items()})
@@ -584,7 +611,7 @@ def submit(stage: Stage, args: argparse.Namespace) -> int:
     todo = ranks_with_work(stage, args, ranks, world_size)
     finished = sorted(set(ranks) - set(todo))
     if finished:
-        print(f"{len(finished)} rank(s) have nothing left to do: {_ranges(finished)}")
+        print(f"{len(finished)} rank(s) have nothing left to do: {format_ranges(finished)}")
     if not todo:
         print(f"nothing to submit for {name}")
         return EXIT_OK
@@ -638,7 +665,7 @@ def _job_state(job: Any) -> str:
     return "UNKNOWN"
 
 
-def _ranges(values: list[int]) -> str:
+def format_ranges(values: list[int]) -> str:
     """[0,1,2,5] -> '0-2,5'."""
     out: list[str] = []
     start = prev = None
