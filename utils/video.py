@@ -179,6 +179,57 @@ def read_frames(
         container.close()
 
 
+def read_frames_at(
+    path: str | os.PathLike,
+    times: list[float] | np.ndarray,
+    size: tuple[int, int] | None = None,
+    max_side: int | None = None,
+    seek_gap: float = 1.0,
+) -> list[Frame]:
+    """The frames nearest to each of ``times`` (sorted ascending), one per time.
+
+    Between targets further apart than ``seek_gap`` seconds it seeks (to the keyframe before)
+    instead of decoding through: cheap on clips with short keyframe intervals.
+    """
+    times = [float(t) for t in times]
+    if any(b < a for a, b in zip(times, times[1:], strict=False)):
+        raise ValueError("times must be sorted")
+    out: list[Frame] = []
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        width, height = stream.codec_context.width, stream.codec_context.height
+        out_w, out_h = size if size is not None else scaled_size(width, height, max_side)
+
+        def convert(frame: av.VideoFrame) -> np.ndarray:
+            if (frame.width, frame.height) == (out_w, out_h):
+                return frame.to_ndarray(format="rgb24")
+            return frame.to_ndarray(format="rgb24", width=out_w, height=out_h, interpolation="AREA")
+
+        k = 0
+        while k < len(times):
+            prev: tuple[av.VideoFrame, float] | None = None
+            for frame, t in _decode_from(container, stream, max(times[k] - 1e-3, 0.0), path):
+                while k < len(times) and times[k] <= t:
+                    chosen = prev if prev is not None and times[k] - prev[1] < t - times[k] else (frame, t)
+                    out.append(Frame(chosen[1], convert(chosen[0]), k))
+                    k += 1
+                if k >= len(times) or times[k] - t > seek_gap:
+                    break
+                prev = (frame, t)
+            else:  # the stream ended: remaining targets get its last frame
+                last = prev if prev is not None else None
+                if last is None:
+                    break
+                while k < len(times):
+                    out.append(Frame(last[1], convert(last[0]), k))
+                    k += 1
+    finally:
+        container.close()
+    return out
+
+
 def _decode_from(container, stream, start: float, path) -> Iterator[tuple[av.VideoFrame, float]]:
     """Decoded frames from the keyframe at or before ``start``, with their times."""
     if start > 0 and stream.time_base is not None:
