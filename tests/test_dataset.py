@@ -110,8 +110,14 @@ def test_missing_clips(subset, tmp_path):
 
 def test_read_frames_at_seeks_exactly(tmp_path):
     make_clip(tmp_path / "c.mp4", 100)
-    frames = read_frames_at(tmp_path / "c.mp4", [0.0, 0.5, 0.52, 2.0, 3.96, 5.0])
+    frames = read_frames_at(tmp_path / "c.mp4", [0.0, 0.49, 0.52, 2.0, 3.96, 5.0])  # no exact ties
     assert [round(f.time * FPS) for f in frames] == [0, 12, 13, 50, 99, 99]
     reference = {round(f.time * FPS): f.image for f in read_frames(tmp_path / "c.mp4")}
     for f in frames:
         assert np.array_equal(f.image, reference[round(f.time * FPS)])
+
+
+def test_read_frames_at_with_sparse_keyframes_terminates(sparse_keyframe_video):
+    times = [0.6, 3.0, 9.0, 11.0]  # far apart, one keyframe in the whole file
+    frames = read_frames_at(sparse_keyframe_video.path, times)
+    assert [round(f.time, 2) for f in frames] == times

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_models import build_tiny_owlv2
 from utils.detectors import (
     Detections,
     Detector,
@@ -214,51 +215,8 @@ def test_frames_are_checked():
 
 @pytest.fixture(scope="module")
 def tiny_owlv2(tmp_path_factory):
-    """A randomly initialised Owlv2ForObjectDetection (hidden 32, 2 layers, 64-px images,
-    16-px patches) and a processor whose CLIP tokenizer is built from a tiny local vocab."""
-    from transformers import (
-        CLIPTokenizer,
-        Owlv2Config,
-        Owlv2ForObjectDetection,
-        Owlv2ImageProcessor,
-        Owlv2Processor,
-    )
-
-    folder = tmp_path_factory.mktemp("tiny-clip-tokenizer")
-    vocab = {"!": 0}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)  # highest id: OWLv2 pools the text at the argmax id
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), pad_token="!", model_max_length=16)
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
-    config = Owlv2Config(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16, pad_token_id=0,
-            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=64, patch_size=16,
-        ),
-        projection_dim=32,
-    )
-    torch.manual_seed(0)
-    model = Owlv2ForObjectDetection(config).eval()
-    # The library's initialisation saturates the random heads (boxes of width 0 or 1): give
-    # them fan-in scaled weights so the boxes vary around the patch grid, as trained ones do.
-    with torch.no_grad():
-        for head in (model.box_head, model.objectness_head, model.class_head):
-            for layer in head.modules():
-                if isinstance(layer, torch.nn.Linear):
-                    torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
-                    torch.nn.init.zeros_(layer.bias)
-        model.box_head.dense2.weight.mul_(0.3)
-    return model, processor
+    """A randomly initialised Owlv2ForObjectDetection and its processor (tests/tiny_models.py)."""
+    return build_tiny_owlv2(tmp_path_factory.mktemp("tiny-clip-tokenizer"))
 
 
 def _owl(tiny_owlv2, tmp_path, **kw):

@@ -355,6 +355,17 @@ def _record_failure(journal: Journal, summary: ShardSummary, item: str, exc: Exc
 # ------------------------------------------------------------------------------- flags
 
 
+def add_base_dir_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--base_dir`` as every script takes it, sharded stage or not (e.g. curate_db.py)."""
+    parser.add_argument("--base_dir", type=Path, default=default_base_dir(),
+                        help="dataset root ($TRACKVERSE_DB, else ./TrackVerseDB)")
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--log_level`` as every script takes it."""
+    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def build_parser(stage: Stage) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=stage.description or stage.name,
@@ -362,8 +373,7 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
     )
     stage.add_arguments(parser)
     common = parser.add_argument_group("dataset and sharding (every stage)")
-    common.add_argument("--base_dir", type=Path, default=default_base_dir(),
-                        help="dataset root ($TRACKVERSE_DB, else ./TrackVerseDB)")
+    add_base_dir_argument(common)
     common.add_argument("--world_size", type=int, default=None,
                         help="number of ranks (default 1, or SLURM_ARRAY_TASK_COUNT in an sbatch array)")
     common.add_argument("--rank", type=int, default=None,
@@ -372,7 +382,7 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
                         help="re-run items that failed permanently before (transient failures are always retried)")
     common.add_argument("--max_consecutive_errors", type=int, default=25,
                         help="stop the rank after this many unexpected item errors in a row")
-    common.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_argument(common)
 
     slurm = parser.add_argument_group("Slurm (with --slurm)")
     defaults = {"cpus_per_task": 4, "gpus_per_node": 0, "mem_gb": 16, "timeout_min": 24 * 60}
@@ -400,18 +410,22 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` (every script, sharded stage or not)."""
     logging.basicConfig(
         level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr, force=True,
     )
 
 
+_setup_logging = setup_logging  # the name before it was public
+
+
 def main(stage: Stage, argv: Sequence[str] | None = None) -> int:
     """Entry point of every stage script. Returns the exit status."""
     parser = build_parser(stage)
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         stage.validate_args(args)
         if args.slurm:
@@ -445,7 +459,7 @@ class ShardJob(Checkpointable):
         self.stage = stage
 
     def __call__(self, args: argparse.Namespace, rank: int, world_size: int) -> dict:
-        _setup_logging(args.log_level)
+        setup_logging(args.log_level)
         args.rank, args.world_size = rank, world_size
         summary = run_shard(self.stage, args, rank, world_size)
         print(summary.line(), file=sys.stderr, flush=True)

@@ -94,12 +94,28 @@ class DatasetLayout:
             raise InvalidItemError(f"track file name {fn!r} does not end in .mp4")
         return inside(root, fn)
 
+    def tracks_done_marker(self, dataset_name: str | None, yid: str) -> Path:
+        """``tracks_mp4[/<dataset_name>]/<yid[:2]>/<yid>.done.json``: written last, once every
+        clip of the video exists (extract_tracks, download_tracks)."""
+        validate_yid(yid)
+        root = self.base_dir / "tracks_mp4"
+        if dataset_name is not None:
+            root = root / validate_name(dataset_name)
+        return root / yid[:2] / f"{yid}.done.json"
+
     # stage 5: subsets and index
     def subsets_dir(self) -> Path:
         return self.base_dir / "tracks_subsets"
 
     def subset_file(self, name: str) -> Path:
         return inside(self.subsets_dir(), validate_name(name, "subset file name"))
+
+    def tracks_metrics_dir(self, dataset_name: str, metric: str) -> Path:
+        """``tracks_metrics/<dataset_name>/<metric>/``: per-track metric files (visual_metrics.py,
+        format in ``utils/metrics_store.py``)."""
+        validate_name(dataset_name)
+        validate_name(metric, "metric name")
+        return self.base_dir / "tracks_metrics" / dataset_name / metric
 
     def relative(self, relative: str | os.PathLike) -> Path:
         """A user-given path relative to the root (e.g. ``--index_file``), kept inside it.

@@ -210,12 +210,14 @@ def read_frames_at(
         k = 0
         while k < len(times):
             prev: tuple[av.VideoFrame, float] | None = None
+            k_at_seek = k
             for frame, t in _decode_from(container, stream, max(times[k] - 1e-3, 0.0), path):
                 while k < len(times) and times[k] <= t:
                     chosen = prev if prev is not None and times[k] - prev[1] < t - times[k] else (frame, t)
                     out.append(Frame(chosen[1], convert(chosen[0]), k))
                     k += 1
-                if k >= len(times) or times[k] - t > seek_gap:
+                # seek ahead only after this seek served a target: a seek always makes progress
+                if k >= len(times) or (k > k_at_seek and times[k] - t > seek_gap):
                     break
                 prev = (frame, t)
             else:  # the stream ended: remaining targets get its last frame

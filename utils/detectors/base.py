@@ -28,6 +28,7 @@ __all__ = [
     "DetectorError",
     "available_detectors",
     "check_frames",
+    "detector_factory",
     "l2_normalize",
     "make_detector",
     "nms",
@@ -361,6 +362,12 @@ def _resolve(spec: str) -> DetectorFactory:
         f"unknown detector {spec!r}: choose one of {', '.join(available_detectors())}, "
         "or give 'package.module:callable'"
     )
+
+
+def detector_factory(spec: str) -> DetectorFactory:
+    """The factory :func:`make_detector` would call for ``spec`` (e.g. to see which options
+    it accepts); raises like :func:`make_detector` for unknown or unimportable specs."""
+    return _resolve(spec)
 
 
 def make_detector(spec: str, class_names: Sequence[str], **options: Any) -> Detector:
