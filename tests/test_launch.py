@@ -284,3 +284,29 @@ def test_cancelled_job_is_reported_and_rerun_finishes(tmp_path):
     assert rerun.returncode == EXIT_OK, rerun.stdout + rerun.stderr
     assert all(output_path(tmp_path / "db", i).exists() for i in items)
     assert attempts(tmp_path / "db", "it0", "done") == 1
+
+
+def test_unanswered_squeue_refuses_to_submit_duplicates(tmp_path):
+    """When Slurm jobs were submitted before and squeue cannot be asked, nothing is submitted."""
+    items = ["it0", "it1"]
+    write_items(tmp_path / "items.txt", items)
+    from tests.toy_stage import STAGE
+    from utils.launch import build_parser, job_name
+
+    args = build_parser(STAGE).parse_args(["--base_dir", str(tmp_path / "db"), "--item_list", "x"])
+    name = job_name(STAGE, args, 1)
+    record_dir = tmp_path / "db" / "logs" / "slurm" / "toy" / "submissions"
+    record_dir.mkdir(parents=True)
+    (record_dir / "1-100.json").write_text(json.dumps(
+        {"name": name, "cluster": "slurm", "jobs": [{"job_id": "100", "rank": 0}]}))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    squeue = fake_bin / "squeue"  # Slurm's CLI is the edge of the world here: it fails
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out' >&2\nexit 1\n")
+    squeue.chmod(0o755)
+    proc = toy(tmp_path, "--slurm", "--slurm_cluster", "local",
+               env={"PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert proc.returncode == EXIT_USAGE
+    assert "not submitting, to avoid duplicate jobs" in proc.stderr
+    assert "Socket timed out" in proc.stderr
+    assert len(list(record_dir.glob("*.json"))) == 1

@@ -418,9 +418,6 @@ def setup_logging(level: str) -> None:
     )
 
 
-_setup_logging = setup_logging  # the name before it was public
-
-
 def main(stage: Stage, argv: Sequence[str] | None = None) -> int:
     """Entry point of every stage script. Returns the exit status."""
     parser = build_parser(stage)
@@ -512,6 +509,7 @@ def _slurm_active_job_ids(name: str) -> set[str] | None:
     """Ids (``123`` or ``123_4``) of this user's pending or running jobs with ``name``;
     None when squeue cannot be asked."""
     if shutil.which("squeue") is None:
+        log.warning("squeue is not on PATH: cannot tell which ranks are queued")
         return None
     user = os.environ.get("USER") or _whoami()
     proc = subprocess.run(
@@ -546,7 +544,14 @@ def active_ranks(stage: Stage, args: argparse.Namespace, name: str) -> dict[int,
                 active[info["rank"]] = job_id
         elif info["cluster"] == "slurm":
             if slurm_ids is None:
-                slurm_ids = _slurm_active_job_ids(name) or set()
+                slurm_ids = _slurm_active_job_ids(name)
+                if slurm_ids is None:
+                    # Not knowing what is queued must not mean "nothing is": that would
+                    # submit every rank a second time.
+                    raise UsageError(
+                        f"cannot ask squeue which ranks of {name} are queued (see the warning above); "
+                        "not submitting, to avoid duplicate jobs. Retry when squeue answers."
+                    )
             if job_id in slurm_ids:
                 active[info["rank"]] = job_id
     return active
