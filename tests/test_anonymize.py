@@ -16,7 +16,8 @@ import pytest
 import skimage.data
 
 from tests.conftest import REPO
-from utils.anonymize import FaceBlurrer, file_sha256
+from utils.anonymize import FaceBlurrer
+from utils.io import file_sha256
 from utils.layout import DatasetLayout
 from utils.video import VideoWriter, read_frames
 

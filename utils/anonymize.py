@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.io import atomic_write_json, commit_temp
+from utils.io import atomic_write_json, commit_temp, file_sha256
 from utils.launch import ItemError, Stage, SystemicError, UsageError, read_item_list
 from utils.layout import DatasetLayout, validate_yid
 from utils.video import VideoError, VideoWriter, probe_video, read_frames
@@ -76,14 +75,6 @@ class FaceBlurrer:
             anonymize_frame(dets, frame, mask_scale=self.mask_scale, replacewith="blur", ellipse=True,
                             draw_scores=False, replaceimg=None, mosaicsize=20)
         return len(dets)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_blurred(video: Path, sidecar: Path) -> bool:

@@ -8,13 +8,17 @@ commit. A flag may always point at a local copy instead.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.io import atomic_write_bytes
+from utils.io import atomic_write_bytes, file_sha256
+
+log = logging.getLogger("trackverse.assets")
 
 TRACKVERSE_COMMIT = "66a8b6dbc78dcd28ac408c17b352ccb98dde6bdc"
 BASE_URL = f"https://raw.githubusercontent.com/MMPLab/TrackVerse/{TRACKVERSE_COMMIT}/assets/"
@@ -50,12 +54,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRACKVERSE_CACHE") or Path.home() / ".cache" / "trackverse")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def fetch_verified(urls: Sequence[str], target: Path, check: Callable[[bytes], None], what: str,
+                   offline_hint: str, timeout: float = 60.0) -> Path:
+    """Download the first of ``urls`` whose bytes pass ``check`` (raises on a mismatch) and
+    write it atomically to ``target``; every failure is listed in the error, with the hint."""
+    errors = []
+    for url in urls:
+        try:
+            log.info("fetching %s from %s", what, url)
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (pinned URLs)
+                data = response.read()
+            check(data)
+        except (OSError, urllib.error.URLError, AssetError) as exc:
+            errors.append(f"{url}: {exc}")
+            continue
+        atomic_write_bytes(target, data)
+        return target
+    raise AssetError(f"cannot fetch {what} ({'; '.join(errors)}). {offline_hint}")
 
 
 def asset_path(name: str, base_url: str | None = None, timeout: float = 60.0) -> Path:
@@ -68,24 +83,20 @@ def asset_path(name: str, base_url: str | None = None, timeout: float = 60.0) ->
         raise AssetError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}")
     asset = ASSETS[name]
     target = cache_dir() / "assets" / TRACKVERSE_COMMIT[:12] / name
-    if target.exists() and _sha256(target) == asset.sha256:
+    if target.exists() and file_sha256(target) == asset.sha256:
         return target
     url = (base_url or os.environ.get("TRACKVERSE_ASSETS_URL") or BASE_URL).rstrip("/") + "/" + name
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (pinned https/file URL)
-            data = response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise AssetError(
-            f"cannot fetch {name} ({asset.description}) from {url}: {exc}. Offline? Download it on a "
-            f"machine with internet and pass its path with the stage's flag, or set TRACKVERSE_ASSETS_URL "
-            f"to a folder (file:///path/) that holds it."
-        ) from exc
-    got = hashlib.sha256(data).hexdigest()
-    if got != asset.sha256:
-        raise AssetError(f"{name} from {url} has sha256 {got}, expected {asset.sha256}: refusing it")
-    atomic_write_bytes(target, data)
-    return target
 
+    def check(data: bytes) -> None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != asset.sha256:
+            raise AssetError(f"sha256 {got}, expected {asset.sha256}: refusing it")
+
+    return fetch_verified(
+        [url], target, check, f"{name} ({asset.description})",
+        "Offline? Download it on a machine with internet and pass its path with the stage's flag, or set "
+        "TRACKVERSE_ASSETS_URL to a folder (file:///path/) that holds it.", timeout=timeout,
+    )
 
 def resolve_asset(value: str | os.PathLike | None, default_name: str) -> Path:
     """A flag's value: an existing local path is used as is; empty or ``default`` (or an asset

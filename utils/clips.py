@@ -28,7 +28,7 @@ the ``notes`` of the video's ``done`` journal record.
 
 The two stages: :class:`ExtractTracksStage` (``extract_tracks.py``: the pipeline's own
 metadata, duplicates removed) and :class:`DownloadTracksStage` (``download_tracks.py``: a
-released subset, downloaded with ``utils.youtube.VideoDownloader``, file names kept).
+released subset, downloaded with ``utils.youtube.DownloadSession``, file names kept).
 """
 
 from __future__ import annotations
@@ -61,19 +61,11 @@ from utils.clip_geometry import (
     track_overlap,
 )
 from utils.io import atomic_write_json
-from utils.launch import ItemError, NotReady, Stage, SystemicError, UsageError, read_item_list
+from utils.launch import ItemError, NotReady, Stage, UsageError, read_item_list
 from utils.layout import DatasetLayout, InvalidItemError, validate_name, validate_yid
 from utils.tracks import RecordsFileError, TrackRecord, TrackRecordError, read_records
 from utils.video import VideoError, VideoInfo, VideoWriter, probe_video, read_frames
-from utils.youtube import (
-    DEFAULT_FORMAT,
-    DEFAULT_URL_TEMPLATE,
-    Backoff,
-    DownloadFailed,
-    Pacer,
-    RateLimitGuard,
-    VideoDownloader,
-)
+from utils.youtube import DownloadSession, add_download_arguments, validate_download_args
 
 #: frames up to this far outside ``[t_start, t_end]`` still belong to the clip (metadata
 #: stores timestamps rounded to 0.1 ms; mp4 time bases round too)
@@ -700,12 +692,6 @@ def resolve_meta_file(value: str | Path, base_dir: Path) -> Path:
         raise UsageError(f"--db_meta_file: {exc}") from None
 
 
-@dataclass
-class _DownloadResources:
-    downloader: VideoDownloader
-    network_failures_in_a_row: int = 0
-
-
 class DownloadTracksStage(Stage):
     """Rebuild a released subset: download each video, cut its listed tracks, keep their names."""
 
@@ -735,41 +721,14 @@ class DownloadTracksStage(Stage):
                        help="delete each source video once all of its tracks' clips exist")
         g.add_argument("--max_track_len", type=float, default=DEFAULT_MAX_DURATION,
                        help="clips keep at most this many seconds from the track's start")
-        d = parser.add_argument_group("download (yt-dlp; the same downloader as download_videos.py)")
-        d.add_argument("--url_template", default=DEFAULT_URL_TEMPLATE,
-                       help="URL of a video, {yid} replaced by the id: any URL yt-dlp supports")
-        d.add_argument("--cookiefile", default=None,
-                       help="Netscape-format cookies (e.g. of a logged-in browser session) for yt-dlp")
-        d.add_argument("--format", default=DEFAULT_FORMAT, help="yt-dlp format selector (720p video-only mp4 first)")
-        d.add_argument("--download_retries", type=int, default=5,
-                       help="extra attempts for a transient failure (429, 5xx, timeout, reset) in one run")
-        d.add_argument("--backoff_base", type=float, default=5.0,
-                       help="first retry waits about this long (s); each next one twice as long, with jitter")
-        d.add_argument("--backoff_max", type=float, default=300.0, help="longest wait between retries (s)")
-        d.add_argument("--socket_timeout", type=float, default=30.0, help="seconds without data = timeout")
-        d.add_argument("--sleep_interval", type=float, default=0.0,
-                       help="at least this many seconds (x random 1-1.5) between downloads of this rank")
-        d.add_argument("--rate_limit_pause_after", type=int, default=3,
-                       help="rate-limit answers in a row after which the rank pauses")
-        d.add_argument("--rate_limit_pause", type=float, default=600.0,
-                       help="first rate-limit pause (s); it doubles while answers stay rate limits")
-        d.add_argument("--rate_limit_pause_max", type=float, default=3600.0, help="longest rate-limit pause (s)")
+        add_download_arguments(parser)
 
     def validate_args(self, args: argparse.Namespace) -> None:
         validate_extraction_args(args)
         args.db_meta_file = resolve_meta_file(args.db_meta_file, args.base_dir)
         if not args.db_meta_file.is_file():
             raise UsageError(f"--db_meta_file {args.db_meta_file} does not exist")
-        if "{yid}" not in args.url_template:
-            raise UsageError(f"--url_template {args.url_template!r} must contain {{yid}}")
-        if args.cookiefile is not None and not Path(args.cookiefile).is_file():
-            raise UsageError(f"--cookiefile {args.cookiefile} does not exist")
-        for name in ("download_retries", "backoff_base", "backoff_max", "socket_timeout", "sleep_interval",
-                     "rate_limit_pause", "rate_limit_pause_max"):
-            if getattr(args, name) < 0:
-                raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
-        if args.rate_limit_pause_after < 1:
-            raise UsageError("--rate_limit_pause_after must be at least 1")
+        validate_download_args(args)
 
     def job_key(self, args: argparse.Namespace) -> str:
         stem = Path(args.db_meta_file).name.split(".")[0]
@@ -799,17 +758,10 @@ class DownloadTracksStage(Stage):
         marker = read_done_marker(DatasetLayout(args.base_dir).tracks_done_marker(None, item))
         return marker is not None and marker.get("tracks_digest") == index.digests.get(item)
 
-    def setup(self, args: argparse.Namespace) -> _DownloadResources:
-        notify = _notifier()
-        return _DownloadResources(VideoDownloader(
-            url_template=args.url_template, format=args.format, cookiefile=args.cookiefile,
-            retries=args.download_retries, backoff=Backoff(args.backoff_base, args.backoff_max),
-            socket_timeout=args.socket_timeout, pacer=Pacer(args.sleep_interval),
-            guard=RateLimitGuard(args.rate_limit_pause_after, args.rate_limit_pause, args.rate_limit_pause_max,
-                                 notify=notify),
-        ))
+    def setup(self, args: argparse.Namespace) -> DownloadSession:
+        return DownloadSession(args)
 
-    def process(self, args: argparse.Namespace, item: str, res: _DownloadResources) -> dict[str, Any]:
+    def process(self, args: argparse.Namespace, item: str, res: DownloadSession) -> dict[str, Any]:
         index = self.index(args)
         if item in index.bad_lines:
             raise ItemError(index.bad_lines[item], category="bad_record")
@@ -852,7 +804,7 @@ class DownloadTracksStage(Stage):
         stats.update({k: "; ".join(v) if isinstance(v, list) else v for k, v in notes.items()})
         return stats
 
-    def _video(self, args: argparse.Namespace, item: str, video: Path, res: _DownloadResources,
+    def _video(self, args: argparse.Namespace, item: str, video: Path, res: DownloadSession,
                notes: dict[str, Any]) -> VideoInfo:
         """The source video: the one on disk if it decodes, else a fresh download."""
         if video.exists():
@@ -861,31 +813,12 @@ class DownloadTracksStage(Stage):
             except VideoError as exc:
                 notes["redownloaded"] = f"the video on disk did not decode ({exc})"
                 video.unlink(missing_ok=True)
-        try:
-            res.downloader.download(item, video)
-        except DownloadFailed as exc:
-            if exc.category in ("network", "timeout"):
-                res.network_failures_in_a_row += 1
-                if res.network_failures_in_a_row >= args.max_consecutive_errors:
-                    raise SystemicError(
-                        f"{res.network_failures_in_a_row} downloads in a row failed with network errors "
-                        f"(last: {item}: {exc.reason}); is the network (or the server) down?") from exc
-            else:
-                res.network_failures_in_a_row = 0
-            raise ItemError(exc.reason, transient=exc.transient, category=exc.category) from exc
-        res.network_failures_in_a_row = 0
+        res.fetch(item, video)  # ItemError; SystemicError when many network failures in a row
         notes["downloaded"] = str(video)
         try:
             return probe_video(video)
         except VideoError as exc:
             raise ItemError(f"corrupt video: {exc}", category="corrupt_video") from None
-
-
-def _notifier() -> Callable[[str], None]:
-    def notify(message: str) -> None:
-        tqdm.write(message, file=sys.stderr)
-
-    return notify
 
 
 DOWNLOAD_STAGE = DownloadTracksStage()

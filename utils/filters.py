@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.assets import AssetError, fetch_verified
 from utils.assets import cache_dir as trackverse_cache_dir
-from utils.io import atomic_path
 from utils.segments import SegmentCandidate
 from utils.video import VideoError, read_frames
 
@@ -55,7 +54,7 @@ DEFAULT_MIN_AESTHETIC_SCORE = 4.0
 RANDOM = "random"
 
 
-class WeightsError(Exception):
+class WeightsError(AssetError):
     """Model weights that cannot be found, fetched or loaded (a systemic fault)."""
 
 
@@ -128,23 +127,14 @@ def _fetch(source: WeightSource, cache_dir: Path, what: str) -> Path:
     target = cache_dir / source.filename
     if target.is_file():
         return target
-    errors = []
-    for url in source.urls:
-        try:
-            log.info("fetching %s weights from %s", what, url)
-            with urllib.request.urlopen(url, timeout=60) as response:
-                data = response.read()
-            source.check(data)
-        except (OSError, WeightsError) as exc:
-            errors.append(f"{url}: {exc}")
-            continue
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
-        return target
-    raise WeightsError(
-        f"cannot fetch {what} weights {source.filename} ({'; '.join(errors)}). Without network, download "
-        f"{source.urls[0]} on a connected machine and pass its path (or put it at {target})"
-    )
+    try:
+        return fetch_verified(
+            source.urls, target, source.check, f"{what} weights {source.filename}",
+            f"Without network, download {source.urls[0]} on a connected machine and pass its path "
+            f"(or put it at {target})",
+        )
+    except AssetError as exc:
+        raise WeightsError(str(exc)) from exc
 
 
 def _device(device: str) -> Any:

@@ -1,0 +1,582 @@
+"""curate_db.py: the index (merge, validation, duplicates, damaged files, determinism) and the
+subsets (names, verified videos, temperatures, constraints, reproducibility), plus the metric
+files reader of utils/metrics_store.py."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import curate_db
+from tests.conftest import SHARED_ASSETS, run_cli
+from utils.curation import (
+    NO_VALUE,
+    IndexMismatchError,
+    IndexReader,
+    WalkInputs,
+    companion_path,
+    load_track_table,
+    motion_levels,
+    picks_by_level,
+    read_verified_yids,
+    report_path,
+    spt_iou,
+    walk_class,
+)
+from utils.io import atomic_write_bytes
+from utils.launch import UsageError
+from utils.layout import DatasetLayout
+from utils.metrics_store import (
+    MetricsError,
+    load_metric_columns,
+    load_metric_vectors,
+    metric_dir,
+    write_metric_file,
+)
+from utils.sampling import SamplingConstraints
+from utils.tracks import TrackRecord, compute_tid, read_records, records_to_jsonl_gz_bytes, track_filename
+
+DS = "TestDS"
+INDEX = f"tracks_subsets/{DS}/{DS}-Full.jsonl.gzip"
+CLASSES = ["cat", "dog", "horse", "aerosol can", "bird", "zebra"]
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+def yid_of(i: int) -> str:
+    return f"v{i:05d}_xy-Z"  # 11 characters
+
+
+def make_record(yid: str, cls: int, score: float, k: int, *, t0: float = 0.0, n: int = 6,
+                box: tuple[float, float, float, float] | None = None) -> TrackRecord:
+    """A valid record of class ``CLASSES[cls]`` with top-1 weighted logit ``score``."""
+    ts = [round(t0 + i / 16, 4) for i in range(n)]
+    x, y, w, h = box or (10.0 * (k % 7), 5.0 * (k % 5), 40.0 + k % 3, 30.0)
+    bbox = [[round(x + i * 0.5, 2), y, w, h] for i in range(n)]
+    tid = compute_tid(yid, ts, bbox)
+    others = [(cls + d) % len(CLASSES) for d in (1, 2)]
+    return TrackRecord(
+        yid=yid, tid=tid, fn=track_filename(yid, CLASSES[cls], tid), track_ts=ts, track_bbox=bbox,
+        video_size=[360, 640], top10_lbl=[cls, *others], top10_desc=[CLASSES[c] for c in (cls, *others)],
+        top10_logit_mu=[round(score + 1, 5), 0.0, -1.0], top10_logit_std=[0.1, 0.1, 0.1],
+        top10_wlogit_mu=[round(score, 5), -2.0, -3.0], top10_wlogit_std=[0.1, 0.1, 0.1],
+        scores=[0.9] * n, detector="test",
+    )
+
+
+def write_meta(base: Path, yid: str, records: list, raw_lines: list[bytes] | None = None) -> Path:
+    path = DatasetLayout(base).tracks_meta(DS, yid)
+    if raw_lines is None:
+        atomic_write_bytes(path, records_to_jsonl_gz_bytes(records))
+    else:
+        atomic_write_bytes(path, gzip.compress(b"".join(raw_lines), mtime=0))
+    return path
+
+
+def build_db(base: Path, videos: int = 40, per_video: int = 6, seed: int = 0) -> list[TrackRecord]:
+    """Clean metadata: ``videos`` videos, class sizes differ (class c has about c+1 shares)."""
+    rng = np.random.default_rng(seed)
+    weights = np.arange(1, len(CLASSES) + 1, dtype=float)
+    records = []
+    for v in range(videos):
+        yid = yid_of(v)
+        recs = [make_record(yid, int(rng.choice(len(CLASSES), p=weights / weights.sum())),
+                            float(np.round(rng.normal(), 4)), v * per_video + k, t0=k * 2.0)
+                for k in range(per_video)]
+        write_meta(base, yid, recs)
+        records.extend(recs)
+    return records
+
+
+def run(*args: str) -> int:
+    return curate_db.main([*map(str, args)])
+
+
+def index(base: Path, *extra: str) -> int:
+    return run("--action", "index", "--base_dir", base, "--dataset_name", DS, "--index_file", INDEX,
+               "--num_workers", "1", *extra)
+
+
+def sample(base: Path, action: str, verified: Path, *extra: str) -> int:
+    return run("--action", action, "--base_dir", base, "--index_file", INDEX, "--verified_list", verified,
+               "--no_plots", *extra)
+
+
+def subset_records(base: Path, name: str) -> list[TrackRecord]:
+    return list(read_records(DatasetLayout(base).subset_file(name)))
+
+
+def subset_names(base: Path) -> set[str]:
+    return {p.name for p in DatasetLayout(base).subsets_dir().glob(f"{DS}-*.jsonl.gzip")}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """A clean, indexed dataset and a verified list holding 4 of its videos."""
+    base = tmp_path_factory.mktemp("db")
+    records = build_db(base)
+    assert index(base) == 0
+    verified = base / "verified.txt"
+    verified.write_text("".join(f"{yid_of(v)}-cat-0123.mp4,cat\n" for v in (0, 5, 11, 17)) + "short\n")
+    return base, records, verified
+
+
+# ---------------------------------------------------------------------------------- index
+
+
+def test_index_merges_validates_and_survives_damage(tmp_path, capsys):
+    base = tmp_path
+    good = {v: [make_record(yid_of(v), v % 6, 0.1 * k, v * 10 + k, t0=k) for k in range(4)] for v in range(6)}
+    for v, recs in good.items():
+        write_meta(base, yid_of(v), recs)
+    # duplicates: a misplaced copy of video 1's file (same tids), and a record re-using an fn
+    misplaced = DatasetLayout(base).tracks_meta_dir(DS) / "zz" / f"{yid_of(1)}-meta.jsonl.gzip"
+    misplaced.parent.mkdir(parents=True)
+    shutil.copy(DatasetLayout(base).tracks_meta(DS, yid_of(1)), misplaced)
+    clash = make_record(yid_of(2), 1, 5.0, 999)
+    clash.fn = good[2][0].fn
+    write_meta(base, yid_of(2), [*good[2], clash])
+    # invalid lines among valid ones: negative box width, not JSON, another video's record
+    bad = json.loads(good[3][0].to_json())
+    bad["track_bbox"][0][2] = -5.0
+    lines = [good[3][0].to_json().encode() + b"\n", json.dumps(bad).encode() + b"\n", b"{not json\n",
+             good[4][0].to_json().encode() + b"\n", good[3][1].to_json().encode() + b"\n"]
+    write_meta(base, yid_of(3), [], raw_lines=lines)
+    # the released spelling is read and written canonically
+    released = make_record(yid_of(6), 2, 1.5, 600)
+    d = released.to_dict()
+    spelled = {"track_mp4_filename": d["fn"], "yid": d["yid"], "track_id": d["tid"], "frame_ts": d["track_ts"],
+               "track_ts": [d["track_ts"][0], d["track_ts"][-1]], "frame_bboxes": d["track_bbox"],
+               "video_size": d["video_size"], "top10_label_ids": d["top10_lbl"], "top10_label_names": d["top10_desc"],
+               "top10_wlogit_mu": d["top10_wlogit_mu"], "top10_wlogit_std": d["top10_wlogit_std"]}
+    write_meta(base, yid_of(6), [], raw_lines=[json.dumps(spelled).encode() + b"\n"])
+    # a truncated gzip keeps the lines before the cut; random bytes are skipped
+    long_recs = [make_record(yid_of(7), 4, float(k), 700 + k, n=60, t0=k) for k in range(12)]
+    path7 = write_meta(base, yid_of(7), long_recs)
+    data = path7.read_bytes()
+    path7.write_bytes(data[: int(len(data) * 0.6)])
+    corrupt = DatasetLayout(base).tracks_meta(DS, yid_of(8))
+    corrupt.write_bytes(os.urandom(300))
+    # a temporary left by a killed writer is not a metadata file
+    (corrupt.parent / f".{yid_of(9)}-meta.jsonl.gzip.tmp-host-1-abc.gzip").write_bytes(b"junk")
+
+    assert index(base) == 1  # written, but some items had problems
+    out = capsys.readouterr().out
+    kept7 = read_records(DatasetLayout(base).relative(INDEX))
+    got = [r.tid for r in kept7]
+    truncated_kept = [r for r in kept7 if r.yid == yid_of(7)]
+    assert 1 <= len(truncated_kept) < 12
+    assert [r.tid for r in truncated_kept] == [r.tid for r in long_recs[: len(truncated_kept)]]
+    expected = (
+        [r.tid for r in good[0]] + [r.tid for r in good[1]] + [r.tid for r in good[2]]
+        + [good[3][0].tid, good[3][1].tid] + [r.tid for r in good[4]] + [r.tid for r in good[5]]
+        + [released.tid] + [r.tid for r in truncated_kept]
+    )
+    assert got == expected  # sorted files, file order, duplicates and invalid lines dropped
+    canonical = next(r for r in kept7 if r.yid == yid_of(6))
+    assert canonical.fn == released.fn and canonical.top10_desc == released.top10_desc
+    index_text = gzip.decompress(DatasetLayout(base).relative(INDEX).read_bytes()).decode()
+    assert "track_mp4_filename" not in index_text and index_text.count("\n") == len(got)
+
+    report = json.loads(report_path(DatasetLayout(base).relative(INDEX)).read_text())
+    assert report["duplicate_tid"] == 4 and report["duplicate_fn"] == 1 and report["invalid"] == 3
+    problems = {p["file"]: p for p in report["problems"]}
+    assert problems[f"{yid_of(7)[:2]}/{yid_of(7)}-meta.jsonl.gzip"]["kind"] == "damaged"
+    assert problems[f"{yid_of(8)[:2]}/{yid_of(8)}-meta.jsonl.gzip"]["kept_lines"] == 0
+    assert problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["kind"] == "invalid lines"
+    assert any("negative width" in m for m in problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["messages"])
+    assert any("of video" in m for m in problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["messages"])
+    for name in (f"{yid_of(7)}-meta", f"{yid_of(8)}-meta", f"{yid_of(3)}-meta"):
+        assert name in out
+
+    table = load_track_table(DatasetLayout(base).relative(INDEX))
+    assert table.table.column("tid").to_pylist() == got
+    labels = table.table.column("label").to_pylist()
+    assert labels[0] == CLASSES[0] and labels[got.index(released.tid)] == CLASSES[2]
+    assert table.numpy("score")[got.index(good[5][3].tid)] == pytest.approx(0.3)
+    assert table.numpy("num_frames")[got.index(long_recs[0].tid)] == 60
+
+
+def test_index_does_not_depend_on_workers(tmp_path):
+    build_db(tmp_path, videos=30, per_video=3, seed=4)
+    write_meta(tmp_path, yid_of(99), [make_record(yid_of(99), 0, 1.0, 1)] * 2)  # duplicate inside a file
+    target = DatasetLayout(tmp_path).relative(INDEX)
+    assert index(tmp_path) == 0
+    one = (target.read_bytes(), pq.read_table(companion_path(target)))
+    assert index(tmp_path, "--num_workers", "2") == 0  # a real process pool
+    two = (target.read_bytes(), pq.read_table(companion_path(target)))
+    assert one[0] == two[0] and one[1].equals(two[1])
+    assert len(read_records(target)) == 30 * 3 + 1
+
+
+def test_index_without_metadata_is_a_usage_error(tmp_path, capsys):
+    assert index(tmp_path) == 2
+    assert "parse_tracks.py" in capsys.readouterr().err
+    assert run("--action", "index", "--base_dir", tmp_path, "--index_file", INDEX) == 2
+
+
+def test_companion_must_match_its_index(db, tmp_path):
+    base, _, verified = db
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    target = DatasetLayout(copy).relative(INDEX)
+    table = load_track_table(target)
+    with IndexReader(table) as reader:
+        assert reader.record(3).tid == table.table.column("tid")[3].as_py()
+    data = bytearray(target.read_bytes())
+    data[int(table.numpy("offset")[5]) + table.numpy("length")[5] - 6] ^= 0xFF  # same size, other content
+    target.write_bytes(bytes(data))
+    with pytest.raises(IndexMismatchError, match="re-run --action index"), IndexReader(load_track_table(target)) as r:
+        r.copy_rows(np.arange(len(table)), open(os.devnull, "wb"))
+    target.write_bytes(bytes(data) + b"x")
+    with pytest.raises(UsageError, match="changed after"):
+        load_track_table(target)
+    assert sample(copy, "sample_random", verified, "--N", "0.01") == 2
+
+
+# ------------------------------------------------------------------------------- sampling
+
+
+def _table_rows(base: Path, name: str) -> list[dict]:
+    stem = name.removesuffix(".jsonl.gzip")
+    with open(DatasetLayout(base).subsets_dir() / f"{stem}.classes.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_class_balanced_t0_takes_the_top_per_class_and_never_a_verified_video(db):
+    base, records, verified = db
+    excluded = read_verified_yids(verified)
+    assert excluded == {yid_of(v) for v in (0, 5, 11, 17)}
+    assert sample(base, "sample_class_balanced", verified, "--Nc", "5", "12", "--temperature", "0") == 0
+    eligible = [r for r in records if r.yid not in excluded]
+    for nc in (5, 12):
+        expected = []
+        for c in CLASSES:
+            members = sorted((r for r in eligible if r.label == c), key=lambda r: -r.top10_wlogit_mu[0])
+            expected += [r.tid for r in members[:nc]]
+        total = len(expected)
+        name = f"{DS}-CB{nc}-{total // 1000}K-T0.jsonl.gzip"
+        got = subset_records(base, name)
+        assert sorted(r.tid for r in got) == sorted(expected)
+        assert not {r.yid for r in got} & excluded
+        rows = _table_rows(base, name)
+        assert {r["label"]: int(r["count"]) for r in rows} == {
+            c: min(nc, sum(r.label == c for r in eligible)) for c in CLASSES}
+        assert [int(r["count"]) for r in rows] == sorted((int(r["count"]) for r in rows), reverse=True)
+        report = json.loads(report_path(DatasetLayout(base).subset_file(name)).read_text())
+        assert report["tracks"] == total and report["exclusions"]["verified_videos"] > 0
+    # the index order is kept inside a subset
+    order = {r.tid: i for i, r in enumerate(records)}
+    got = [order[r.tid] for r in subset_records(base, f"{DS}-CB12-0K-T0.jsonl.gzip")]
+    assert got == sorted(got)
+
+
+def test_temperatures_seeds_and_byte_identical_reruns(db, tmp_path):
+    base, records, verified = db
+    by_tid = {r.tid: r for r in records}
+    args = ("--Nc", "4", "--temperature", "0", "0.5", "inf", "--seed", "3")
+    assert sample(base, "sample_class_balanced", verified, *args) == 0
+    names = sorted(n for n in subset_names(base) if "-CB4-" in n)
+    assert [n.split("-T")[-1] for n in names] == ["0.5.jsonl.gzip", "0.jsonl.gzip", "inf.jsonl.gzip"]
+    first = {n: DatasetLayout(base).subset_file(n).read_bytes() for n in names}
+    assert sample(base, "sample_class_balanced", verified, *args) == 0
+    assert {n: DatasetLayout(base).subset_file(n).read_bytes() for n in names} == first
+    mean = {n.split("-T")[-1].split(".jsonl")[0]: np.mean([by_tid[r.tid].top10_wlogit_mu[0]
+                                                           for r in subset_records(base, n)]) for n in names}
+    assert mean["0"] > mean["0.5"] > mean["inf"]
+    inf_name = next(n for n in names if n.endswith("Tinf.jsonl.gzip"))
+    assert sample(base, "sample_class_balanced", verified, "--Nc", "4", "--temperature", "inf", "--seed", "4") == 0
+    assert DatasetLayout(base).subset_file(inf_name).read_bytes() != first[inf_name]
+
+
+def test_random_subsets_names_sizes_and_nesting(db):
+    base, records, verified = db
+    excluded = read_verified_yids(verified)
+    assert sample(base, "sample_random", verified, "--N", "0.05", "0.1", "--seed", "7") == 0
+    small = subset_records(base, f"{DS}-0.05K-RND.jsonl.gzip")
+    large = subset_records(base, f"{DS}-0.1K-RND.jsonl.gzip")
+    assert len(small) == 50 and len(large) == 100
+    assert {r.tid for r in small} <= {r.tid for r in large}
+    assert not {r.yid for r in large} & excluded
+    for r in large:  # full original records
+        assert r.track_bbox and r.top10_wlogit_std and r.scores
+
+
+def test_sampling_through_the_command_line(db, tmp_path):
+    base, records, verified = db
+    copy = tmp_path / "cli"
+    shutil.copytree(base, copy)
+    proc = run_cli("curate_db.py", "--action", "sample_class_balanced", "--base_dir", copy, "--index_file", INDEX,
+                   "--verified_list", verified, "--Nc", "3", "--temperature", "inf", "--seed", "1", check=True)
+    nc3 = [n for n in subset_names(copy) if "-CB3-" in n]
+    assert nc3 == [f"{DS}-CB3-0K-Tinf.jsonl.gzip"] and nc3[0] in proc.stdout
+    stem = DatasetLayout(copy).subsets_dir() / f"{DS}-CB3-0K-Tinf"
+    assert stem.with_suffix(".classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stem.with_suffix(".classes.csv").read_text().startswith("label,count,available,relax_round\n")
+    bad = run_cli("curate_db.py", "--action", "sample_random", "--base_dir", copy, "--index_file", INDEX,
+                  "--verified_list", verified, "--N", "1", "--min_motion", "1")
+    assert bad.returncode == 2 and "sample_class_balanced" in bad.stderr
+    bad = run_cli("curate_db.py", "--action", "sample_class_balanced", "--base_dir", copy, "--index_file",
+                  "tracks_subsets/none.jsonl.gzip", "--verified_list", verified)
+    assert bad.returncode == 2 and "--action index" in bad.stderr
+
+
+def test_pinned_verified_list_is_the_default(tmp_path, monkeypatch):
+    real = SHARED_ASSETS / "trackverse-verified-6perclass.txt"
+    if not real.exists():
+        pytest.skip(f"{real} is absent (tests read it from ../shared/trackverse-assets)")
+    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", f"file://{SHARED_ASSETS}/")
+    listed = sorted({line[:11] for line in real.read_text().splitlines() if line.strip()})[:25]
+    records = []
+    for i, yid in enumerate(listed + [yid_of(v) for v in range(25)]):
+        recs = [make_record(yid, k % len(CLASSES), 10.0 if i < 25 else 0.0, i * 4 + k) for k in range(4)]
+        write_meta(tmp_path, yid, recs)
+        records += recs
+    assert index(tmp_path) == 0
+    assert run("--action", "sample_class_balanced", "--base_dir", tmp_path, "--index_file", INDEX,
+               "--Nc", "1000", "--no_plots") == 0
+    got = subset_records(tmp_path, f"{DS}-CB1000-0K-T0.jsonl.gzip")
+    assert len(got) == 100 and not {r.yid for r in got} & set(listed)
+
+
+# ---------------------------------------------------------------------------- constraints
+
+
+def _motion_db(tmp_path: Path) -> tuple[Path, list[TrackRecord], Path]:
+    records = build_db(tmp_path, videos=30, per_video=4, seed=2)
+    assert index(tmp_path) == 0
+    verified = tmp_path / "verified.txt"
+    verified.write_text(f"{yid_of(3)}\n")
+    return tmp_path, records, verified
+
+
+def test_min_motion_relaxes_and_never_uses_missing_values(tmp_path, capsys):
+    base, records, verified = _motion_db(tmp_path)
+    rng = np.random.default_rng(0)
+    motion = {r.tid: float(v) for r, v in zip(records, rng.uniform(0, 2, len(records)), strict=True)}
+    missing = {r.tid for r in records[::9]}
+    nan = {records[1].tid}
+    rows = [r for r in records if r.tid not in missing]
+    half = len(rows) // 2
+    folder = metric_dir(base, DS, "motion")
+    folder.mkdir(parents=True)
+    # the documented format, written without our helper: tid, fn, q50/q75/q90 (float32)
+    for part, chunk in enumerate((rows[:half], rows[half:])):
+        q90 = [math.nan if r.tid in nan else motion[r.tid] for r in chunk]
+        pq.write_table(pa.table({"tid": [r.tid for r in chunk], "fn": [r.fn for r in chunk],
+                                 "q50": pa.array(np.zeros(len(chunk)), pa.float32()),
+                                 "q75": pa.array(np.zeros(len(chunk)), pa.float32()),
+                                 "q90": pa.array(q90, pa.float32())}), folder / f"rank-{part:05d}-of-00002.parquet")
+    assert sample(base, "sample_class_balanced", verified, "--Nc", "3", "8", "--min_motion", "1.") == 0
+    out = capsys.readouterr().out
+    assert "have none" in out and "no motion value" in out
+    excluded = read_verified_yids(verified)
+    for nc in (3, 8):
+        name = next(n for n in subset_names(base) if f"-CB{nc}-" in n and n.endswith("-MM1.jsonl.gzip"))
+        got = subset_records(base, name)
+        assert not {r.tid for r in got} & (missing | nan)
+        assert not {r.yid for r in got} & excluded
+        table = {r["label"]: r for r in _table_rows(base, name)}
+        for label, row in table.items():
+            values = [motion[r.tid] for r in got if r.label == label]
+            assert len(values) == min(nc, int(row["available"]))
+            if row["relax_round"] == "0":
+                assert min(values) >= 1.0 - 1e-6
+            else:  # relaxed only because the class could not fill its quota at full strength
+                strong = [r for r in records if r.label == label and r.yid not in excluded
+                          and r.tid not in missing | nan and motion[r.tid] >= 1.0 - 1e-6]
+                assert len(strong) < nc
+        report = json.loads(report_path(DatasetLayout(base).subset_file(name)).read_text())
+        assert report["constraints"] == {"min_motion": 1.0, "motion_column": "q90"}
+        assert sum(report["relaxed_classes"].values()) == sum(r["relax_round"] != "0" for r in table.values())
+
+
+def test_vectorised_levels_match_the_walk():
+    rng = np.random.default_rng(5)
+    n = 400
+    codes = rng.integers(0, 7, n)
+    ranks = np.full(n, -1)
+    eligible = rng.random(n) > 0.1
+    for c in range(7):
+        rows = np.flatnonzero((codes == c) & eligible)
+        ranks[rows] = rng.permutation(rows.size)
+    motion = rng.uniform(0, 2, n)
+    motion[rng.random(n) < 0.1] = np.nan
+    level = motion_levels(motion, 1.5)
+    assert level[np.isnan(motion)].tolist() == [NO_VALUE] * int(np.isnan(motion).sum())
+    pick = picks_by_level(codes, ranks, level)
+    inputs = WalkInputs(constraints=SamplingConstraints(min_motion=1.5), video_codes=np.zeros(n, np.int64),
+                        level=level)
+    for c in range(7):
+        rows = np.flatnonzero((codes == c) & (ranks >= 0) & (level < NO_VALUE))
+        order = rows[np.argsort(ranks[rows])]
+        accepted, rounds = walk_class(order, 25, inputs)
+        vectorised = rows[np.argsort(pick[rows])][:25]
+        assert accepted == vectorised.tolist()
+        assert rounds == level[accepted].tolist()
+
+
+def test_min_nn_dist_with_embeddings(tmp_path):
+    base, records, verified = _motion_db(tmp_path)
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16))
+    emb = {}
+    for r in records:  # every track sits near one of 3 far-apart points: at most 3 per class are far apart
+        emb[r.tid] = centres[rng.integers(0, 3)] * 10 + rng.normal(scale=0.01, size=16)
+    no_emb = {records[2].tid}
+    with_emb = [r for r in records if r.tid not in no_emb]
+    write_metric_file(metric_dir(base, DS, "embeddings") / "rank-00000-of-00001.parquet",
+                      [r.tid for r in with_emb], [r.fn for r in with_emb],
+                      {"embedding": np.stack([emb[r.tid] for r in with_emb])})
+    assert sample(base, "sample_class_balanced", verified, "--Nc", "2", "6", "--min_nn_dist", "1") == 0
+    name6 = next(n for n in subset_names(base) if "-CB6-" in n and n.endswith("-NN1.jsonl.gzip"))
+    got = subset_records(base, name6)
+    assert not {r.tid for r in got} & no_emb
+    table = {r["label"]: r for r in _table_rows(base, name6)}
+    for label, row in table.items():
+        vecs = np.stack([emb[r.tid] for r in got if r.label == label])
+        assert len(vecs) == min(6, int(row["available"]))
+        if len(vecs) > 3:  # only 3 far-apart points exist: the rest came with the constraint off
+            assert row["relax_round"] == "4"
+    name2 = next(n for n in subset_names(base) if "-CB2-" in n and n.endswith("-NN1.jsonl.gzip"))
+    for label, row in {r["label"]: r for r in _table_rows(base, name2)}.items():
+        vecs = np.stack([emb[r.tid] for r in subset_records(base, name2) if r.label == label])
+        if row["relax_round"] == "0" and len(vecs) == 2:
+            assert np.linalg.norm(vecs[0] - vecs[1]) >= 1.0
+    assert {r.tid for r in subset_records(base, name2)} <= {r.tid for r in got}
+
+
+def test_max_spt_iou_within_a_video(tmp_path):
+    yid = yid_of(1)
+    same = [make_record(yid, 0, 1.0 - 0.1 * k, k, box=(10, 10, 50, 50), t0=0.01 * k) for k in range(3)]
+    apart = make_record(yid, 0, 0.5, 10, box=(300, 200, 50, 50))
+    other_video = make_record(yid_of(2), 0, 0.4, 11, box=(10, 10, 50, 50))
+    write_meta(tmp_path, yid, [*same, apart])
+    write_meta(tmp_path, yid_of(2), [other_video])
+    assert index(tmp_path) == 0
+    verified = tmp_path / "v.txt"
+    verified.write_text("")
+    assert sample(tmp_path, "sample_class_balanced", verified, "--Nc", "3", "5", "--max_spt_iou", "0.5") == 0
+    got3 = {r.tid for r in subset_records(tmp_path, f"{DS}-CB3-0K-T0-IoU0.5.jsonl.gzip")}
+    assert got3 == {same[0].tid, apart.tid, other_video.tid}  # the overlapping copies wait
+    rows5 = _table_rows(tmp_path, f"{DS}-CB5-0K-T0-IoU0.5.jsonl.gzip")
+    assert rows5 == [{"label": "cat", "count": "5", "available": "5", "relax_round": "4"}]
+
+
+def test_spt_iou():
+    ts = np.arange(10) / 16
+    box = np.tile([10.0, 10.0, 20.0, 20.0], (10, 1))
+    assert spt_iou(ts, box, ts, box) == pytest.approx(1.0)
+    assert spt_iou(ts, box, ts, box + [100, 0, 0, 0]) == 0.0
+    half = box + [10, 0, 0, 0]  # overlap 10x20 of union 30x20
+    assert spt_iou(ts, box, ts[::2], half[::2]) == pytest.approx(1 / 3)
+    later = ts + 100  # disjoint in time: the closest frames are compared, decayed with a finite buffer
+    assert spt_iou(ts, box, later, box) == pytest.approx(1.0)
+    gap = later[0] - ts[-1]
+    assert spt_iou(ts, box, later, box, tbuff=1.0) == pytest.approx(1 / math.sqrt(gap))
+    assert spt_iou(ts, box, later, box, tbuff=2 * gap) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------ metrics store
+
+
+def test_metric_reader_keys_duplicates_and_formats(tmp_path):
+    tids = pa.array([f"t{i}" for i in range(6)])
+    fns = pa.array([f"ab/f{i}.mp4" for i in range(6)])
+    folder = metric_dir(tmp_path, DS, "motion")
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"tid": ["t0", "t1", "t2", "zz"], "fn": ["ab/f0.mp4", "ab/f1.mp4", "WRONG.mp4", "x.mp4"],
+                             "q90": [1.0, 2.0, 3.0, 4.0]}), folder / "rank-00000-of-00002.parquet")
+    pq.write_table(pa.table({"tid": ["t1", "t3", "t4"], "fn": ["ab/f1.mp4", "ab/f3.mp4", "ab/f4.mp4"],
+                             "q90": pa.array([5.0, None, float("nan")], pa.float64())}),
+                   folder / "rank-00001-of-00002.parquet")
+    (folder / ".rank-00002-of-00002.parquet.tmp-x.parquet").write_bytes(b"partial")
+    got = load_metric_columns(tmp_path, DS, "motion", ["q90"], tids, fns)
+    np.testing.assert_array_equal(got.values["q90"], [1.0, 5.0, np.nan, np.nan, np.nan, np.nan])
+    assert got.present.tolist() == [True, True, False, False, False, False]
+    rep = got.report
+    assert (rep.files, rep.rows, rep.unknown_tid, rep.fn_mismatch, rep.duplicates, rep.conflicting) == (2, 7, 1, 1, 1, 1)
+    assert rep.missing == 4 and "4 have none" in rep.line()
+    with pytest.raises(MetricsError, match="missing column"):
+        load_metric_columns(tmp_path, DS, "motion", ["q75"], tids, fns)
+    with pytest.raises(MetricsError, match="visual_metrics.py --metric embeddings"):
+        load_metric_columns(tmp_path, DS, "embeddings", ["x"], tids, fns)
+
+
+def test_metric_reader_vectors(tmp_path):
+    tids = pa.array([f"t{i}" for i in range(5)])
+    fns = pa.array([f"ab/f{i}.mp4" for i in range(5)])
+    folder = metric_dir(tmp_path, DS, "embeddings")
+    write_metric_file(folder / "a.parquet", ["t0", "t2"], ["ab/f0.mp4", "ab/f2.mp4"],
+                      {"embedding": np.array([[1, 0, 0], [0, 1, 0]], np.float32)})
+    pq.write_table(pa.table({"tid": ["t3", "t4"], "fn": ["ab/f3.mp4", "ab/f4.mp4"],
+                             "embedding": pa.array([[0.0, 0.0, 1.0], [np.nan, 0.0, 0.0]], pa.list_(pa.float32()))}),
+                   folder / "b.parquet")
+    got = load_metric_vectors(tmp_path, DS, "embeddings", "embedding", tids, fns, rows=[2, 3, 4, 1])
+    assert got.present.tolist() == [True, True, False, False]
+    np.testing.assert_array_equal(got.vectors[:2], [[0, 1, 0], [0, 0, 1]])
+    assert got.report.with_value == 2
+    pq.write_table(pa.table({"tid": ["t1"], "fn": ["ab/f1.mp4"],
+                             "embedding": pa.array([[1.0, 2.0]], pa.list_(pa.float32()))}), folder / "c.parquet")
+    with pytest.raises(MetricsError, match="c.parquet.*lengths"):
+        load_metric_vectors(tmp_path, DS, "embeddings", "embedding", tids, fns)
+
+
+def test_constrained_subsets_follow_the_unconstrained_ranking(tmp_path):
+    base, records, verified = _motion_db(tmp_path)
+    write_metric_file(metric_dir(base, DS, "motion") / "all.parquet", [r.tid for r in records],
+                      [r.fn for r in records], {"q90": np.full(len(records), 5.0)})
+    args = ("--Nc", "3", "--temperature", "inf", "--seed", "9")
+    assert sample(base, "sample_class_balanced", verified, *args) == 0
+    assert sample(base, "sample_class_balanced", verified, *args, "--min_motion", "1") == 0
+    plain = next(n for n in subset_names(base) if n.endswith("Tinf.jsonl.gzip"))
+    motion = next(n for n in subset_names(base) if n.endswith("Tinf-MM1.jsonl.gzip"))
+    assert [r.tid for r in subset_records(base, plain)] == [r.tid for r in subset_records(base, motion)]
+
+
+def test_bad_flags_and_offline_assets_are_usage_errors(db, tmp_path, monkeypatch, capsys):
+    base, _, verified = db
+    with pytest.raises(SystemExit) as exc:
+        sample(base, "sample_class_balanced", verified, "--temperature", "-1")
+    assert exc.value.code == 2
+    assert sample(base, "sample_class_balanced", verified, "--max_spt_iou", "1.5") == 2
+    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", "http://127.0.0.1:9/")
+    assert run("--action", "sample_random", "--base_dir", base, "--index_file", INDEX, "--N", "0.01") == 2
+    assert "Offline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("max_gap", "span", "batch"), [(0, 1 << 30, 7), (1 << 20, 1 << 30, 16384), (300, 2000, 5)])
+def test_copy_rows_is_the_selected_members_in_order(db, max_gap, span, batch):
+    base, _, _ = db
+    table = load_track_table(DatasetLayout(base).relative(INDEX))
+    rows = np.flatnonzero(np.random.default_rng(max_gap).random(len(table)) < 0.4)
+    rows = np.concatenate([rows, [len(table) - 1]]) if rows[-1] != len(table) - 1 else rows
+    with IndexReader(table) as reader:
+        expected = b"".join(reader.member(int(r)) for r in rows)
+        buf = io.BytesIO()
+        assert reader.copy_rows(rows, buf, batch=batch, max_gap=max_gap, span=span) == len(expected)
+        with pytest.raises(ValueError, match="increasing"):
+            reader.copy_rows(rows[::-1], io.BytesIO())
+    assert buf.getvalue() == expected
+    assert [r.tid for r in read_records(_tmp_file(base, expected))] == [
+        table.table.column("tid")[int(r)].as_py() for r in rows]
+
+
+def _tmp_file(base: Path, data: bytes) -> Path:
+    path = base / "copied.jsonl.gzip"
+    path.write_bytes(data)
+    return path
