@@ -73,6 +73,10 @@ def main() -> int:
     work = base / "example_inputs"
     work.mkdir(parents=True, exist_ok=True)
     print(f"building an example dataset in {base}")
+    if args.detector == "owlv2" and not args.model:
+        print("OWLv2 (google/owlv2-base-patch16-ensemble, about 620 MB) is fetched from the Hugging Face hub "
+              "on first use and cached; offline, pass --model <local folder> or "
+              "--detector utils.example:TemplateDetector")
 
     sources = make_example_videos(work / "served")
     ids = work / "yids.txt"
