@@ -44,6 +44,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def load_torchvision_model(build, hub_weights, weights: str, what: str, flag: str) -> torch.nn.Module:
+    """``build(weights=...)`` with ``weights`` = ``default`` (torchvision's hub, cached), a local
+    state-dict path, or ``none`` (random: tests). Failing to load is systemic."""
+    try:
+        if weights == "default":
+            return build(weights=hub_weights, progress=True)
+        net = build(weights=None)
+        if weights != "none":
+            net.load_state_dict(torch.load(weights, map_location="cpu"))
+        return net
+    except Exception as exc:
+        raise SystemicError(f"cannot load {what} weights ({weights}): {exc}. Offline? pass a local state dict "
+                            f"with {flag}") from exc
+
+
 def flow_size(width: int, height: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
     """(w, h) with the short side ``short_side`` and both multiples of 8 (RAFT needs it)."""
     if width <= height:
@@ -92,16 +107,7 @@ class RAFTFlow:
         self.device = resolve_device(device)
         build = {"large": optical_flow.raft_large, "small": optical_flow.raft_small}[model]
         hub = {"large": optical_flow.Raft_Large_Weights.DEFAULT, "small": optical_flow.Raft_Small_Weights.DEFAULT}
-        try:
-            if weights == "default":
-                net = build(weights=hub[model], progress=True)
-            else:
-                net = build(weights=None)
-                if weights != "none":
-                    net.load_state_dict(torch.load(weights, map_location="cpu"))
-        except Exception as exc:
-            raise SystemicError(f"cannot load RAFT-{model} weights ({weights}): {exc}. Offline? pass a local "
-                                "state dict with --flow_weights") from exc
+        net = load_torchvision_model(build, hub[model], weights, f"RAFT-{model}", "--flow_weights")
         self.model = net.to(self.device).eval()
         self.batch_size = batch_size
 
@@ -135,16 +141,8 @@ class ClipEmbedder:
         from torchvision.models import ResNet50_Weights, resnet50
 
         self.device = resolve_device(device)
-        try:
-            if weights == "default":
-                net = resnet50(weights=ResNet50_Weights.IMAGENET1K_V1, progress=True)
-            else:
-                net = resnet50(weights=None)
-                if weights != "none":
-                    net.load_state_dict(torch.load(weights, map_location="cpu"))
-        except Exception as exc:
-            raise SystemicError(f"cannot load ResNet-50 weights ({weights}): {exc}. Offline? pass a local "
-                                "state dict with --embedding_weights") from exc
+        net = load_torchvision_model(resnet50, ResNet50_Weights.IMAGENET1K_V1, weights, "ResNet-50",
+                                     "--embedding_weights")
         net.fc = torch.nn.Identity()
         self.model = net.to(self.device).eval()
         self.batch_size = batch_size

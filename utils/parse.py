@@ -25,6 +25,7 @@ Per video:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import logging
 import math
@@ -98,18 +99,10 @@ class ParseConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ParseConfig:
-        return cls(
-            fps=args.fps,
-            max_side=args.max_side or None,
-            batch_size=args.batch_size,
-            min_track_len=args.min_track_len,
-            min_track_area=args.min_track_area,
-            track_thresh=args.track_thresh,
-            low_thresh=args.low_thresh,
-            match_thresh=args.match_thresh,
-            track_buffer=args.track_buffer,
-            motion_weight=args.motion_weight,
-        )
+        """Every field from the flag of the same name (``--max_side 0``: source size)."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        values["max_side"] = values["max_side"] or None
+        return cls(**values)
 
 
 # ---------------------------------------------------------------------------- tracking

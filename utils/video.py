@@ -105,6 +105,17 @@ def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def _rgb_converter(out_w: int, out_h: int):
+    """Frame -> RGB array of ``out_w x out_h``; swscale resizes in the same conversion."""
+
+    def convert(frame: av.VideoFrame) -> np.ndarray:
+        if (frame.width, frame.height) == (out_w, out_h):
+            return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", width=out_w, height=out_h, interpolation="AREA")
+
+    return convert
+
+
 def read_frames(
     path: str | os.PathLike,
     fps: float | None = None,
@@ -131,12 +142,7 @@ def read_frames(
         src_fps = _stream_fps(stream) or 30.0
         half_frame = 0.5 / src_fps
         width, height = stream.codec_context.width, stream.codec_context.height
-        out_w, out_h = size if size is not None else scaled_size(width, height, max_side)
-
-        def convert(frame: av.VideoFrame) -> np.ndarray:
-            if (frame.width, frame.height) == (out_w, out_h):
-                return frame.to_ndarray(format="rgb24")
-            return frame.to_ndarray(format="rgb24", width=out_w, height=out_h, interpolation="AREA")
+        convert = _rgb_converter(*(size if size is not None else scaled_size(width, height, max_side)))
 
         frames = _decode_from(container, stream, start, path)
         index = 0
@@ -200,12 +206,7 @@ def read_frames_at(
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         width, height = stream.codec_context.width, stream.codec_context.height
-        out_w, out_h = size if size is not None else scaled_size(width, height, max_side)
-
-        def convert(frame: av.VideoFrame) -> np.ndarray:
-            if (frame.width, frame.height) == (out_w, out_h):
-                return frame.to_ndarray(format="rgb24")
-            return frame.to_ndarray(format="rgb24", width=out_w, height=out_h, interpolation="AREA")
+        convert = _rgb_converter(*(size if size is not None else scaled_size(width, height, max_side)))
 
         k = 0
         while k < len(times):
