@@ -1,4 +1,5 @@
-"""Stage 5: index every track's metadata, then sample random and class-balanced subsets.
+"""Stage 5: index every track's metadata, then sample random, class-balanced, max-motion and
+minimum-redundancy subsets.
 
   INDEX_FILE=tracks_subsets/TrackVerseLVIS/TrackVerseLVIS-Full-4M.jsonl.gzip   # relative to --base_dir
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --dataset_name TrackVerseLVIS \\
@@ -6,6 +7,10 @@
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_random --N 82 184 259 392
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_class_balanced \\
       --Nc 100 300 500 1000 [--temperature 0 0.1 inf] [--min_motion 1.] [--min_nn_dist D] [--max_spt_iou V --iou_tbuff S]
+  python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_max_motion \
+      --Nc 100 300 500 1000 [--motion_column q90]          # per class, the Nc tracks that move most
+  python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_min_red \
+      --Nc 100 300 500 1000 [--max_swaps S]                # per class, Nc tracks far apart in embedding space
 
 What each action writes and promises: utils/curation.py. Exit status: 0 all good, 1 the index
 skipped damaged files or invalid records (the index is still written), 2 bad flags or inputs,
@@ -39,9 +44,9 @@ from utils.launch import (
     setup_logging,
 )
 from utils.layout import DatasetLayout, InvalidItemError, validate_name
-from utils.sampling import SamplingConstraints
+from utils.sampling import SamplingConstraints, motion_name
 
-ACTIONS = ("index", "sample_random", "sample_class_balanced")
+ACTIONS = ("index", "sample_random", "sample_class_balanced", "sample_max_motion", "sample_min_red")
 
 
 def _temperature(text: str) -> float:
@@ -88,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--N", type=_positive(float), nargs="+", default=[82, 184, 259, 392],
                           help="sample_random: subset sizes in thousands of tracks")
     sampling.add_argument("--Nc", type=_positive(int), nargs="+", default=[100, 300, 500, 1000],
-                          help="sample_class_balanced: at most this many tracks per class")
+                          help="sample_class_balanced, sample_max_motion, sample_min_red: at most this many "
+                               "tracks per class")
     sampling.add_argument("--temperature", type=_temperature, nargs="+", default=[0.0],
                           help="sample_class_balanced: 0 = highest scores, inf = uniform within class, "
                                "T > 0 = softmax(score / T) without replacement; several values allowed")
@@ -100,16 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     cons = parser.add_argument_group("constraints (sample_class_balanced; each adds its suffix to the name)")
     cons.add_argument("--min_motion", type=float, default=0.0,
                       help="per-track motion (visual_metrics.py --metric motion, column --motion_column) >= this")
-    cons.add_argument("--motion_column", default="q90", help="motion statistic used by --min_motion")
+    cons.add_argument("--motion_column", default="q90",
+                      help="motion statistic used by --min_motion and sample_max_motion (letters and digits)")
     cons.add_argument("--min_nn_dist", type=float, default=0.0,
                       help="embedding distance to every track already selected in the class >= this "
                            "(visual_metrics.py --metric embeddings)")
-    cons.add_argument("--embedding_column", default="embedding", help="embedding column used by --min_nn_dist")
+    cons.add_argument("--embedding_column", default="embedding",
+                      help="embedding column used by --min_nn_dist and sample_min_red")
     cons.add_argument("--max_spt_iou", type=float, default=1.0,
                       help="spatio-temporal IoU with every track already selected in the class from the same "
                            "video <= this")
     cons.add_argument("--iou_tbuff", type=float, default=math.inf,
                       help="seconds between paired frames before the IoU decays (inf: no decay)")
+    sampling.add_argument("--max_swaps", type=_positive(int), default=None,
+                          help="sample_min_red: at most this many swaps per class (default: 2 x Nc)")
     add_log_level_argument(parser)
     return parser
 
@@ -131,8 +141,18 @@ def _options(args: argparse.Namespace) -> SamplingOptions:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if args.action == "sample_random" and constraints.suffix():
+    if args.action != "sample_class_balanced" and constraints.suffix():
         raise UsageError("constraints (--min_motion, --min_nn_dist, --max_spt_iou) apply to sample_class_balanced")
+    if args.action in ("sample_max_motion", "sample_min_red") and args.temperature != [0.0]:
+        raise UsageError(f"--temperature applies to sample_class_balanced, not {args.action} "
+                         "(sample_min_red starts from the T=0 ranking)")
+    if args.action != "sample_min_red" and args.max_swaps is not None:
+        raise UsageError("--max_swaps applies to sample_min_red")
+    if args.action == "sample_max_motion":
+        try:
+            motion_name(args.motion_column)
+        except ValueError as exc:
+            raise UsageError(f"--motion_column: {exc}") from exc
     if not 0 <= args.max_spt_iou <= 1:
         raise UsageError(f"--max_spt_iou must be in [0, 1], got {args.max_spt_iou}")
     try:
@@ -143,7 +163,7 @@ def _options(args: argparse.Namespace) -> SamplingOptions:
     return SamplingOptions(
         action=args.action, N=list(dict.fromkeys(args.N)), Nc=list(dict.fromkeys(args.Nc)),
         temperatures=temperatures, seed=args.seed, constraints=constraints,
-        motion_column=args.motion_column, embedding_column=args.embedding_column,
+        motion_column=args.motion_column, embedding_column=args.embedding_column, max_swaps=args.max_swaps,
         dataset_name=args.dataset_name, verified_yids=read_verified_yids(verified),
         verified_source=str(verified), plots=not args.no_plots,
     )

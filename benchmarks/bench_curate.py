@@ -12,10 +12,13 @@ its time is excluded. Then, in one run:
 - writing a subset by copying gzip members at stored offsets vs streaming the whole index once
   and re-compressing the selected lines: seconds and ratio;
 - optionally (``--constraints``) class-balanced sampling with ``--min_motion`` (synthetic motion
-  metric) and with ``--max_spt_iou``.
+  metric) and with ``--max_spt_iou``;
+- optionally (``--min_red``) sample_max_motion and sample_min_red with the issue's Nc on synthetic
+  L2-normalised embeddings of ``--min_red_dim`` dimensions (2048: visual_metrics.py's ResNet-50):
+  a point per class, an offset per video, noise, so that tracks of one video are near-duplicates.
 
 Everything is extrapolated linearly to 4M tracks (per-track costs measured here; the index also
-per 16 workers). Usage: ``python -m benchmarks.bench_curate [--tracks 200000] [--constraints]``.
+per 16 workers). Usage: ``python -m benchmarks.bench_curate [--tracks 200000] [--constraints] [--min_red]``.
 """
 
 from __future__ import annotations
@@ -325,6 +328,9 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=200_000)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
     parser.add_argument("--constraints", action="store_true", help="also time --min_motion and --max_spt_iou")
+    parser.add_argument("--min_red", action="store_true",
+                        help="also time sample_max_motion and sample_min_red (synthetic metrics)")
+    parser.add_argument("--min_red_dim", type=int, default=2048, help="embedding dimensions for --min_red")
     parser.add_argument("--scale_rows", type=int, default=TARGET,
                         help="then sample from a synthetic companion of this many tracks (0: skip)")
     args = parser.parse_args()
@@ -412,9 +418,55 @@ def main() -> None:
             report_sampling("sample_class_balanced --Nc 100 --max_spt_iou 0.5 (per-class walk)", run)
             print("  " + "\n  ".join(line.strip() for line in run.out.splitlines() if "-CB" in line))
 
+        if args.min_red:
+            bench_metric_actions(base, index_path, args.min_red_dim, (*verified, "--no_plots", *common), scale)
+
         if args.scale_rows:
             real_member = index_mb * 1e6 / args.tracks
             scale_test(base, args.scale_rows, real_member, copied_mb / offs_s, base_gb)
+
+
+def write_synthetic_metrics(base: Path, index_path: Path, dim: int) -> tuple[float, float]:
+    """Motion (q90) and embeddings for every indexed track; returns (seconds, GB of vectors)."""
+    started = time.perf_counter()
+    table = load_track_table(index_path, columns=["yid", "label", "tid", "fn"])
+    codes, _ = table.labels
+    videos, _ = table.videos
+    n = len(table)
+    rng = np.random.default_rng(7)
+    centre = rng.normal(size=(int(codes.max()) + 1, dim)).astype(np.float32)
+    offset = rng.normal(size=(int(videos.max()) + 1, dim)).astype(np.float32)
+    vectors = np.empty((n, dim), np.float32)
+    for lo in range(0, n, 16384):
+        sl = slice(lo, min(n, lo + 16384))
+        v = centre[codes[sl]] + 0.6 * offset[videos[sl]] + 0.4 * rng.normal(size=(sl.stop - lo, dim)).astype(np.float32)
+        vectors[sl] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    tids, fns = table.table.column("tid").to_pylist(), table.table.column("fn").to_pylist()
+    half = n // 2
+    for part, sl in enumerate((slice(0, half), slice(half, None))):
+        name = f"rank-{part:05d}-of-00002.parquet"
+        write_metric_file(metric_dir(base, DS, "embeddings") / name, tids[sl], fns[sl], {"embedding": vectors[sl]})
+        write_metric_file(metric_dir(base, DS, "motion") / name, tids[sl], fns[sl],
+                          {"q90": rng.gamma(2.0, 0.7, len(tids[sl]))})
+    return time.perf_counter() - started, vectors.nbytes / 1e9
+
+
+def bench_metric_actions(base: Path, index_path: Path, dim: int, common: tuple, scale: float) -> None:
+    seconds, gb = write_synthetic_metrics(base, index_path, dim)
+    codes, _ = load_track_table(index_path, columns=["label"]).labels
+    sizes = np.bincount(codes[codes >= 0])
+    print(f"\nsynthetic metrics: {dim}-d embeddings ({gb:.2f} GB as float32) and q90 motion, written in {seconds:.0f} s; "
+          f"largest class {sizes.max()} tracks, classes above Nc: "
+          + ", ".join(f"{nc}: {int((sizes > nc).sum())}" for nc in NC))
+    run = cli("--action", "sample_max_motion", "--Nc", *NC, *common)
+    report_sampling(f"sample_max_motion --Nc {' '.join(map(str, NC))}", run)
+    for nc in NC:
+        run = cli("--action", "sample_min_red", "--Nc", nc, *common)
+        report_sampling(f"sample_min_red --Nc {nc}", run)
+        print("  " + "\n  ".join(line.strip() for line in run.out.splitlines() if "-MinRed-" in line))
+        print(f"  -> x{scale:.3g} tracks (4M): at least {run.phases().get('select', math.nan) * scale / 60:.0f} min of "
+              f"selection (classes grow too: swaps per class and candidates per swap rise with them), "
+              f"{gb * scale:.0f} GB of embeddings in memory")
 
 
 def report_sampling(title: str, run: Run) -> None:

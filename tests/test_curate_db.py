@@ -580,3 +580,132 @@ def _tmp_file(base: Path, data: bytes) -> Path:
     path = base / "copied.jsonl.gzip"
     path.write_bytes(data)
     return path
+
+
+# ------------------------------------------------------------------- max motion, min redundancy
+
+
+def _eligible_by_class(records: list[TrackRecord], verified: Path, keep=lambda r: True) -> dict[str, list]:
+    excluded = read_verified_yids(verified)
+    out: dict[str, list] = {}
+    for r in records:
+        if r.yid not in excluded and keep(r):
+            out.setdefault(r.label, []).append(r)
+    return out
+
+
+def _min_pairwise(vectors: list[np.ndarray]) -> float:
+    x = np.stack(vectors).astype(np.float64)
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    return float(d[np.triu_indices(len(x), 1)].min())
+
+
+def test_max_motion_takes_the_top_moving_tracks_per_class(tmp_path, capsys):
+    base, records, verified = _motion_db(tmp_path)
+    excluded = read_verified_yids(verified)
+    rng = np.random.default_rng(3)
+    q90 = {r.tid: float(v) for r, v in zip(records, rng.uniform(0, 5, len(records)), strict=True)}
+    q50 = {tid: 10 - v for tid, v in q90.items()}  # the opposite order
+    for r in records:
+        if r.yid in excluded:
+            q90[r.tid] = 100.0  # the most moving tracks are all in an evaluation video
+    missing = {r.tid for r in records[::7]}
+    nan = {records[1].tid, records[2].tid}
+    for tid in missing:
+        q90[tid] = 50.0  # what a missing row must never be read as
+    rows = [r for r in records if r.tid not in missing]
+    write_metric_file(metric_dir(base, DS, "motion") / "rank-00000-of-00001.parquet", [r.tid for r in rows],
+                      [r.fn for r in rows], {"q90": [math.nan if r.tid in nan else q90[r.tid] for r in rows],
+                                             "q50": [q50[r.tid] for r in rows]})
+    assert sample(base, "sample_max_motion", verified, "--Nc", "2", "5") == 0
+    out = capsys.readouterr().out
+    has_value = _eligible_by_class(records, verified, lambda r: r.tid not in missing | nan)
+    no_value = sum(len(v) for v in _eligible_by_class(records, verified).values()) - sum(map(len, has_value.values()))
+    assert f"{no_value} no motion value" in out and "have none" in out and "MaxQ90Motion" in out
+    picked = {}
+    for nc in (2, 5):
+        expected = {r.tid for members in has_value.values()
+                    for r in sorted(members, key=lambda r: -q90[r.tid])[:nc]}
+        name = f"{DS}-MaxQ90Motion-CB{nc}-0K.jsonl.gzip"
+        picked[nc] = {r.tid for r in subset_records(base, name)}
+        assert picked[nc] == expected
+        assert not picked[nc] & (missing | nan)
+        assert {r["label"]: int(r["count"]) for r in _table_rows(base, name)} == {
+            c: min(nc, len(m)) for c, m in has_value.items()}
+        report = json.loads(report_path(DatasetLayout(base).subset_file(name)).read_text())
+        assert report["action"] == "sample_max_motion" and report["motion_column"] == "q90"
+        assert report["exclusions"]["no_motion_value"] == no_value and report["exclusions"]["verified_videos"] > 0
+    assert picked[2] <= picked[5]
+    assert not {r.yid for r in subset_records(base, f"{DS}-MaxQ90Motion-CB5-0K.jsonl.gzip")} & excluded
+    # another statistic, another name
+    assert sample(base, "sample_max_motion", verified, "--Nc", "2", "--motion_column", "q50") == 0
+    got = {r.tid for r in subset_records(base, f"{DS}-MaxQ50Motion-CB2-0K.jsonl.gzip")}
+    assert got == {r.tid for members in _eligible_by_class(records, verified, lambda r: r.tid not in missing).values()
+                   for r in sorted(members, key=lambda r: -q50[r.tid])[:2]}
+
+
+def test_min_red_spreads_each_class_and_is_deterministic(tmp_path):
+    base, records, verified = _motion_db(tmp_path)
+    excluded = read_verified_yids(verified)
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(4, 8)) * 5  # 4 far-apart points
+    top = {c: sorted(m, key=lambda r: -r.top10_wlogit_mu[0]) for c, m in _eligible_by_class(records, verified).items()}
+    emb = {}
+    for ranked in top.values():  # the 4 best-scored tracks of a class are near-duplicates, then 1 per point
+        for i, r in enumerate(ranked):
+            emb[r.tid] = centres[0 if i < 4 else i % 4] + rng.normal(scale=0.01, size=8)
+    for r in records:
+        if r.yid in excluded:
+            emb[r.tid] = rng.normal(size=8) * 100  # far from everything: attractive, but never eligible
+    no_emb = {ranked[0].tid for ranked in top.values()}  # each class's best track has no embedding ...
+    nan_emb = {top["zebra"][1].tid}  # ... and one has a NaN in it
+    rows = [r for r in records if r.tid not in no_emb]
+    vecs = np.stack([emb[r.tid] for r in rows])
+    vecs[[i for i, r in enumerate(rows) if r.tid in nan_emb], 3] = np.nan
+    write_metric_file(metric_dir(base, DS, "embeddings") / "rank-00000-of-00001.parquet",
+                      [r.tid for r in rows], [r.fn for r in rows], {"embedding": vecs})
+
+    nc = 3
+    assert sample(base, "sample_min_red", verified, "--Nc", str(nc)) == 0
+    name = f"{DS}-MinRed-CB{nc}-0K.jsonl.gzip"
+    target = DatasetLayout(base).subset_file(name)
+    got = subset_records(base, name)
+    assert not {r.tid for r in got} & (no_emb | nan_emb)
+    assert not {r.yid for r in got} & excluded
+    report = json.loads(report_path(target).read_text())
+    assert report["exclusions"]["no_embedding"] == len(no_emb) + len(nan_emb)
+    per_class = {c["label"]: c for c in report["min_red_classes"]}
+    for label, members in top.items():
+        candidates = [r for r in members if r.tid not in no_emb | nan_emb]
+        chosen = [emb[r.tid] for r in got if r.label == label]
+        assert len(chosen) == min(nc, len(candidates))
+        if len(members) >= 8:  # candidates at >= 3 of the points (ranks 1-4 at the first, 5, 6, 7)
+            start = _min_pairwise([emb[r.tid] for r in candidates[:nc]])  # top-Nc by score: near-duplicates
+            assert start < 0.1 < 3 < _min_pairwise(chosen)  # spread over the far-apart points
+            assert per_class[label]["start_min_dist"] == pytest.approx(start, abs=1e-3)
+            assert per_class[label]["min_dist"] == pytest.approx(_min_pairwise(chosen), abs=1e-3)
+            assert per_class[label]["swaps"] >= 1 and per_class[label]["converged"]
+    assert report["min_red"]["classes_swapped"] == len(per_class) >= 4
+    # the same run through the command line (with the plot) writes the same bytes
+    first = target.read_bytes()
+    proc = run_cli("curate_db.py", "--action", "sample_min_red", "--base_dir", base, "--index_file", INDEX,
+                   "--verified_list", verified, "--Nc", str(nc), check=True)
+    assert target.read_bytes() == first
+    assert name in proc.stdout and "minimum pairwise distance" in proc.stdout and "no embedding" in proc.stdout
+    stem = DatasetLayout(base).subsets_dir() / f"{DS}-MinRed-CB{nc}-0K"
+    assert stem.with_suffix(".classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stem.with_suffix(".classes.csv").read_text().startswith("label,count,available,relax_round\n")
+
+
+def test_metric_actions_reject_flags_that_do_not_apply(db, capsys):
+    base, _, verified = db
+    for action, extra, message in (
+        ("sample_max_motion", ("--temperature", "inf"), "--temperature"),
+        ("sample_min_red", ("--min_nn_dist", "1"), "sample_class_balanced"),
+        ("sample_class_balanced", ("--max_swaps", "5"), "sample_min_red"),
+        ("sample_max_motion", ("--motion_column", "q-90"), "letters and digits"),
+        ("sample_max_motion", (), "visual_metrics.py --metric motion"),
+        ("sample_min_red", (), "visual_metrics.py --metric embeddings"),
+    ):
+        assert sample(base, action, verified, *extra) == 2, (action, extra)
+        assert message in capsys.readouterr().err

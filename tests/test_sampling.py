@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from utils.sampling import (
+    MIN_RED_SWAPS_PER_TRACK,
     SamplingConstraints,
     eligible_by_video,
     format_number,
+    min_redundancy,
+    motion_name,
     rank_within_class,
     sample_class_balanced,
     sample_random,
@@ -301,3 +304,95 @@ def test_names_with_constraints_and_errors() -> None:
         subset_name("X", "random")
     with pytest.raises(ValueError, match="needs Nc"):
         subset_name("X", "class_balanced", Nc=1)
+
+
+def test_max_motion_and_min_red_names() -> None:
+    assert (subset_name("TrackVerseLVIS", "sample_max_motion", Nc=1000, total=392_417)
+            == "TrackVerseLVIS-MaxQ90Motion-CB1000-392K.jsonl.gzip")
+    assert (subset_name("TrackVerseLVIS", "max_motion", Nc=100, total=999, motion_column="q50")
+            == "TrackVerseLVIS-MaxQ50Motion-CB100-0K.jsonl.gzip")
+    assert (subset_name("TrackVerseLVIS", "sample_min_red", Nc=300, total=184_999)
+            == "TrackVerseLVIS-MinRed-CB300-184K.jsonl.gzip")
+    assert motion_name("q90") == "Q90" and motion_name("Q75") == "Q75"
+    for bad in ("q-90", "", "q 90", "../x"):
+        with pytest.raises(ValueError, match="letters and digits"):
+            motion_name(bad)
+    with pytest.raises(ValueError, match="needs Nc"):
+        subset_name("X", "min_red", Nc=3)
+
+
+# --------------------------------------------------------------------------------------------
+# minimum redundancy
+# --------------------------------------------------------------------------------------------
+def _min_red_reference(x: np.ndarray, k: int, cap: int) -> tuple[list[int], int]:
+    """The documented rule, computed from the full distance matrix."""
+    d = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    sel, swaps = list(range(k)), 0
+    while swaps < cap:
+        sub = d[np.ix_(sel, sel)]
+        i = int(np.argmin(sub.min(1)))
+        j = int(np.argmin(sub[i]))
+        best, choice = None, None
+        for p in sorted((i, j), key=lambda q: -sel[q]):
+            rest = [s for q, s in enumerate(sel) if q != p]
+            rest_min = d[np.ix_(rest, rest)].min()
+            cands = [c for c in range(len(x)) if c not in sel]
+            to_rest = d[np.ix_(cands, rest)].min(1)
+            key = (min(rest_min, to_rest.max()), to_rest.max())
+            if best is None or key > best:
+                best, choice = key, (p, cands[int(np.argmax(to_rest))])
+        if not best[1] > sub[i, j]:
+            break
+        sel[choice[0]] = choice[1]
+        swaps += 1
+    return sorted(sel), swaps
+
+
+def test_min_redundancy_follows_the_documented_rule() -> None:
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        m = int(rng.integers(4, 30))
+        k = int(rng.integers(2, m))
+        x = rng.normal(size=(m, 4)).astype(np.float32)
+        if case % 2:  # clustered: many near-duplicates
+            x = (rng.normal(size=(3, 4))[rng.integers(0, 3, m)] * 5 + rng.normal(size=(m, 4)) * 0.1).astype(np.float32)
+        cap = int(rng.integers(0, 2 * k)) if case % 5 == 0 else 10 * k
+        got = min_redundancy(x, k, max_swaps=cap, batch=int(rng.integers(1, 5)), chunk=int(rng.integers(1, 9)))
+        expected, swaps = _min_red_reference(x, k, cap)
+        assert got.selected.tolist() == expected and got.swaps == swaps, case
+        assert got.converged == (swaps < cap)
+
+
+def test_min_redundancy_spreads_clustered_points_deterministically() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(12, 32))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = (centres[rng.integers(0, 12, 3000)] + rng.normal(scale=0.02, size=(3000, 32))).astype(np.float32)
+    x[:10] = centres[0] + rng.normal(scale=0.02, size=(10, 32))  # the start: one cluster
+    before = x.copy()
+    result = min_redundancy(x, 10)
+    again = min_redundancy(x, 10)
+    np.testing.assert_array_equal(result.selected, again.selected)
+    np.testing.assert_array_equal(x, before)  # the input is not modified
+    chosen = x[result.selected].astype(np.float64)
+    dist = np.sqrt(((chosen[:, None] - chosen[None]) ** 2).sum(-1))[np.triu_indices(10, 1)]
+    assert result.start_min_dist < 0.3 and dist.min() == pytest.approx(result.min_dist, abs=1e-4)
+    assert result.min_dist > 0.5  # one track per cluster
+    assert result.converged and 0 < result.swaps <= MIN_RED_SWAPS_PER_TRACK * 10
+    assert np.all(np.diff(result.selected) > 0)
+
+
+def test_min_redundancy_edge_cases() -> None:
+    x = np.random.default_rng(2).normal(size=(5, 3))
+    assert min_redundancy(x, 5).selected.tolist() == [0, 1, 2, 3, 4]  # nothing to choose
+    assert min_redundancy(x, 9).selected.tolist() == [0, 1, 2, 3, 4]
+    assert min_redundancy(x, 1).selected.tolist() == [0]  # no pair: the best-ranked
+    assert min_redundancy(x, 0).selected.size == 0
+    capped = min_redundancy(np.repeat(x, 2, axis=0), 2, max_swaps=0)
+    assert capped.selected.tolist() == [0, 1] and capped.swaps == 0 and not capped.converged
+    assert min_redundancy(np.zeros((4, 2)), 2).swaps == 0  # all equal: no swap improves
+    with pytest.raises(ValueError, match="NaN"):
+        min_redundancy(np.array([[0.0, np.nan], [1, 1], [2, 2]]), 2)
+    with pytest.raises(ValueError, match="2-D"):
+        min_redundancy(np.zeros(4), 2)

@@ -26,8 +26,8 @@ Companion (``<index stem>.columns.parquet``, beside the index)
     mean logit ``top10_wlogit_mu[0]`` (NaN without it), ``logit`` ``top10_logit_mu[0]``.
     Its schema metadata (``trackverse.index``) records the dataset name and the index's size.
     ``<index stem>.report.json`` lists every problem the index run met.
-Subsets (``sample_random``, ``sample_class_balanced``)
-    Read only the companion, never the JSON; videos of the verified evaluation list are never
+Subsets (``sample_random``, ``sample_class_balanced``, ``sample_max_motion``, ``sample_min_red``)
+    Read only the companion (and the metric files the action needs), never the JSON; videos of the verified evaluation list are never
     sampled; names come from :func:`utils.sampling.subset_name`. Each subset
     ``<base_dir>/tracks_subsets/<name>.jsonl.gzip`` gets ``<stem>.classes.csv`` (per class:
     label, count, available, relax_round), ``<stem>.classes.png`` (the class distribution) and
@@ -52,6 +52,26 @@ Constraints (``sample_class_balanced``)
     **Missing metric values**: a track without the value a constraint needs (no row in the
     metric files, or NaN) is never selected by that constraint, not even once it is relaxed
     off; the summary says how many there were. Nothing is ever filled in.
+Per-class selections by a metric (``sample_max_motion``, ``sample_min_red``; ``--Nc``, no
+temperature, no constraints, names in :mod:`utils.sampling`), as the original's actions of the
+same names, deterministic (``--seed`` plays no part):
+    ``sample_max_motion``: per class, the ``Nc`` tracks with the highest motion value
+    (``--motion_column`` of the ``motion`` metric, ``q90`` by default; ties by index order). CB100
+    is contained in CB300. The original ranked every track and read a missing value as 0; here a
+    track without a value is never selected and is counted (``no_motion_value``).
+    ``sample_min_red``: per class, ``Nc`` tracks whose smallest pairwise Euclidean distance
+    between ``embeddings`` (``--embedding_column``) is as large as possible,
+    :func:`utils.sampling.min_redundancy`: start from the class's top ``Nc`` by score (the T=0
+    ranking, where the original started from a random sample), then greedy swaps (one track of
+    the closest pair out, the candidate farthest from the rest in) until no swap improves, at
+    most ``--max_swaps`` per class (default 2 x Nc; the original made 5 passes over the
+    candidates, swapping in the first that improved and dropping a random one of the pair). Each
+    ``Nc`` is computed on its own (so CB100 need not lie in CB300). Candidates: the class's tracks
+    with a score and an embedding; a track without an embedding is never selected and is counted
+    (``no_embedding``; the original used random noise). The report adds, per class that had more
+    candidates than ``Nc``, the minimum pairwise distance at the start and at the end and the
+    swaps made. Memory: ``candidates x D`` float32 embeddings (all classes at once, in class
+    order, so that a class is a view), plus ``4096 x Nc`` floats while a class is set up.
 """
 
 from __future__ import annotations
@@ -87,10 +107,12 @@ from utils.launch import UsageError, is_systemic
 from utils.layout import YID_PATTERN, DatasetLayout, validate_name
 from utils.metrics_store import EMBEDDINGS, MOTION, MetricsError, load_metric_columns, load_metric_vectors
 from utils.sampling import (
+    MIN_RED_SWAPS_PER_TRACK,
     SUBSET_EXT,
     SamplingConstraints,
     eligible_by_video,
     format_number,
+    min_redundancy,
     rank_within_class,
     sample_random,
     subset_name,
@@ -806,6 +828,7 @@ class SamplingOptions:
     constraints: SamplingConstraints = field(default_factory=SamplingConstraints)
     motion_column: str = "q90"
     embedding_column: str = "embedding"
+    max_swaps: int | None = None  # sample_min_red: swaps per class (None: MIN_RED_SWAPS_PER_TRACK x Nc)
     dataset_name: str | None = None
     verified_yids: set[str] = field(default_factory=set)
     verified_source: str = ""
@@ -823,6 +846,7 @@ class SubsetPlan:
     available: np.ndarray  # per class code: tracks the subset could draw from
     params: dict
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # extra facts for the summary line
 
 
 @dataclass
@@ -951,6 +975,107 @@ class _Sampler:
                     ))
         return plans
 
+    # ---------------------------------------------------------------- by a metric, per class
+    def _classified(self) -> np.ndarray:
+        """Tracks outside the verified videos that have a class (counts those without one)."""
+        self.exclusions["no_class"] = int((self.not_verified & (self.codes < 0)).sum())
+        return self.not_verified & (self.codes >= 0)
+
+    def _progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="class", disable=not self.opts.progress, dynamic_ncols=True,
+                    mininterval=_progress_interval(), file=sys.stderr)
+
+    def max_motion(self) -> list[SubsetPlan]:
+        opts = self.opts
+        candidates = self._classified()
+        tids, fns = self.table.strings("tid"), self.table.strings("fn")
+        metric = load_metric_columns(self.base_dir, self.dataset_name, MOTION, [opts.motion_column], tids, fns)
+        self._metric_report(metric.report.line())
+        motion = metric.values[opts.motion_column]
+        usable = candidates & np.isfinite(motion)
+        self.exclusions["no_motion_value"] = int((candidates & ~usable).sum())
+        ranks = rank_within_class(self.codes, np.where(usable, motion, 0.0), 0.0, eligible_mask=usable)
+        avail = self.available(usable)
+        plans = []
+        for nc in opts.Nc:
+            rows = np.flatnonzero((ranks >= 0) & (ranks < int(nc)))
+            picked = motion[rows]
+            stats = {"min": float(picked.min()), "median": float(np.median(picked))} if rows.size else {}
+            plans.append(SubsetPlan(
+                name=subset_name(self.dataset_name, "max_motion", Nc=int(nc), total=rows.size,
+                                 motion_column=opts.motion_column),
+                rows=rows, rounds=np.zeros(rows.size, dtype=np.int8), available=avail,
+                params={"Nc": int(nc), "motion_column": opts.motion_column, "selected_motion": stats},
+                notes=[f"{opts.motion_column} of the selected tracks: lowest {stats['min']:.3g}, "
+                       f"median {stats['median']:.3g}"] if stats else [],
+            ))
+        return plans
+
+    def min_red(self) -> list[SubsetPlan]:
+        opts = self.opts
+        ranked = self._classified()
+        score = self.table.numpy("score")
+        self.exclusions["no_score"] = int((ranked & ~np.isfinite(score)).sum())
+        ranked &= np.isfinite(score)
+        ranks = rank_within_class(self.codes, np.nan_to_num(score), 0.0, eligible_mask=ranked)
+        rows = np.flatnonzero(ranks >= 0)
+        order = rows[np.lexsort((ranks[rows], self.codes[rows]))]  # by class, best score first
+        vectors = load_metric_vectors(self.base_dir, self.dataset_name, EMBEDDINGS, opts.embedding_column,
+                                      self.table.strings("tid"), self.table.strings("fn"), rows=order)
+        self._metric_report(vectors.report.line())
+        present = vectors.present
+        self.exclusions["no_embedding"] = int(order.size - present.sum())
+        usable = np.zeros(self.n, dtype=bool)
+        usable[order[present]] = True
+        avail = self.available(usable)
+        codes = self.codes[order]
+        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]) if order.size else np.zeros(1, np.int64)
+        plans = []
+        for nc in (int(v) for v in opts.Nc):
+            picked: list[np.ndarray] = []
+            per_class: list[dict] = []
+            bar = self._progress(bounds.size - 1, f"min-red Nc={nc}")
+            for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                keep = present[lo:hi]
+                candidates = order[lo:hi][keep]
+                if candidates.size > nc:
+                    block = vectors.vectors[lo:hi]
+                    result = min_redundancy(block if keep.all() else block[keep], nc, max_swaps=opts.max_swaps)
+                    candidates = candidates[result.selected]
+                    per_class.append({
+                        "label": self.class_names[int(codes[lo])], "candidates": int(keep.sum()),
+                        "start_min_dist": round(result.start_min_dist, 6), "min_dist": round(result.min_dist, 6),
+                        "swaps": result.swaps, "converged": result.converged,
+                    })
+                picked.append(candidates)
+                bar.update(1)
+            bar.close()
+            rows = np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+            plans.append(self._min_red_plan(nc, rows, avail, per_class))
+        return plans
+
+    def _min_red_plan(self, nc: int, rows: np.ndarray, avail: np.ndarray, per_class: list[dict]) -> SubsetPlan:
+        cap = self.opts.max_swaps if self.opts.max_swaps is not None else MIN_RED_SWAPS_PER_TRACK * nc
+        start = np.array([c["start_min_dist"] for c in per_class])
+        final = np.array([c["min_dist"] for c in per_class])
+        summary = {
+            "classes_swapped": len(per_class), "swaps": int(sum(c["swaps"] for c in per_class)),
+            "classes_at_swap_cap": int(sum(not c["converged"] for c in per_class)), "max_swaps": cap,
+            "median_start_min_dist": round(float(np.median(start)), 6) if per_class else None,
+            "median_min_dist": round(float(np.median(final)), 6) if per_class else None,
+        }
+        notes = [f"{summary['classes_swapped']} classes had more than {nc} candidates"]
+        if per_class:
+            notes[0] += (f": {summary['swaps']} swaps, median per-class minimum pairwise distance "
+                         f"{summary['median_start_min_dist']:.4g} -> {summary['median_min_dist']:.4g}, "
+                         f"{summary['classes_at_swap_cap']} stopped at the swap cap ({cap})")
+        return SubsetPlan(
+            name=subset_name(self.dataset_name, "min_red", Nc=nc, total=rows.size), rows=rows,
+            rounds=np.zeros(rows.size, dtype=np.int8), available=avail, notes=notes,
+            params={"Nc": nc, "embedding_column": self.opts.embedding_column, "min_red": summary,
+                    "min_red_classes": per_class},
+        )
+
     def _walk(self, ranks: np.ndarray, nc_max: int, inputs: WalkInputs, temperature: float) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(ranks >= 0)
         order = rows[np.lexsort((ranks[rows], self.codes[rows]))]
@@ -1072,7 +1197,7 @@ def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, sourc
         "subset": plan.name, "file": str(target), "bytes": size, "tracks": int(plan.rows.size),
         "classes": len(rows), "relaxed_classes": dict(relaxed), "classes_short": short,
         "action": sampler.opts.action, "dataset_name": sampler.dataset_name, **plan.params,
-        "exclusions": dict(sampler.exclusions), "warnings": plan.warnings, **source,
+        "exclusions": dict(sampler.exclusions), "warnings": plan.warnings, "notes": plan.notes, **source,
         "class_table": str(class_table_path(target)), "plot": str(class_plot_path(target)) if plotted else None,
     }
     atomic_write_json(report_path(target), report)
@@ -1086,6 +1211,8 @@ def _subset_line(report: dict) -> str:
         text += f"; {sum(report['relaxed_classes'].values())} classes relaxed ({parts})"
     if report.get("Nc"):
         text += f"; {report['classes_short']} classes have fewer than {report['Nc']} eligible tracks"
+    for note in report.get("notes", []):
+        text += f"; {note}"
     for warning in report["warnings"]:
         text += f"; WARNING: {warning}"
     return text
@@ -1102,6 +1229,10 @@ def run_sampling(base_dir: str | os.PathLike, index_path: str | os.PathLike, opt
         columns.append("score")
         if opts.constraints.uses_motion or opts.constraints.uses_diversity:
             columns += ["tid", "fn"]
+    elif opts.action == "sample_max_motion":
+        columns += ["tid", "fn"]
+    elif opts.action == "sample_min_red":
+        columns += ["score", "tid", "fn"]
     table = load_track_table(index_path, columns=columns)
     sampler = _Sampler(base_dir, table, opts, summary.lines)
     timings["read"] = time.perf_counter() - started
@@ -1111,6 +1242,10 @@ def run_sampling(base_dir: str | os.PathLike, index_path: str | os.PathLike, opt
             plans = sampler.random()
         elif opts.action == "sample_class_balanced":
             plans = sampler.class_balanced()
+        elif opts.action == "sample_max_motion":
+            plans = sampler.max_motion()
+        elif opts.action == "sample_min_red":
+            plans = sampler.min_red()
         else:
             raise UsageError(f"unknown sampling action {opts.action!r}")
     except MetricsError as exc:

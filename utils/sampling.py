@@ -10,11 +10,30 @@ sorted ascending, so that a subset is written in index order. Nothing here reads
   finite ``T>0`` a sample without replacement with probabilities ``softmax(score / T)``
   (Gumbel-top-k: sort by ``score / T + Gumbel noise``, which needs no exponentials). The ranking
   is shared by every ``Nc``, so with the same seed CB100 is contained in CB300, etc.
+* ``min_redundancy``: per class, ``Nc`` tracks whose minimum pairwise embedding distance is as
+  large as possible (``sample_min_red``): start from the top ``Nc`` of the T=0 ranking, then
+  swap greedily (see the function). Deterministic: no seed is involved.
 * ``eligible_by_video``: the mask that keeps the verified evaluation videos out of every subset.
 * ``SamplingConstraints``: optional filters and the suffix each adds to the subset name.
 * ``subset_name``: file names of subsets, e.g. ``TrackVerseLVIS-CB1000-392K-T0.jsonl.gzip``.
 
-Name suffixes (appended in this order, numbers printed like temperatures):
+Subset names (``total`` = tracks selected, ``N`` in thousands as given, numbers printed like
+temperatures by ``format_number``):
+
+=========================  ===============================================================
+action                     name
+=========================  ===============================================================
+``sample_random``          ``<dataset_name>-<N>K-RND.jsonl.gzip``
+``sample_class_balanced``  ``<dataset_name>-CB<Nc>-<total//1000>K-T<T>[suffix].jsonl.gzip``
+``sample_max_motion``      ``<dataset_name>-Max<Col>Motion-CB<Nc>-<total//1000>K.jsonl.gzip``
+``sample_min_red``         ``<dataset_name>-MinRed-CB<Nc>-<total//1000>K.jsonl.gzip``
+=========================  ===============================================================
+
+``<Col>`` is the motion column with its first letter upper-cased: ``q90`` (the default) gives
+``MaxQ90Motion``, the original's name; columns are restricted to letters and digits. The last
+two follow the original TrackVerse names (``-MaxQ90Motion-CB<Nc>-<N>K``, ``-MinRed-CB<Nc>-<N>K``).
+
+Constraint suffixes of class-balanced subsets (appended in this order):
 
 =================  ==================  ==========================================================
 constraint         suffix              meaning
@@ -25,15 +44,16 @@ constraint         suffix              meaning
                                        video <= v, optional time buffer b seconds
 =================  ==================  ==========================================================
 
-Only ``min_motion`` is implemented. Diversity and overlap are not masks: they must walk the
-ranking (``rank_within_class``) track by track and accept a track only if it is far enough from
-those already accepted; that sequential pass belongs after ranking and before the ``Nc`` cut.
-Asking for them raises ``NotImplementedError`` instead of silently ignoring them.
+``SamplingConstraints.mask`` applies ``min_motion`` only. Diversity and overlap are not masks:
+they walk the ranking (``rank_within_class``) track by track and accept a track only if it is
+far enough from those already accepted (``utils.curation.walk_class``); ``mask`` raises
+``NotImplementedError`` for them instead of silently ignoring them.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -42,10 +62,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "MinRedResult",
     "RandomSample",
     "SamplingConstraints",
     "eligible_by_video",
     "format_number",
+    "min_redundancy",
+    "motion_name",
     "rank_within_class",
     "sample_class_balanced",
     "sample_random",
@@ -223,7 +246,8 @@ class SamplingConstraints:
 
     ``min_motion``: keep tracks whose motion value (e.g. the q90 optical-flow magnitude of
     visual_metrics.py) is >= this; tracks without a value (NaN) are dropped.
-    ``min_nn_dist`` / ``max_spt_iou`` (+ ``iou_tbuff``): diversity and overlap, not implemented.
+    ``min_nn_dist`` / ``max_spt_iou`` (+ ``iou_tbuff``): diversity and overlap, applied by the
+    sequential walk of ``utils.curation`` (``mask`` refuses them).
     """
 
     min_motion: float | None = None
@@ -297,13 +321,14 @@ def subset_name(
     total: int | None = None,
     temperature: float | None = None,
     constraints: SamplingConstraints | None = None,
+    motion_column: str = "q90",
 ) -> str:
-    """File name of a subset.
+    """File name of a subset (the table in the module docstring).
 
-    ``kind="random"``: ``<dataset_name>-<N>K-RND[suffix].jsonl.gzip`` with ``N`` in thousands
-    as given. ``kind="class_balanced"``: ``<dataset_name>-CB<Nc>-<total//1000>K-T<T>[suffix]``
-    ``.jsonl.gzip`` with ``total`` the number of tracks selected. ``sample_`` prefixes are
-    accepted (the ``--action`` names). ``[suffix]`` comes from ``constraints``.
+    ``kind``: ``random`` (needs ``N``, thousands), ``class_balanced`` (``Nc``, ``total``,
+    ``temperature``, optional ``constraints`` for the suffix), ``max_motion`` (``Nc``,
+    ``total``, ``motion_column``) or ``min_red`` (``Nc``, ``total``); the ``sample_`` prefixes
+    of the ``--action`` names are accepted.
     """
     kind_key = kind.removeprefix("sample_")
     suffix = constraints.suffix() if constraints is not None else ""
@@ -311,9 +336,215 @@ def subset_name(
         if N is None:
             raise ValueError("a random subset name needs N (thousands)")
         return f"{dataset_name}-{format_number(N)}K-RND{suffix}{SUBSET_EXT}"
-    if kind_key == "class_balanced":
-        if Nc is None or total is None or temperature is None:
+    if kind_key in ("class_balanced", "max_motion", "min_red"):
+        if Nc is None or total is None:
+            raise ValueError(f"a {kind_key} subset name needs Nc and total")
+        size = f"CB{int(Nc)}-{int(total) // 1000}K"
+        if kind_key == "max_motion":
+            return f"{dataset_name}-Max{motion_name(motion_column)}Motion-{size}{SUBSET_EXT}"
+        if kind_key == "min_red":
+            return f"{dataset_name}-MinRed-{size}{SUBSET_EXT}"
+        if temperature is None:
             raise ValueError("a class-balanced subset name needs Nc, total and temperature")
         temp = format_number(_check_temperature(temperature))
-        return f"{dataset_name}-CB{int(Nc)}-{int(total) // 1000}K-T{temp}{suffix}{SUBSET_EXT}"
-    raise ValueError(f"unknown subset kind {kind!r}: expected 'random' or 'class_balanced'")
+        return f"{dataset_name}-{size}-T{temp}{suffix}{SUBSET_EXT}"
+    raise ValueError(
+        f"unknown subset kind {kind!r}: expected 'random', 'class_balanced', 'max_motion' or 'min_red'"
+    )
+
+
+def motion_name(column: str) -> str:
+    """The motion column as it appears in a ``sample_max_motion`` name: ``q90`` -> ``Q90``."""
+    if not re.fullmatch(r"[A-Za-z0-9]+", column or ""):
+        raise ValueError(f"motion column {column!r} cannot name a subset: letters and digits only")
+    return column[0].upper() + column[1:]
+
+
+# --------------------------------------------------------------------------------------------
+# minimum redundancy (sample_min_red)
+# --------------------------------------------------------------------------------------------
+class MinRedResult(NamedTuple):
+    """Result of ``min_redundancy``.
+
+    ``selected``: positions into the candidate list, ascending. ``start_min_dist`` /
+    ``min_dist``: smallest pairwise Euclidean distance of the start (the first ``k``) and of the
+    result (NaN when fewer than 2 are selected or when no swap was possible: ``k >= candidates``,
+    where nothing is computed). ``swaps``: swaps made. ``converged``: stopped because no swap
+    improved (False: stopped by ``max_swaps``).
+    """
+
+    selected: np.ndarray
+    start_min_dist: float
+    min_dist: float
+    swaps: int
+    converged: bool
+
+
+MIN_RED_SWAPS_PER_TRACK = 2  # default swap cap: this many swaps per selected track
+
+
+class _TopTwo:
+    """Per candidate row, its two nearest selected tracks (squared distance, position in the
+    selection); for a selected row, the two nearest among the others. ``fresh[row] == now``:
+    exact for the current selection; otherwise exact for an older one that differs only by
+    tracks added since (removals are always applied at once), so the stored values are upper
+    bounds of the true ones."""
+
+    def __init__(self, x: np.ndarray, k: int, chunk: int):
+        self.x = x
+        self.sq = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
+        self.k = k
+        self.chunk = chunk
+        m = x.shape[0]
+        self.member_rows = np.arange(k, dtype=np.int64)  # row at each position of the selection
+        self.pos = np.full(m, -1, dtype=np.int64)  # position of each row, -1: a candidate
+        self.pos[:k] = np.arange(k)
+        self.sel = np.array(x[:k], order="C")  # vectors of the selection, by position (a copy)
+        self.sel_sq = self.sq[:k].copy()
+        self.d1 = np.empty(m, np.float32)
+        self.d2 = np.empty(m, np.float32)
+        self.p1 = np.empty(m, np.int64)
+        self.p2 = np.empty(m, np.int64)
+        self.fresh = np.zeros(m, np.int64)
+        self.now = 0
+        for lo in range(0, m, chunk):
+            self.refresh(np.arange(lo, min(m, lo + chunk)))
+
+    def refresh(self, rows: np.ndarray) -> None:
+        """Exact top two of ``rows`` against the current selection (one matrix product)."""
+        for lo in range(0, rows.size, self.chunk):
+            part = rows[lo:lo + self.chunk]
+            d = self.sq[part, None] + self.sel_sq[None, :] - 2.0 * (self.x[part] @ self.sel.T)
+            np.maximum(d, 0.0, out=d)
+            own = self.pos[part]
+            inside = np.flatnonzero(own >= 0)
+            d[inside, own[inside]] = np.inf  # a selected track is not its own neighbour
+            two = np.argpartition(d, 1, axis=1)[:, :2]  # k >= 2
+            at = np.arange(part.size)
+            first, second = d[at, two[:, 0]], d[at, two[:, 1]]
+            self.d1[part], self.p1[part] = first, two[:, 0]
+            # a selected row of a 2-track selection has one neighbour: no second position
+            self.d2[part], self.p2[part] = second, np.where(np.isinf(second), -1, two[:, 1])
+            self.fresh[part] = self.now
+
+    def without(self, p: int, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Squared distance of ``rows`` to the selection without position ``p``."""
+        return np.where(self.p1[rows] == p, self.d2[rows], self.d1[rows])
+
+    def swap(self, p: int, new_row: int) -> None:
+        """Replace the track at position ``p`` with candidate ``new_row``."""
+        old_row = int(self.member_rows[p])
+        to_new = self.sq[self.member_rows] + self.sq[new_row] - 2.0 * (self.sel @ self.x[new_row])
+        np.maximum(to_new, 0.0, out=to_new)
+        self.now += 1
+        self.member_rows[p] = new_row
+        self.pos[old_row], self.pos[new_row] = -1, p
+        self.sel[p] = self.x[new_row]
+        self.sel_sq[p] = self.sq[new_row]
+        # rows whose two nearest included the removed track: recompute against the new selection
+        lost = np.flatnonzero((self.p1 == p) | (self.p2 == p))
+        lost = lost[lost != old_row]
+        # the removed track: its two nearest among the others are still exact; add the new one
+        members = self.member_rows
+        self._merge(np.concatenate([members[np.arange(self.k) != p], [old_row]]),
+                    np.concatenate([to_new[np.arange(self.k) != p], [to_new[p]]]), p)
+        self.refresh(np.union1d(lost, [new_row]))
+        self.fresh[members] = self.now
+        self.fresh[old_row] = self.now
+
+    def _merge(self, rows: np.ndarray, dist: np.ndarray, p: int) -> None:
+        """Offer a track at position ``p`` at squared distance ``dist`` to ``rows``."""
+        rows_ok = (self.p1[rows] != p) & (self.p2[rows] != p)
+        rows, dist = rows[rows_ok], dist[rows_ok].astype(np.float32)
+        first = dist < self.d1[rows]
+        second = ~first & (dist < self.d2[rows])
+        r1, r2 = rows[first], rows[second]
+        self.d2[r1], self.p2[r1] = self.d1[r1], self.p1[r1]
+        self.d1[r1], self.p1[r1] = dist[first], p
+        self.d2[r2], self.p2[r2] = dist[second], p
+
+
+def min_redundancy(
+    vectors: ArrayLike, k: int, max_swaps: int | None = None, batch: int = 64, chunk: int = 4096
+) -> MinRedResult:
+    """Choose ``k`` of the candidates (``vectors``, one row each, best-ranked first) whose
+    minimum pairwise Euclidean distance is as large as possible.
+
+    Start from the first ``k`` rows (e.g. the top-``k`` by score: the T=0 ranking), then swap
+    greedily: find the closest selected pair (a, b); for each of a and b, the candidate whose
+    distance to the rest of the selection is largest; take the swap whose new minimum pairwise
+    distance is largest (ties: the larger candidate distance, then removing the later-ranked of
+    a and b, then the earliest-ranked candidate) and make it if that candidate is farther than
+    d(a, b) from the rest. Each swap raises the minimum distance or removes one of the pairs at
+    it, so the loop ends; it also stops after ``max_swaps`` swaps (default
+    ``MIN_RED_SWAPS_PER_TRACK * k``). Deterministic: no randomness, ties by rank.
+
+    Cost: one pass of ``candidates x k`` distances (chunked matrix products, memory
+    ``chunk x k``) to set up, then per swap a few O(candidates) vector operations plus exact
+    distances for the candidates that may beat the best (upper bounds kept lazily, refreshed
+    ``batch`` at a time). Arithmetic in float32 (``|x|^2 + |y|^2 - 2 x.y``): on L2-normalised
+    embeddings distances are good to about 1e-3, which is also the resolution of ties.
+    ``vectors`` is not modified.
+    """
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (candidates, D), got shape {x.shape}")
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.size and not np.isfinite(x).all():
+        raise ValueError("vectors contain NaN or inf: leave tracks without an embedding out")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    m = x.shape[0]
+    if k >= m or k < 2:
+        return MinRedResult(np.arange(min(k, m)), math.nan, math.nan, 0, True)
+    cap = MIN_RED_SWAPS_PER_TRACK * k if max_swaps is None else int(max_swaps)
+    if cap < 0:
+        raise ValueError(f"max_swaps must be >= 0, got {max_swaps}")
+    top = _TopTwo(x, k, chunk)
+    start = float(top.d1[:k].min())
+    swaps, converged = 0, False
+    while True:
+        members = top.member_rows
+        i = int(np.argmin(top.d1[members]))
+        d_min = float(top.d1[members[i]])
+        pair = (i, int(top.p1[members[i]]))
+        if swaps >= cap:
+            break
+        best: tuple[float, float] | None = None
+        choice = (-1, -1)
+        for p in sorted(pair, key=lambda q: -members[q]):  # the later-ranked first
+            rest = top.without(p, members)
+            rest[p] = np.inf
+            rest_min = float(rest.min())
+            row, dist = _farthest_candidate(top, p, batch)
+            if row < 0:
+                continue
+            key = (min(rest_min, dist), dist)
+            if best is None or key > best:
+                best, choice = key, (p, row)
+        if best is None or not best[1] > d_min:
+            converged = True
+            break
+        top.swap(*choice)
+        swaps += 1
+    selected = np.sort(top.member_rows)
+    return MinRedResult(selected, math.sqrt(start), math.sqrt(d_min), swaps, converged)
+
+
+def _farthest_candidate(top: _TopTwo, p: int, batch: int) -> tuple[int, float]:
+    """(row, squared distance) of the candidate farthest from the selection without position
+    ``p`` (first in rank order among equals), refreshing stale upper bounds as needed."""
+    bound = top.without(p)
+    bound[top.member_rows] = -np.inf
+    while True:
+        row = int(np.argmax(bound))
+        if bound[row] == -np.inf:
+            return -1, -math.inf
+        if top.fresh[row] == top.now:
+            return row, float(bound[row])
+        n = min(batch, bound.size - 1)
+        cand = np.argpartition(bound, -n)[-n:] if n > 0 else np.array([row])
+        cand = np.union1d(cand[(top.fresh[cand] != top.now) & (bound[cand] > -np.inf)], [row])
+        top.refresh(cand)
+        bound[cand] = top.without(p, cand)
