@@ -332,12 +332,14 @@ def test_cookiefile_reaches_the_server_and_sleep_interval_paces_downloads(tmp_pa
     cookies = tmp_path / "cookies.txt"
     cookies.write_text("# Netscape HTTP Cookie File\n"
                        "127.0.0.1\tFALSE\t/\tFALSE\t2147483647\tSESSION\tlogged-in-token\n")
-    proc = stage(tmp_path, server, ids, "--cookiefile", cookies, "--sleep_interval", "0.5")
+    proc = stage(tmp_path, server, ids, "--cookiefile", cookies, "--sleep_interval", "1.0")
     assert proc.returncode == 0, proc.stderr
     for yid in ids:
         assert all("SESSION=logged-in-token" in r.headers.get("Cookie", "") for r in server.requests_for(path_of(yid)))
     starts = [server.requests_for(path_of(yid))[0].time for yid in ids]
-    assert all(b - a >= 0.5 for a, b in zip(starts, starts[1:], strict=False))
+    # the pacer spaces download starts >= 1 s; yt-dlp's own start-up before its first request
+    # varies with load, so the server sees the gaps give or take a few tenths of a second
+    assert all(b - a >= 0.7 for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_bad_flags_are_usage_errors(tmp_path, server):
