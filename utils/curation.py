@@ -171,26 +171,28 @@ def _stem(path: Path) -> str:
     return name
 
 
+def beside(path: str | os.PathLike, suffix: str) -> Path:
+    """``<stem><suffix>`` beside an index or subset file (``<stem>.jsonl.gzip``)."""
+    path = Path(path)
+    return path.with_name(f"{_stem(path)}{suffix}")
+
+
 def companion_path(index_path: str | os.PathLike) -> Path:
     """``<index stem>.columns.parquet`` beside the index."""
-    index_path = Path(index_path)
-    return index_path.with_name(f"{_stem(index_path)}.columns.parquet")
+    return beside(index_path, ".columns.parquet")
 
 
 def report_path(jsonl_path: str | os.PathLike) -> Path:
     """``<stem>.report.json`` beside an index or a subset."""
-    jsonl_path = Path(jsonl_path)
-    return jsonl_path.with_name(f"{_stem(jsonl_path)}.report.json")
+    return beside(jsonl_path, ".report.json")
 
 
 def class_table_path(subset_path: str | os.PathLike) -> Path:
-    subset_path = Path(subset_path)
-    return subset_path.with_name(f"{_stem(subset_path)}.classes.csv")
+    return beside(subset_path, ".classes.csv")
 
 
 def class_plot_path(subset_path: str | os.PathLike) -> Path:
-    subset_path = Path(subset_path)
-    return subset_path.with_name(f"{_stem(subset_path)}.classes.png")
+    return beside(subset_path, ".classes.png")
 
 
 def _progress_interval() -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.curation import class_plot_path, class_table_path
 from utils.io import atomic_path, atomic_write_text
 from utils.layout import DatasetLayout, inside
 from utils.tracks import TrackRecord, read_records
@@ -159,12 +160,12 @@ def build_gallery(
 
     stem = records_file.name.split(".jsonl")[0]
     extras = []
-    for suffix, label in ((".classes.png", "class distribution"), (".classes.csv", "class counts (CSV)")):
-        path = records_file.with_name(stem + suffix)
-        if path.exists():
-            extras.append(f'<a href="{html.escape(_rel(path, out_dir))}">{label}</a>')
-            if suffix == ".classes.png":
-                extras.append(f'<br><img class="plot" src="{html.escape(_rel(path, out_dir))}" alt="{label}">')
+    plot, table = class_plot_path(records_file), class_table_path(records_file)  # written by curate_db
+    if plot.exists():
+        extras.append(f'<a href="{html.escape(_rel(plot, out_dir))}">class distribution</a>'
+                      f'<br><img class="plot" src="{html.escape(_rel(plot, out_dir))}" alt="class distribution">')
+    if table.exists():
+        extras.append(f'<a href="{html.escape(_rel(table, out_dir))}">class counts (CSV)</a>')
     page = out_dir / "index.html"
     atomic_write_text(page, _PAGE.format(
         title=html.escape(stem), n_tracks=len(records), n_classes=len(by_class), shown=len(chosen),
