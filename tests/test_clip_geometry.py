@@ -398,3 +398,17 @@ def test_plan_reproduces_reference_geometry() -> None:
     plan = plan_clip(ts, boxes, (480, 640))
     assert [tuple(c) for c in plan.boxes_at(frame_times).tolist()] == expected
     assert plan.out_size == expected_size
+
+
+def test_box_at_is_boxes_at_for_one_time() -> None:
+    """The scalar fast path gives exactly the vectorised boxes, at, between and beyond timestamps."""
+    rng = np.random.default_rng(1)
+    n = 120
+    ts = np.round(np.cumsum(rng.uniform(0.02, 0.1, n)), 4)
+    boxes = np.stack([rng.uniform(-50, 600, n), rng.uniform(-50, 400, n),
+                      rng.uniform(0.5, 500, n), rng.uniform(0.5, 400, n)], axis=1)
+    plan = plan_clip(ts, boxes, (480, 640))
+    times = np.concatenate([ts, np.linspace(ts[0] - 1, ts[-1] + 1, 2001), [ts[0] - 1e-9, ts[-1] + 1e-9]])
+    assert [plan.box_at(t) for t in times] == [tuple(b) for b in plan.boxes_at(times).tolist()]
+    with pytest.raises(ValueError):
+        plan.box_at(float("nan"))

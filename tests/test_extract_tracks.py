@@ -27,11 +27,11 @@ from tests.conftest import REPO, run_cli
 from utils.clip_geometry import plan_clip
 from utils.clips import EXTRACT_STAGE, ClipTask, decode_spans, plan_tasks, select_tracks
 from utils.io import atomic_write_bytes, read_journals
-from utils.launch import EXIT_ITEMS_FAILED, EXIT_OK, main
+from utils.launch import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, main
 from utils.layout import DatasetLayout
 from utils.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 from utils.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
-from utils.video import keyframe_times, probe_video, read_frames
+from utils.video import Yuv420Image, keyframe_times, probe_video, read_frames
 
 YID = "synthVideo1"
 DATASET = "TestSet"
@@ -331,12 +331,102 @@ def test_sigkill_mid_extraction_then_rerun_equals_an_uninterrupted_run(tmp_path,
         assert min(psnr(a, b) for a, b in zip(ours, ref, strict=True)) > 35
 
 
-def test_crop_resize_is_pillows_default_resize_of_the_integer_crop():
-    """As the released clips were made: ``PIL.Image.resize`` (its default filter) of frame[y0:y1, x0:x1]."""
+def test_crop_resize_luma_is_pillows_default_resize_of_the_integer_crop():
+    """As the released clips were made: ``PIL.Image.resize`` (its default filter) of frame[y0:y1, x0:x1],
+    here on the luma plane (clips are cut in the decoder's 4:2:0 form)."""
     from PIL import Image
 
-    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    for box, size in [((10, 20, 90, 80), (64, 48)), ((0, 0, 50, 40), (80, 64)), ((5, 5, 45, 35), (40, 30))]:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 256, (120, 160), dtype=np.uint8)
+    image = Yuv420Image(y, rng.integers(0, 256, (60, 80), dtype=np.uint8), rng.integers(0, 256, (60, 80), dtype=np.uint8))
+    for box, size in [((10, 20, 90, 80), (64, 48)), ((0, 0, 50, 40), (80, 64)), ((5, 5, 45, 35), (40, 30)),
+                      ((3, 7, 43, 37), (40, 30))]:
         x0, y0, x1, y1 = box
-        original = np.asarray(Image.fromarray(image[y0:y1, x0:x1]).resize(size))
-        assert np.array_equal(clips.crop_resized(image, box, size), original)
+        original = np.asarray(Image.fromarray(y[y0:y1, x0:x1]).resize(size))
+        out = clips.crop_resized(image, box, size)
+        assert np.array_equal(out.y, original)
+        assert out.u.shape == out.v.shape == (size[1] // 2, size[0] // 2)
+
+
+@pytest.mark.parametrize("box", [(10, 20, 90, 80), (11, 21, 91, 81), (11, 20, 57, 61)])
+def test_crop_resize_chroma_covers_the_same_region_at_half_resolution(box):
+    """Chroma planes are half size: an odd box edge falls on half a chroma sample. On linear
+    ramps (which bicubic reproduces exactly) each output chroma sample must hold the value at
+    its own position in the source, so a half-sample shift would show as an error of 0.5 x slope."""
+    h2, w2 = 60, 80
+    u = np.tile((np.arange(w2) * 3).astype(np.uint8), (h2, 1))  # u = 3 * column
+    v = np.tile((np.arange(h2) * 4).astype(np.uint8)[:, None], (1, w2))  # v = 4 * row
+    image = Yuv420Image(np.zeros((120, 160), np.uint8), u, v)
+    x0, y0, x1, y1 = box
+    size = (40, 30)
+    out = clips.crop_resized(image, box, size)
+    # output chroma sample j has its centre at source chroma coordinate x0/2 + (j + 0.5) * scale - 0.5
+    cols = x0 / 2 + (np.arange(size[0] // 2) + 0.5) * (x1 - x0) / 2 / (size[0] // 2) - 0.5
+    rows = y0 / 2 + (np.arange(size[1] // 2) + 0.5) * (y1 - y0) / 2 / (size[1] // 2) - 0.5
+    inner = (slice(2, -2), slice(2, -2))  # away from the crop's edges (bicubic's support is clamped there)
+    assert np.abs(out.u.astype(float) - 3 * cols[None, :])[inner].max() <= 0.75
+    assert np.abs(out.v.astype(float) - 4 * rows[:, None])[inner].max() <= 0.75
+
+
+# Runs extract_tracks.py with a limit on file size: a clip that grows past it fails to write (EFBIG),
+# as on a full disk, on whichever worker thread is encoding it.
+_WITH_FILE_SIZE_LIMIT = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv[0] = "extract_tracks.py"
+runpy.run_path("extract_tracks.py", run_name="__main__")
+"""
+
+
+def test_a_write_failure_on_a_worker_fails_the_video_and_leaves_no_partial_clip(tmp_path, long_video):
+    """Clips are encoded on worker threads: an error there (here: files may not exceed 40 kB, as
+    when the disk fills) must fail the video with the reason, drop every open clip, keep the
+    finished ones whole, and leave a re-run with nothing to distrust."""
+    records = gt_records(long_video)
+    db = tmp_path / "db"
+    ids = setup_db(db, long_video.path, records)
+    args = ["--base_dir", db, "--yid_index_fn", ids, "--dataset_name", DATASET, "--threads", "3"]
+    proc = run_cli("-c", _WITH_FILE_SIZE_LIMIT, 40_000, *args)
+    assert proc.returncode == EXIT_ITEMS_FAILED, proc.stderr
+    failed = journal(db, "failed")
+    assert len(failed) == 1 and failed[0]["item"] == YID and "File too large" in failed[0]["reason"], failed
+    clips_dir = clip_path(db, records[0]).parent
+    on_disk = sorted(clips_dir.iterdir())
+    assert all(p.suffix == ".mp4" for p in on_disk), on_disk  # no temporaries, no done marker
+    for path in on_disk:
+        assert probe_video(path).num_frames == len(decoded(path)) > 0
+    assert 0 < len(on_disk) < len(records)  # some clips fit under the limit, some did not
+
+    # a file-size limit is not transient (a full disk, ENOSPC, would stop the shard instead): retry explicitly
+    assert run_cli("extract_tracks.py", *args, "--retry_failed").returncode == EXIT_OK
+    assert sorted(p.name for p in clips_dir.iterdir()) == sorted(
+        [Path(r.fn).name for r in records] + [f"{YID}.done.json"])
+
+
+def test_the_number_of_worker_threads_does_not_change_the_clips(tmp_path, long_video):
+    records = gt_records(long_video)
+    info = probe_video(long_video.path)
+    outputs = {}
+    for threads in (1, 3):
+        selection = select_tracks(records, lambda r, t=threads: tmp_path / str(t) / r.fn)
+        planned = plan_tasks(selection.tracks, (info.height, info.width), info.duration)
+        stats = clips.extract_clips(long_video.path, planned.tasks, info.fps, threads=threads)
+        assert sorted(stats.clips_written) == sorted(r.fn for r in records)
+        outputs[threads] = {r.fn: decoded(tmp_path / str(threads) / r.fn) for r in records}
+    for fn, frames in outputs[1].items():
+        assert len(frames) == len(outputs[3][fn])
+        # equal up to x264's run-to-run coding noise (see the SIGKILL test); a frame out of order or
+        # from another clip would fall far below this
+        assert min(psnr(a, b) for a, b in zip(frames, outputs[3][fn], strict=True)) > 35, fn
+
+
+def test_default_threads_follow_the_cpus_a_slurm_task_was_given():
+    cpus = len(os.sched_getaffinity(0))
+    assert clips.available_cpus({}) == cpus
+    assert clips.available_cpus({"SLURM_CPUS_PER_TASK": "1"}) == 1
+    assert clips.available_cpus({"SLURM_CPUS_PER_TASK": str(cpus + 8)}) == cpus
+    assert clips.available_cpus({"SLURM_CPUS_PER_TASK": "garbage"}) == cpus
+    proc = run_cli("extract_tracks.py", "--yid_index_fn", "/nonexistent.txt", "--threads", "0")
+    assert proc.returncode == EXIT_USAGE and "--threads must be at least 1, got 0" in proc.stderr

@@ -36,6 +36,9 @@ Track de-duplication (``track_overlap`` / ``deduplicate_tracks``) follows the or
 
 from __future__ import annotations
 
+import bisect
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -229,9 +232,26 @@ class ClipPlan:
         return np.stack([x0, y0, x1, y1], axis=1)
 
     def box_at(self, t: float) -> tuple[int, int, int, int]:
-        """Integer crop box (x0, y0, x1, y1) for a frame at time ``t`` (seconds)."""
-        x0, y0, x1, y1 = self.boxes_at([t])[0].tolist()
-        return x0, y0, x1, y1
+        """Integer crop box (x0, y0, x1, y1) for a frame at time ``t`` (seconds): ``boxes_at``
+        for one time, in plain Python (called once per clip frame, where numpy's per-call
+        overhead on 4 numbers cost more than the arithmetic)."""
+        t = float(t)
+        if not math.isfinite(t):
+            raise ValueError("times contain NaN or inf")
+        ts, boxes = self._lists
+        last = len(ts) - 1
+        nxt = bisect.bisect_right(ts, t)
+        lo, hi = min(max(nxt - 1, 0), last), min(nxt, last)
+        span = ts[hi] - ts[lo]
+        alpha = (t - ts[lo]) / span if span > 0 else 0.0
+        x, y, w, h = (int(a * (1 - alpha) + b * alpha) for a, b in zip(boxes[lo], boxes[hi], strict=True))
+        frame_h, frame_w = self.frame_hw
+        x0, y0 = min(max(x, 0), frame_w - 1), min(max(y, 0), frame_h - 1)
+        return x0, y0, min(max(x + w, x0 + 1), frame_w), min(max(y + h, y0 + 1), frame_h)
+
+    @functools.cached_property
+    def _lists(self) -> tuple[list[float], list[list[float]]]:
+        return self.ts.tolist(), self.boxes.tolist()
 
 
 def plan_clip(

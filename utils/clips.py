@@ -39,11 +39,14 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
+import os
 import re
 import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,7 @@ from utils.io import atomic_write_json
 from utils.launch import ItemError, NotReady, Stage, UsageError, read_item_list
 from utils.layout import DatasetLayout, InvalidItemError, validate_name, validate_yid
 from utils.tracks import RecordsFileError, TrackRecord, TrackRecordError, read_records
-from utils.video import VideoError, VideoInfo, VideoWriter, probe_video, read_frames
+from utils.video import VideoError, VideoInfo, VideoWriter, Yuv420Image, decode_span, probe_video
 from utils.youtube import DownloadSession, add_download_arguments, validate_download_args
 
 #: frames up to this far outside ``[t_start, t_end]`` still belong to the clip (metadata
@@ -266,14 +269,33 @@ def plan_tasks(
 # ---------------------------------------------------------------------------- the one pass
 
 
-def crop_resized(image: np.ndarray, box: Sequence[int], size: tuple[int, int]) -> np.ndarray:
-    """The integer crop ``(x0, y0, x1, y1)`` of an HxWx3 uint8 ``image`` resized to ``size``
-    (w, h) with Pillow's bicubic filter (the original's ``PIL.Image.resize`` default)."""
+def crop_resized(image: Yuv420Image, box: Sequence[int], size: tuple[int, int]) -> Yuv420Image:
+    """The integer crop ``(x0, y0, x1, y1)`` of a 4:2:0 ``image`` resized to ``size`` (w, h, even)
+    with Pillow's bicubic filter (the original's ``PIL.Image.resize`` default), plane by plane:
+    the luma exactly as ``resize`` of the integer crop; the chroma from the same region of the
+    half-size planes (half-pixel edges are resampled, not rounded)."""
     x0, y0, x1, y1 = (int(v) for v in box)
-    crop = image[y0:y1, x0:x1]
-    if (x1 - x0, y1 - y0) == tuple(size):
-        return crop
-    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(tuple(size), Image.Resampling.BICUBIC))
+    w, h = (int(v) for v in size)
+    return Yuv420Image(
+        _resized_region(image.y, (x0, y0, x1, y1), (w, h)),
+        _resized_region(image.u, (x0 / 2, y0 / 2, x1 / 2, y1 / 2), (w // 2, h // 2)),
+        _resized_region(image.v, (x0 / 2, y0 / 2, x1 / 2, y1 / 2), (w // 2, h // 2)),
+    )
+
+
+def _resized_region(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """``box`` (x0, y0, x1, y1, may be fractional) of one uint8 plane, resized to ``size`` (w, h)."""
+    x0, y0, x1, y1 = box
+    ix0, iy0 = math.floor(x0), math.floor(y0)
+    ix1, iy1 = math.ceil(x1), math.ceil(y1)
+    region = plane[iy0:iy1, ix0:ix1]
+    exact = (ix0, iy0, ix1, iy1) == (x0, y0, x1, y1)
+    if exact and (ix1 - ix0, iy1 - iy0) == size:
+        return np.ascontiguousarray(region)
+    # cropping first, then resizing the small image, is much faster than Pillow's resize(box=) on the full plane
+    small = Image.fromarray(np.ascontiguousarray(region))
+    inner = None if exact else (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
+    return np.asarray(small.resize(size, Image.Resampling.BICUBIC, box=inner))
 
 
 def decode_spans(windows: Iterable[tuple[float, float]], gap: float = SEEK_GAP_S) -> list[tuple[float, float]]:
@@ -287,6 +309,32 @@ def decode_spans(windows: Iterable[tuple[float, float]], gap: float = SEEK_GAP_S
     return [(s, e) for s, e in spans]
 
 
+def available_cpus(environ: dict[str, str] | None = None) -> int:
+    """CPUs this process may run on: its affinity mask, and no more than a Slurm task's
+    ``SLURM_CPUS_PER_TASK`` (clusters without CPU binding show every CPU of the node)."""
+    environ = os.environ if environ is None else environ
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    with contextlib.suppress(KeyError, ValueError):
+        cpus = min(cpus, int(environ["SLURM_CPUS_PER_TASK"]))
+    return max(cpus, 1)
+
+
+class _OpenClip:
+    """A clip being written: its encoder and how to cut each source frame."""
+
+    def __init__(self, task: ClipTask, fps: float, **encoder: Any):
+        self.task = task
+        w, h = task.plan.out_size
+        self.writer = VideoWriter(task.path, w, h, fps, threads=1, **encoder)
+
+    def add(self, image: Yuv420Image, t: float) -> None:
+        plan = self.task.plan
+        self.writer.write_yuv(crop_resized(image, plan.box_at(t), plan.out_size))
+
+
 def extract_clips(
     video_path: str | Path,
     tasks: Sequence[ClipTask],
@@ -295,9 +343,14 @@ def extract_clips(
     keyframe_interval: float = 0.5,
     crf: int = 23,
     preset: str = "veryfast",
+    threads: int | None = None,
     on_frames: Callable[[int], None] | None = None,
 ) -> ExtractionStats:
     """Write every task's clip from one decoding pass over ``video_path``.
+
+    Frames stay in the decoder's 4:2:0 form: each open clip crops, resizes and encodes (one
+    x264 thread per clip) its part of a frame on one of ``threads`` workers (default: the CPUs
+    this process may use), while the next frame is being decoded.
 
     A task whose window holds no source frame (it starts after the video's last frame, or
     falls between two frames) becomes a problem; a clip cut short by the end of the video
@@ -309,26 +362,40 @@ def extract_clips(
         return stats
     if not fps > 0:
         raise ValueError(f"{video_path}: unknown frame rate")
+    workers = threads if threads is not None else available_cpus()
+    if workers < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    encoder = {"keyframe_interval": keyframe_interval, "crf": crf, "preset": preset}
     windows = [task.window(fps) for task in tasks]
     pending = deque(sorted(range(len(tasks)), key=lambda i: (windows[i][0], i)))
-    active: dict[int, VideoWriter] = {}
+    active: dict[int, _OpenClip] = {}
     frame_step = 1.0 / fps
     last_time: float | None = None  # of the last frame decoded
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="clip") if workers > 1 else None
+    in_flight: list[Future] = []  # the previous frame's writes: each clip writes its frames in order
+
+    def settle() -> None:
+        """Wait for the previous frame's writes; the first error is raised once all are over."""
+        futures, in_flight[:] = list(in_flight), []
+        wait(futures)
+        for future in futures:
+            future.result()
 
     def finish(i: int) -> None:
-        writer = active.pop(i)
-        writer.close()
-        stats.clips_written.append(tasks[i].name)
-        stats.frames_written += writer.frames_written
+        clip = active.pop(i)
+        clip.writer.close()
+        stats.clips_written.append(clip.task.name)
+        stats.frames_written += clip.writer.frames_written
 
     try:
         for span_start, span_end in decode_spans(windows):
             span_first = None
-            for frame in read_frames(video_path, start=max(span_start, 0.0), end=span_end + 1e-6):
-                t = frame.time
+            decoded = 0
+            for frame, t in decode_span(video_path, start=max(span_start, 0.0), end=span_end + 1e-6):
                 span_first = t if span_first is None else span_first
                 last_time = t
-                stats.frames_decoded += 1
+                decoded += 1
+                settle()
                 for i in [i for i in active if t > windows[i][1]]:
                     finish(i)
                 while pending and windows[pending[0]][0] <= t:
@@ -339,13 +406,18 @@ def extract_clips(
                             f"no source frame in [{tasks[i].plan.t_start:.3f}, {tasks[i].plan.t_end:.3f}] s",
                             "no_frames"))
                         continue
-                    w, h = tasks[i].plan.out_size
-                    active[i] = VideoWriter(tasks[i].path, w, h, fps, keyframe_interval=keyframe_interval,
-                                            crf=crf, preset=preset)
-                for i, writer in active.items():
-                    writer.write(crop_resized(frame.image, tasks[i].plan.box_at(t), tasks[i].plan.out_size))
-                if on_frames is not None and frame.index % 100 == 99:
+                    active[i] = _OpenClip(tasks[i], fps, **encoder)
+                if active:
+                    image = Yuv420Image.from_frame(frame)
+                    if pool is None:
+                        for clip in active.values():
+                            clip.add(image, t)
+                    else:
+                        in_flight.extend(pool.submit(clip.add, image, t) for clip in active.values())
+                if on_frames is not None and decoded % 100 == 0:
                     on_frames(100)
+            settle()
+            stats.frames_decoded += decoded
             # the span is over: either its end was reached or the video ended
             if span_first is not None:
                 stats.seconds_decoded += last_time - span_first + frame_step
@@ -362,9 +434,13 @@ def extract_clips(
                     + (f" ({last_time:.3f} s)" if last_time is not None else " (no frame decoded)"),
                     "after_end" if where != "between frames" else "no_frames"))
     except BaseException:
-        for writer in active.values():
-            writer.abort()
+        wait(in_flight)  # no writer may be in use while it is dropped
+        for clip in active.values():
+            clip.writer.abort()
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return stats
 
 
@@ -413,7 +489,7 @@ def cut_missing_clips(
 ) -> VideoResult:
     """Cut the clips of ``tracks`` whose file does not exist yet, in one pass over the video
     (not opened at all when every clip exists). ``info`` saves a probe when the caller has one;
-    ``encoder`` goes to :func:`extract_clips` (``crf``, ``preset``, ``keyframe_interval``)."""
+    ``encoder`` goes to :func:`extract_clips` (``crf``, ``preset``, ``keyframe_interval``, ``threads``)."""
     result = VideoResult()
     missing = [(r, p) for r, p in tracks if not p.exists()]
     result.existing = len(tracks) - len(missing)
@@ -521,6 +597,7 @@ class ExtractTracksStage(Stage):
                        help="reads tracks_meta/<dataset_name>/, writes tracks_mp4/<dataset_name>/")
         g.add_argument("--max_track_len", type=float, default=DEFAULT_MAX_DURATION,
                        help="clips keep at most this many seconds from the track's start")
+        add_threads_argument(g)
 
     def validate_args(self, args: argparse.Namespace) -> None:
         validate_extraction_args(args)
@@ -553,7 +630,7 @@ class ExtractTracksStage(Stage):
         video = layout.video_mp4(item)
         if not video.exists() and any(not path.exists() for _, path in selection.tracks):
             raise ItemError(f"{video}: the video is missing (its track metadata exists)", category="missing_video")
-        result = cut_with_progress(video, selection.tracks, args.max_track_len, item)
+        result = cut_with_progress(video, selection.tracks, args, item)
         problems += result.problems
         if problems:
             raise bad_tracks_error(problems, len(raw), result)
@@ -562,8 +639,16 @@ class ExtractTracksStage(Stage):
         return result_stats(result, selection.duplicates)
 
 
+def add_threads_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--threads", type=int, default=None,
+                       help="worker threads cutting and encoding clips (default: the CPUs this process may "
+                            "use, i.e. --cpus_per_task under Slurm; lower it when several ranks share a machine)")
+
+
 def validate_extraction_args(args: argparse.Namespace) -> None:
-    """Flags both stages share: ``--max_track_len`` and (when present) ``--dataset_name``."""
+    """Flags both stages share: ``--max_track_len``, ``--threads`` and (when present) ``--dataset_name``."""
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if getattr(args, "dataset_name", None) is not None:
         try:
             validate_name(args.dataset_name)
@@ -573,13 +658,15 @@ def validate_extraction_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max_track_len must be positive, got {args.max_track_len}")
 
 
-def cut_with_progress(video: Path, tracks: Sequence[tuple[TrackRecord, Path]], max_track_len: float,
+def cut_with_progress(video: Path, tracks: Sequence[tuple[TrackRecord, Path]], args: argparse.Namespace,
                       item: str, info: VideoInfo | None = None) -> VideoResult:
-    """:func:`cut_missing_clips` with a progress bar (on a terminal) and a corrupt video as an ItemError."""
+    """:func:`cut_missing_clips` with the stage's flags, a progress bar (on a terminal) and a
+    corrupt video as an ItemError."""
     with tqdm(unit="frame", desc=f"{item} frames", leave=False, dynamic_ncols=True,
               disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
         try:
-            return cut_missing_clips(video, tracks, max_track_len, info=info, on_frames=bar.update)
+            return cut_missing_clips(video, tracks, args.max_track_len, info=info, on_frames=bar.update,
+                                     threads=args.threads)
         except VideoError as exc:
             raise ItemError(f"corrupt video: {exc}", category="corrupt_video") from None
 
@@ -721,6 +808,7 @@ class DownloadTracksStage(Stage):
                        help="delete each source video once all of its tracks' clips exist")
         g.add_argument("--max_track_len", type=float, default=DEFAULT_MAX_DURATION,
                        help="clips keep at most this many seconds from the track's start")
+        add_threads_argument(g)
         add_download_arguments(parser)
 
     def validate_args(self, args: argparse.Namespace) -> None:
@@ -788,7 +876,7 @@ class DownloadTracksStage(Stage):
                         f"boxes scaled by {factors[0]:.4g} x {factors[1]:.4g}")
             if any(not r.video_size for r, _ in selection.tracks):
                 notes["unscaled_boxes"] = "some records have no video_size: their boxes are used as they are"
-        result = cut_with_progress(video, selection.tracks, args.max_track_len, item, info=info)
+        result = cut_with_progress(video, selection.tracks, args, item, info=info)
         problems += result.problems
         if problems:
             kept = f"; {video} is kept" if video.exists() else ""

@@ -44,6 +44,51 @@ class Frame:
     index: int  # index of the sample (0, 1, 2, ...) within this read
 
 
+@dataclass(frozen=True)
+class Yuv420Image:
+    """A picture as H.264 decoders give it and encoders take it: planar 4:2:0, full-size luma
+    ``y`` (H x W) and half-size chroma ``u``, ``v`` (ceil(H/2) x ceil(W/2)), uint8. Cropping and
+    resizing in this form skips the two colour conversions an RGB detour costs per frame."""
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.y.shape[0]
+
+    @classmethod
+    def from_frame(cls, frame: av.VideoFrame) -> Yuv420Image:
+        """The planes of a decoded frame, as views when it is yuv420p already (other formats,
+        full-range or 10-bit ones included, are converted to limited-range 8-bit yuv420p)."""
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        return cls(*(_plane_array(plane) for plane in frame.planes))
+
+    def to_frame(self) -> av.VideoFrame:
+        """A yuv420p ``av.VideoFrame`` (width and height must be even)."""
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"yuv420p frames need even sizes, got {self.width}x{self.height}")
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        for plane, pixels in zip(frame.planes, (self.y, self.u, self.v), strict=True):
+            _plane_array(plane)[...] = pixels
+        return frame
+
+    def to_rgb(self) -> np.ndarray:
+        """HxWx3 uint8 RGB (even sizes)."""
+        return self.to_frame().to_ndarray(format="rgb24")
+
+
+def _plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """A uint8 plane as a (height, width) view of the frame's memory (rows are ``line_size`` apart)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
+
+
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
     path = Path(path)
     if not path.exists():
@@ -116,6 +161,26 @@ def _rgb_converter(out_w: int, out_h: int):
     return convert
 
 
+def decode_span(path: str | os.PathLike, start: float = 0.0, end: float | None = None) -> Iterator[tuple[av.VideoFrame, float]]:
+    """Every frame over ``[start, end)`` seconds as PyAV decoded it (no conversion), with its
+    presentation time; a frame up to half a frame period before ``start`` counts as inside."""
+    if end is not None and end <= start:
+        return
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        half_frame = 0.5 / (_stream_fps(stream) or 30.0)
+        for frame, t in _decode_from(container, stream, start, path):
+            if t < start - half_frame:
+                continue
+            if end is not None and t >= end - 1e-9:
+                break
+            yield frame, t
+    finally:
+        container.close()
+
+
 def read_frames(
     path: str | os.PathLike,
     fps: float | None = None,
@@ -135,6 +200,13 @@ def read_frames(
         raise ValueError(f"fps must be positive, got {fps}")
     if end is not None and end <= start:
         return
+    if fps is None:
+        convert = None
+        for index, (frame, t) in enumerate(decode_span(path, start, end)):
+            if convert is None:
+                convert = _rgb_converter(*(size if size is not None else scaled_size(frame.width, frame.height, max_side)))
+            yield Frame(t, convert(frame), index)
+        return
     container = _open(path)
     try:
         stream = _video_stream(container, path)
@@ -146,16 +218,6 @@ def read_frames(
 
         frames = _decode_from(container, stream, start, path)
         index = 0
-        if fps is None:
-            for frame, t in frames:
-                if t < start - half_frame:
-                    continue
-                if end is not None and t >= end - 1e-9:
-                    break
-                yield Frame(t, convert(frame), index)
-                index += 1
-            return
-
         step = 1.0 / fps
         k = 0  # index of the next target, start + k * step (no float drift over hours)
         prev: tuple[av.VideoFrame, float] | None = None
@@ -304,6 +366,7 @@ class VideoWriter:
         keyframe_interval: float = 0.5,
         crf: int = 23,
         preset: str = "veryfast",
+        threads: int | None = None,
     ):
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ValueError(f"H.264 yuv420p needs even positive sizes, got {width}x{height}")
@@ -321,6 +384,8 @@ class VideoWriter:
             stream = self._container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.codec_context.gop_size = gop
+            if threads is not None:  # 1 for many small clips at once: x264's threads only add overhead there
+                stream.codec_context.thread_count = threads
             stream.options = {
                 "crf": str(crf), "preset": preset,
                 "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
@@ -333,7 +398,15 @@ class VideoWriter:
     def write(self, image: np.ndarray) -> None:
         if image.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]}, writer is {self.width}x{self.height}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        self._encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
+
+    def write_yuv(self, image: Yuv420Image) -> None:
+        """Write a planar 4:2:0 picture as it is (no colour conversion)."""
+        if (image.height, image.width) != (self.height, self.width):
+            raise ValueError(f"frame is {image.width}x{image.height}, writer is {self.width}x{self.height}")
+        self._encode(image.to_frame())
+
+    def _encode(self, frame: av.VideoFrame) -> None:
         frame.pts = self.frames_written
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
