@@ -7,8 +7,12 @@ open at once, not with the video's length. Each source frame of a track's span
 ``[t_start, t_end]`` (``utils.clip_geometry.ClipPlan``) is cropped at the track's interpolated
 integer box and resized to the clip's size with Pillow's bicubic filter: the released
 TrackVerse clips were made by ``PIL.Image.resize`` with its default filter (bicubic since
-Pillow 7) on the integer crop. Clips are H.264 at the source frame rate with a keyframe every
-half second (``utils.video.VideoWriter``), each written atomically.
+Pillow 7) on the integer crop. Frames stay in the decoder's planar 4:2:0 form (luma and
+half-size chroma cropped and resized plane by plane), which saves a conversion to RGB per
+source frame and one back per clip frame. Clips are H.264 at the source frame rate with a
+keyframe every half second (``utils.video.VideoWriter``), each written atomically; the open
+clips of a frame are cut and encoded on worker threads (``--threads``, default one per CPU),
+one x264 thread each, while the next frame decodes.
 
 What is wrong with a track is reported, never raised: :func:`select_tracks`, :func:`plan_tasks` and
 :func:`extract_clips` return :class:`TrackProblem` entries (a track that cannot be cut) and
