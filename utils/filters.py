@@ -34,6 +34,10 @@ from utils.assets import cache_dir as trackverse_cache_dir
 from utils.segments import SegmentCandidate
 from utils.video import VideoError, read_frames
 
+#: per-channel RGB normalisation of torchvision's ImageNet-trained models (here and in utils.metrics)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -185,8 +189,8 @@ class CartoonClassifier:
                 raise WeightsError(f"cartoon classifier weights {path} do not fit a 2-class ResNet-18: {exc}") from exc
         self.model = model.eval().to(self.device)
         self.weights = weights
-        self._mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     def _prepare(self, frames: Sequence[np.ndarray]) -> Any:
         import torch

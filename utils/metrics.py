@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.filters import IMAGENET_MEAN, IMAGENET_STD
 from utils.launch import ItemError, NotReady, Stage, SystemicError, UsageError
 from utils.layout import DatasetLayout, InvalidItemError, inside
 from utils.metrics_store import EMBEDDINGS, MOTION, metric_dir, write_metric_file
@@ -34,8 +35,6 @@ QUANTILE_COLUMNS = ("q0", "q10", "q25", "q50", "q75", "q90", "q100")
 FLOW_FPS = 16.0
 PAIR_STEP = 4  # frames between the starts of two kept pairs
 SHORT_SIDE = 360
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resolve_device(device: str) -> str:
