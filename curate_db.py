@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between paired frames before the IoU decays (inf: no decay)")
     sampling.add_argument("--max_swaps", type=_positive(int), default=None,
                           help="sample_min_red: at most this many swaps per class (default: 2 x Nc)")
+    sampling.add_argument("--max_embedding_gb", type=_positive(float), default=None,
+                          help="sample_min_red and --min_nn_dist: embeddings held in memory at once; beyond it "
+                               "they are read again per group of classes (default: half the memory free at the start)")
     add_log_level_argument(parser)
     return parser
 
@@ -164,6 +167,7 @@ def _options(args: argparse.Namespace) -> SamplingOptions:
         action=args.action, N=list(dict.fromkeys(args.N)), Nc=list(dict.fromkeys(args.Nc)),
         temperatures=temperatures, seed=args.seed, constraints=constraints,
         motion_column=args.motion_column, embedding_column=args.embedding_column, max_swaps=args.max_swaps,
+        max_embedding_gb=args.max_embedding_gb,
         dataset_name=args.dataset_name, verified_yids=read_verified_yids(verified),
         verified_source=str(verified), plots=not args.no_plots,
     )

@@ -466,7 +466,16 @@ def bench_metric_actions(base: Path, index_path: Path, dim: int, common: tuple, 
         print("  " + "\n  ".join(line.strip() for line in run.out.splitlines() if "-MinRed-" in line))
         print(f"  -> x{scale:.3g} tracks (4M): at least {run.phases().get('select', math.nan) * scale / 60:.0f} min of "
               f"selection (classes grow too: swaps per class and candidates per swap rise with them), "
-              f"{gb * scale:.0f} GB of embeddings in memory")
+              f"{gb * scale:.0f} GB of embeddings, held at once when they fit --max_embedding_gb")
+    # over the budget: the embeddings are read a group of classes at a time (same subsets)
+    budget = gb / 4
+    whole = cli("--action", "sample_min_red", "--Nc", NC[0], *common)
+    grouped = cli("--action", "sample_min_red", "--Nc", NC[0], "--max_embedding_gb", f"{budget * 1e9 / 2**30:.4f}",
+                  *common)
+    report_sampling(f"sample_min_red --Nc {NC[0]}, embeddings held at once", whole)
+    report_sampling(f"sample_min_red --Nc {NC[0]}, --max_embedding_gb = a quarter of them", grouped)
+    print("  " + "\n  ".join(line.strip() for line in grouped.out.splitlines() if "groups of classes" in line))
+    print(f"  -> peak memory {grouped.peak / whole.peak:.2f}x, time {grouped.wall / whole.wall:.2f}x of holding them all")
 
 
 def report_sampling(title: str, run: Run) -> None:

@@ -33,7 +33,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from utils.clips import ClipTask, available_cpus, extract_clips, plan_tasks
+from utils.clips import ClipTask, extract_clips, plan_tasks
+from utils.resources import available_cpus
 from utils.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
 from utils.tracks import TrackRecord, compute_tid
 from utils.video import VideoWriter, probe_video, read_frames

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -429,7 +430,7 @@ def test_vectorised_levels_match_the_walk():
         assert rounds == level[accepted].tolist()
 
 
-def test_min_nn_dist_with_embeddings(tmp_path):
+def test_min_nn_dist_with_embeddings(tmp_path, capsys):
     base, records, verified = _motion_db(tmp_path)
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(3, 16))
@@ -457,6 +458,15 @@ def test_min_nn_dist_with_embeddings(tmp_path):
         if row["relax_round"] == "0" and len(vecs) == 2:
             assert np.linalg.norm(vecs[0] - vecs[1]) >= 1.0
     assert {r.tid for r in subset_records(base, name2)} <= {r.tid for r in got}
+    # embeddings over the memory budget are read a group of classes at a time: the same subsets
+    layout = DatasetLayout(base)
+    first = {n: layout.subset_file(n).read_bytes() for n in (name2, name6)}
+    capsys.readouterr()
+    assert sample(base, "sample_class_balanced", verified, "--Nc", "2", "6", "--min_nn_dist", "1",
+                  "--max_embedding_gb", "1e-6") == 0
+    groups = int(re.search(r"read in (\d+) groups of classes", capsys.readouterr().out).group(1))
+    assert groups == len(table)  # 4 x 16 floats per track: every class is over 1 kB
+    assert {n: layout.subset_file(n).read_bytes() for n in (name2, name6)} == first
 
 
 def test_max_spt_iou_within_a_video(tmp_path):
@@ -686,8 +696,12 @@ def test_min_red_spreads_each_class_and_is_deterministic(tmp_path):
             assert per_class[label]["min_dist"] == pytest.approx(_min_pairwise(chosen), abs=1e-3)
             assert per_class[label]["swaps"] >= 1 and per_class[label]["converged"]
     assert report["min_red"]["classes_swapped"] == len(per_class) >= 4
-    # the same run through the command line (with the plot) writes the same bytes
+    # the same run through the command line (with the plot) writes the same bytes, also when the
+    # embeddings are over the memory budget and read a group of classes at a time
     first = target.read_bytes()
+    report_first = report_path(target).read_text()
+    assert sample(base, "sample_min_red", verified, "--Nc", str(nc), "--max_embedding_gb", "1e-6") == 0
+    assert target.read_bytes() == first and report_path(target).read_text() == report_first
     proc = run_cli("curate_db.py", "--action", "sample_min_red", "--base_dir", base, "--index_file", INDEX,
                    "--verified_list", verified, "--Nc", str(nc), check=True)
     assert target.read_bytes() == first
@@ -709,3 +723,13 @@ def test_metric_actions_reject_flags_that_do_not_apply(db, capsys):
     ):
         assert sample(base, action, verified, *extra) == 2, (action, extra)
         assert message in capsys.readouterr().err
+
+
+def test_class_groups_hold_whole_classes_within_the_budget():
+    from utils.curation import class_groups
+
+    assert class_groups([3, 1, 4, 1, 5], 10, 50) == [(0, 2), (2, 4), (4, 5)]
+    assert class_groups([3, 1, 4, 1, 5], 10, 1e9) == [(0, 5)]
+    assert class_groups([10, 2], 8, 5) == [(0, 1), (1, 2)]  # over the budget alone: never split
+    assert class_groups([], 8, 5) == []
+    assert class_groups([4, 4], 0, 0) == [(0, 2)]  # no vectors at all: one group

@@ -44,7 +44,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import zlib
@@ -70,6 +69,7 @@ from utils.clip_geometry import (
 from utils.io import atomic_write_json
 from utils.launch import ItemError, NotReady, Stage, UsageError, read_item_list
 from utils.layout import DatasetLayout, InvalidItemError, validate_name, validate_yid
+from utils.resources import available_cpus
 from utils.tracks import RecordsFileError, TrackRecord, TrackRecordError, read_records
 from utils.video import VideoError, VideoInfo, VideoWriter, Yuv420Image, decode_span, probe_video
 from utils.youtube import DownloadSession, add_download_arguments, validate_download_args
@@ -311,19 +311,6 @@ def decode_spans(windows: Iterable[tuple[float, float]], gap: float = SEEK_GAP_S
         else:
             spans.append([start, end])
     return [(s, e) for s, e in spans]
-
-
-def available_cpus(environ: dict[str, str] | None = None) -> int:
-    """CPUs this process may run on: its affinity mask, and no more than a Slurm task's
-    ``SLURM_CPUS_PER_TASK`` (clusters without CPU binding show every CPU of the node)."""
-    environ = os.environ if environ is None else environ
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    with contextlib.suppress(KeyError, ValueError):
-        cpus = min(cpus, int(environ["SLURM_CPUS_PER_TASK"]))
-    return max(cpus, 1)
 
 
 class _OpenClip:

@@ -70,14 +70,17 @@ same names, deterministic (``--seed`` plays no part):
     with a score and an embedding; a track without an embedding is never selected and is counted
     (``no_embedding``; the original used random noise). The report adds, per class that had more
     candidates than ``Nc``, the minimum pairwise distance at the start and at the end and the
-    swaps made. Memory: ``candidates x D`` float32 embeddings (all classes at once, in class
-    order, so that a class is a view), plus ``4096 x Nc`` floats while a class is set up.
+    swaps made. Memory: ``candidates x D`` float32 embeddings when they fit
+    ``--max_embedding_gb`` (default: half the memory free at the start); beyond it they are read
+    again for each group of whole classes that fits (:class:`ClassVectors`; ``--min_nn_dist``
+    likewise), plus a copy of the largest class's and ``4096 x Nc`` floats while a class is set up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -105,7 +108,8 @@ from tqdm import tqdm
 from utils.io import atomic_path, atomic_write_json, atomic_write_text, is_temp_file
 from utils.launch import UsageError, is_systemic
 from utils.layout import YID_PATTERN, DatasetLayout, validate_name
-from utils.metrics_store import EMBEDDINGS, MOTION, MetricsError, load_metric_columns, load_metric_vectors
+from utils.metrics_store import EMBEDDINGS, MOTION, MetricsError, VectorSource, load_metric_columns
+from utils.resources import available_memory_bytes
 from utils.sampling import (
     MIN_RED_SWAPS_PER_TRACK,
     SUBSET_EXT,
@@ -756,6 +760,87 @@ def picks_by_level(codes: np.ndarray, ranks: np.ndarray, level: np.ndarray) -> n
     return rank_within_class(codes, key, 0.0, eligible_mask=ok)
 
 
+def class_groups(class_sizes: Sequence[int], row_bytes: int, budget_bytes: float) -> list[tuple[int, int]]:
+    """Split consecutive classes (``class_sizes[c]`` rows each) into groups ``[first, end)`` whose
+    rows take at most ``budget_bytes`` at ``row_bytes`` each; a class over the budget alone is a
+    group of its own (a class is never split)."""
+    groups: list[tuple[int, int]] = []
+    first, held = 0, 0
+    for c, size in enumerate(int(v) for v in class_sizes):
+        if c > first and held + size * row_bytes > budget_bytes:
+            groups.append((first, c))
+            first, held = c, 0
+        held += size * row_bytes
+    if len(class_sizes):
+        groups.append((first, len(class_sizes)))
+    return groups
+
+
+class ClassVectors:
+    """Embeddings of the tracks ``rows``, per class, holding at most ``budget_bytes`` of vectors:
+    all of them at once when they fit (the usual case), else one group of whole classes at a
+    time (:func:`class_groups`), read when a class of the group is first asked for, after a
+    first pass over the files that only finds which tracks have an embedding. Classes are
+    asked for in ascending code order, so each group is read once per such pass."""
+
+    def __init__(self, source: VectorSource, rows: np.ndarray, codes: np.ndarray, budget_bytes: float):
+        rows = np.asarray(rows, dtype=np.int64)
+        self.source = source
+        self.order = rows[np.argsort(codes[rows], kind="stable")]
+        order_codes = codes[self.order]
+        self.dim = source.dim
+        class_codes, starts = np.unique(order_codes, return_index=True)
+        bounds = np.r_[starts, self.order.size].astype(np.int64)
+        sizes = np.diff(bounds)
+        self.groups = [(int(bounds[a]), int(bounds[b])) for a, b in class_groups(sizes, 4 * self.dim, budget_bytes)]
+        self.group_of = {}
+        for g, (lo, hi) in enumerate(self.groups):
+            for code in np.unique(order_codes[lo:hi]).tolist():
+                self.group_of[code] = g
+        self.codes = codes
+        self.present = np.zeros(len(codes), dtype=bool)  # per index row
+        self.slot = np.full(len(codes), -1, dtype=np.int64)  # index row -> row of the loaded group
+        self._loaded: int | None = None
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self.bytes_needed = self.order.size * 4 * self.dim
+        if len(self.groups) == 1:
+            self._load(0)
+        elif self.groups:
+            found = source.load(self.order, keep_vectors=False)
+            self.present[self.order[found.present]] = True
+        self.report = dataclasses.replace(source.report, with_value=int(self.present[self.order].sum()),
+                                          index_rows=int(self.order.size))
+
+    def _load(self, g: int) -> None:
+        lo, hi = self.groups[g]
+        rows = self.order[lo:hi]
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)  # let the previous group go first
+        if self._loaded is not None:
+            before_lo, before_hi = self.groups[self._loaded]
+            self.slot[self.order[before_lo:before_hi]] = -1
+        got = self.source.load(rows)
+        self.present[rows] = got.present
+        self.slot[rows] = np.arange(rows.size)
+        self._vectors, self._loaded = got.vectors, g
+
+    def select_class(self, code: int) -> None:
+        """Make the vectors of class ``code`` available (reads its group if it is not held)."""
+        g = self.group_of.get(int(code))
+        if g is not None and g != self._loaded:
+            self._load(g)
+
+    def vector(self, row: int) -> np.ndarray:
+        """The embedding of ``row``, whose class is selected and which has one (``present``)."""
+        return self._vectors[self.slot[row]]
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings (len(rows), D) of rows of one class that all have one; selects the class."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size:
+            self.select_class(int(self.codes[rows[0]]))
+        return self._vectors[self.slot[rows]]
+
+
 @dataclass
 class WalkInputs:
     """What the per-class walk needs for the sequential constraints."""
@@ -763,8 +848,7 @@ class WalkInputs:
     constraints: SamplingConstraints
     video_codes: np.ndarray
     level: np.ndarray | None = None  # motion_levels, or None without min_motion
-    vectors: np.ndarray | None = None  # embeddings, indexed through vector_slot
-    vector_slot: np.ndarray | None = None
+    vectors: ClassVectors | None = None  # embeddings, for min_nn_dist
     geometry: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # row -> (ts, boxes)
 
 
@@ -775,7 +859,7 @@ def walk_class(candidates: np.ndarray, nc_max: int, inputs: WalkInputs) -> tuple
     accepted: list[int] = []
     rounds: list[int] = []
     taken = np.zeros(len(candidates), dtype=bool)
-    dim = inputs.vectors.shape[1] if inputs.vectors is not None else 0
+    dim = inputs.vectors.dim if inputs.vectors is not None else 0
     chosen = np.empty((nc_max, dim), dtype=np.float64) if cons.uses_diversity else None
     same_video: dict[int, list[int]] = defaultdict(list)
     geometry: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -803,7 +887,7 @@ def walk_class(candidates: np.ndarray, nc_max: int, inputs: WalkInputs) -> tuple
                 if others and max(overlap(row, o) for o in others) > iou_t:
                     continue
             if chosen is not None:
-                vec = inputs.vectors[inputs.vector_slot[row]]
+                vec = inputs.vectors.vector(row)
                 k = len(accepted)
                 if nn_t is not None and k and np.sqrt(((chosen[:k] - vec) ** 2).sum(axis=1).min()) < nn_t:
                     continue
@@ -831,6 +915,7 @@ class SamplingOptions:
     motion_column: str = "q90"
     embedding_column: str = "embedding"
     max_swaps: int | None = None  # sample_min_red: swaps per class (None: MIN_RED_SWAPS_PER_TRACK x Nc)
+    max_embedding_gb: float | None = None  # embeddings held at once (None: half the memory available)
     dataset_name: str | None = None
     verified_yids: set[str] = field(default_factory=set)
     verified_source: str = ""
@@ -931,14 +1016,10 @@ class _Sampler:
         inputs = WalkInputs(constraints=cons, video_codes=self.video_codes, level=level)
         if cons.uses_diversity:
             need = np.flatnonzero(usable)
-            vectors = load_metric_vectors(self.base_dir, self.dataset_name, EMBEDDINGS, opts.embedding_column,
-                                          tids, fns, rows=need)
-            self._metric_report(vectors.report.line())
-            self.exclusions["no_embedding"] = int(need.size - vectors.present.sum())
-            usable[need[~vectors.present]] = False
-            inputs.vectors = vectors.vectors
-            inputs.vector_slot = np.full(self.n, -1, dtype=np.int64)
-            inputs.vector_slot[need] = np.arange(need.size)
+            vectors = self._class_vectors(need, tids, fns)
+            self.exclusions["no_embedding"] = int(need.size - vectors.present[need].sum())
+            usable[need[~vectors.present[need]]] = False
+            inputs.vectors = vectors
         sequential = cons.uses_diversity or cons.uses_overlap
         nc_max = max(int(nc) for nc in opts.Nc)
         plans = []
@@ -1013,6 +1094,19 @@ class _Sampler:
             ))
         return plans
 
+    def _class_vectors(self, rows: np.ndarray, tids: pa.Array, fns: pa.Array) -> ClassVectors:
+        """Embeddings of ``rows`` within ``--max_embedding_gb`` (default: half the memory free now)."""
+        opts = self.opts
+        source = VectorSource(self.base_dir, self.dataset_name, EMBEDDINGS, opts.embedding_column, tids, fns)
+        budget = opts.max_embedding_gb * 2**30 if opts.max_embedding_gb else (available_memory_bytes() or 2**34) / 2
+        vectors = ClassVectors(source, rows, self.codes, budget)
+        self._metric_report(vectors.report.line())
+        if len(vectors.groups) > 1:
+            self._metric_report(
+                f"embeddings: {vectors.order.size} tracks x {vectors.dim} floats = {vectors.bytes_needed / 2**30:.1f} GiB "
+                f"> {budget / 2**30:.1f} GiB (--max_embedding_gb): read in {len(vectors.groups)} groups of classes")
+        return vectors
+
     def min_red(self) -> list[SubsetPlan]:
         opts = self.opts
         ranked = self._classified()
@@ -1022,38 +1116,36 @@ class _Sampler:
         ranks = rank_within_class(self.codes, np.nan_to_num(score), 0.0, eligible_mask=ranked)
         rows = np.flatnonzero(ranks >= 0)
         order = rows[np.lexsort((ranks[rows], self.codes[rows]))]  # by class, best score first
-        vectors = load_metric_vectors(self.base_dir, self.dataset_name, EMBEDDINGS, opts.embedding_column,
-                                      self.table.strings("tid"), self.table.strings("fn"), rows=order)
-        self._metric_report(vectors.report.line())
-        present = vectors.present
+        vectors = self._class_vectors(order, self.table.strings("tid"), self.table.strings("fn"))
+        present = vectors.present[order]
         self.exclusions["no_embedding"] = int(order.size - present.sum())
-        usable = np.zeros(self.n, dtype=bool)
-        usable[order[present]] = True
-        avail = self.available(usable)
+        avail = self.available(vectors.present)
         codes = self.codes[order]
         bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]) if order.size else np.zeros(1, np.int64)
+        nc_values = [int(v) for v in opts.Nc]
+        picked: dict[int, list[np.ndarray]] = {nc: [] for nc in nc_values}
+        per_class: dict[int, list[dict]] = {nc: [] for nc in nc_values}
+        bar = self._progress(bounds.size - 1, "min-red")
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            candidates = order[lo:hi][present[lo:hi]]
+            block = vectors.vectors(candidates) if candidates.size > min(nc_values) else None
+            for nc in nc_values:
+                if candidates.size <= nc:
+                    picked[nc].append(candidates)
+                    continue
+                result = min_redundancy(block, nc, max_swaps=opts.max_swaps)
+                picked[nc].append(candidates[result.selected])
+                per_class[nc].append({
+                    "label": self.class_names[int(codes[lo])], "candidates": int(candidates.size),
+                    "start_min_dist": round(result.start_min_dist, 6), "min_dist": round(result.min_dist, 6),
+                    "swaps": result.swaps, "converged": result.converged,
+                })
+            bar.update(1)
+        bar.close()
         plans = []
-        for nc in (int(v) for v in opts.Nc):
-            picked: list[np.ndarray] = []
-            per_class: list[dict] = []
-            bar = self._progress(bounds.size - 1, f"min-red Nc={nc}")
-            for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                keep = present[lo:hi]
-                candidates = order[lo:hi][keep]
-                if candidates.size > nc:
-                    block = vectors.vectors[lo:hi]
-                    result = min_redundancy(block if keep.all() else block[keep], nc, max_swaps=opts.max_swaps)
-                    candidates = candidates[result.selected]
-                    per_class.append({
-                        "label": self.class_names[int(codes[lo])], "candidates": int(keep.sum()),
-                        "start_min_dist": round(result.start_min_dist, 6), "min_dist": round(result.min_dist, 6),
-                        "swaps": result.swaps, "converged": result.converged,
-                    })
-                picked.append(candidates)
-                bar.update(1)
-            bar.close()
-            rows = np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
-            plans.append(self._min_red_plan(nc, rows, avail, per_class))
+        for nc in nc_values:
+            chosen = np.sort(np.concatenate(picked[nc])) if picked[nc] else np.empty(0, dtype=np.int64)
+            plans.append(self._min_red_plan(nc, chosen, avail, per_class[nc]))
         return plans
 
     def _min_red_plan(self, nc: int, rows: np.ndarray, avail: np.ndarray, per_class: list[dict]) -> SubsetPlan:
@@ -1089,6 +1181,8 @@ class _Sampler:
         for c in tqdm(classes, desc=f"constraints T={format_number(temperature)}", unit="class",
                       disable=not self.opts.progress, dynamic_ncols=True, mininterval=_progress_interval(),
                       file=sys.stderr):
+            if inputs.vectors is not None:
+                inputs.vectors.select_class(int(codes[bounds[c]]))
             accepted, acc_rounds = walk_class(order[bounds[c]:bounds[c + 1]], nc_max, inputs)
             pick[accepted] = np.arange(len(accepted))
             rounds[accepted] = acc_rounds

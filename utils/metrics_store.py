@@ -43,6 +43,7 @@ Rows
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ __all__ = [
     "MetricReport",
     "MetricVectors",
     "MetricsError",
+    "VectorSource",
     "load_metric_columns",
     "load_metric_vectors",
     "metric_dir",
@@ -310,6 +312,73 @@ def _vector_block(table: pa.Table, name: str, path: Path, dim: int | None) -> tu
     return flat.to_numpy().reshape(-1, dim), has, dim
 
 
+class VectorSource:
+    """The vectors of one metric (e.g. embeddings) matched to the index once; the vectors of
+    any set of index rows are then read on demand, one file at a time (memory: the rows asked
+    for, plus one file's column)."""
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike,
+        dataset_name: str,
+        metric: str,
+        column: str,
+        index_tids: pa.Array,
+        index_fns: pa.Array,
+    ):
+        self.column = column
+        self.keys, self.report = _match_keys(metric_dir(base_dir, dataset_name, metric), metric, index_tids, index_fns)
+        self.n = len(index_tids)
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """The vectors' length D (0 when no file holds one); reads files up to the first vector."""
+        if self._dim is None:
+            self._dim = 0
+            for path in self.keys.files:
+                _, has, dim = _vector_block(_read(path, [self.column]), self.column, path, None)
+                if has.any():
+                    self._dim = int(dim)
+                    break
+        return self._dim
+
+    def load(self, rows: ArrayLike | None = None, *, keep_vectors: bool = True) -> MetricVectors:
+        """Vectors of the index ``rows`` (default: every row); ``keep_vectors=False`` only finds
+        which rows have one (``vectors`` is then (len(rows), 0)). A vector with a NaN counts as
+        missing. Memory: ``len(rows) x D`` float32."""
+        want = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        slot = np.full(self.n, -1, dtype=np.int64)
+        slot[want] = np.arange(want.size)
+        keys = self.keys
+        dim: int | None = None
+        vectors: np.ndarray | None = None
+        present = np.zeros(want.size, dtype=bool)
+        for i, path in enumerate(keys.files):
+            lo, hi = keys.starts[i], keys.starts[i + 1]
+            block, has, dim_i = _vector_block(_read(path, [self.column]), self.column, path, dim)
+            if not has.any():
+                continue
+            dim = dim_i
+            pos, keep = keys.pos[lo:hi][has], keys.keep[lo:hi][has]
+            target = np.where(keep, slot[np.maximum(pos, 0)], -1)
+            use = target >= 0
+            if keep_vectors:
+                if vectors is None:
+                    vectors = np.zeros((want.size, dim), dtype=np.float32)
+                vectors[target[use]] = block[use]
+                present[target[use]] = True
+            else:
+                present[target[use]] = np.isfinite(block[use]).all(axis=1)
+        if vectors is None:
+            vectors = np.zeros((want.size, 0), dtype=np.float32)
+        elif vectors.shape[1]:
+            present &= np.isfinite(vectors).all(axis=1)
+            vectors[~present] = 0.0
+        report = dataclasses.replace(self.report, with_value=int(present.sum()), index_rows=int(want.size))
+        return MetricVectors(rows=want, vectors=vectors, present=present, report=report)
+
+
 def load_metric_vectors(
     base_dir: str | os.PathLike,
     dataset_name: str,
@@ -323,32 +392,4 @@ def load_metric_vectors(
 
     Memory: ``len(rows) x D`` float32. A vector with a NaN counts as missing.
     """
-    folder = metric_dir(base_dir, dataset_name, metric)
-    keys, report = _match_keys(folder, metric, index_tids, index_fns)
-    n = len(index_tids)
-    want = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-    slot = np.full(n, -1, dtype=np.int64)
-    slot[want] = np.arange(want.size)
-    dim: int | None = None
-    vectors: np.ndarray | None = None
-    present = np.zeros(want.size, dtype=bool)
-    for i, path in enumerate(keys.files):
-        lo, hi = keys.starts[i], keys.starts[i + 1]
-        block, has, dim_i = _vector_block(_read(path, [column]), column, path, dim)
-        if not has.any():
-            continue
-        dim = dim_i
-        if vectors is None:
-            vectors = np.zeros((want.size, dim), dtype=np.float32)
-        pos, keep = keys.pos[lo:hi][has], keys.keep[lo:hi][has]
-        target = np.where(keep, slot[np.maximum(pos, 0)], -1)
-        use = target >= 0
-        vectors[target[use]] = block[use]
-        present[target[use]] = True
-    if vectors is None:
-        vectors = np.zeros((want.size, 0), dtype=np.float32)
-    present &= np.isfinite(vectors).all(axis=1) if vectors.shape[1] else False
-    vectors[~present] = 0.0
-    report.with_value = int(present.sum())
-    report.index_rows = int(want.size)
-    return MetricVectors(rows=want, vectors=vectors, present=present, report=report)
+    return VectorSource(base_dir, dataset_name, metric, column, index_tids, index_fns).load(rows)
