@@ -733,3 +733,37 @@ def test_class_groups_hold_whole_classes_within_the_budget():
     assert class_groups([10, 2], 8, 5) == [(0, 1), (1, 2)]  # over the budget alone: never split
     assert class_groups([], 8, 5) == []
     assert class_groups([4, 4], 0, 0) == [(0, 2)]  # no vectors at all: one group
+
+
+@pytest.mark.parametrize("batch_rows", [3, 4096])
+def test_vectors_are_read_in_batches_the_same_way(tmp_path, monkeypatch, batch_rows):
+    """Vector files are streamed a batch of rows at a time: every batch size, any subset of rows,
+    and the presence-only pass give the same answer (the last row of a repeated track wins)."""
+    import utils.metrics_store as store
+
+    monkeypatch.setattr(store, "VECTOR_BATCH_ROWS", batch_rows)
+    n = 23
+    rng = np.random.default_rng(5)
+    tids = pa.array([f"t{i}" for i in range(n)])
+    fns = pa.array([f"ab/f{i}.mp4" for i in range(n)])
+    vecs = rng.normal(size=(n, 4)).astype(np.float32)
+    vecs[7, 2] = np.nan  # computed but undefined: missing
+    folder = metric_dir(tmp_path, DS, "embeddings")
+    first, second = list(range(0, 14)), [*range(10, 20), 3]  # 10-13 and 3 repeated: the later file wins
+    stale = vecs.copy() + 100
+    write_metric_file(folder / "a.parquet", [f"t{i}" for i in first], [f"ab/f{i}.mp4" for i in first],
+                      {"embedding": stale[first]})
+    write_metric_file(folder / "b.parquet", [f"t{i}" for i in second], [f"ab/f{i}.mp4" for i in second],
+                      {"embedding": vecs[second]})
+    source = store.VectorSource(tmp_path, DS, "embeddings", "embedding", tids, fns)
+    assert source.dim == 4
+    rows = np.array([22, 3, 12, 0, 7, 19, 5])
+    got = source.load(rows)
+    expected = {22: None, 3: vecs[3], 12: vecs[12], 0: stale[0], 7: stale[7], 19: vecs[19], 5: stale[5]}
+    expected[7] = None  # its only row is NaN
+    assert got.present.tolist() == [expected[r] is not None for r in rows.tolist()]
+    for i, r in enumerate(rows.tolist()):
+        if expected[r] is not None:
+            np.testing.assert_array_equal(got.vectors[i], expected[r])
+    assert source.load(rows, keep_vectors=False).present.tolist() == got.present.tolist()
+    assert got.report.with_value == 5 and got.report.duplicates == 5

@@ -11,7 +11,9 @@ Files
     temporaries of ``utils.io.atomic_path`` do). Names are free; the convention is
     ``rank-RRRRR-of-NNNNN[-partPPPPP].parquet`` so that no two ranks ever write the same file.
     Each file is written whole and atomically (``write_metric_file`` does both) and never
-    appended to in place: a rank that wants to save progress writes a new part.
+    appended to in place: a rank that wants to save progress writes a new part. Row groups of
+    at most 4096 rows (what ``write_metric_file`` writes) let readers stream embeddings a row
+    group at a time; larger ones work, at the cost of holding a whole group while it is read.
 Columns
     ``tid``   string, not null: the track's ``tid`` in the index (the join key).
     ``fn``    string, not null: the track's ``fn``. A row whose ``fn`` differs from the index's
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,9 @@ __all__ = [
 MOTION = "motion"
 EMBEDDINGS = "embeddings"
 KEY_COLUMNS = ("tid", "fn")
+#: rows per Parquet row group, and rows of a vector file converted at a time (2048-d float32:
+#: 32 MB), so that reading embeddings costs little memory beyond the vectors kept
+VECTOR_BATCH_ROWS = 4096
 
 
 class MetricsError(ValueError):
@@ -119,7 +124,8 @@ def write_metric_file(
             raise ValueError(f"column {name!r} must be 1-D or 2-D, got shape {arr.shape}")
     table = pa.table(arrays)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        # row groups of VECTOR_BATCH_ROWS: a reader holds one group's vectors at a time, not the file's
+        pq.write_table(table, tmp, compression="zstd", row_group_size=VECTOR_BATCH_ROWS)
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -191,7 +197,7 @@ class _Keys:
     keep: np.ndarray  # the row that wins for its index row
 
 
-def _read(path: Path, columns: Sequence[str]) -> pa.Table:
+def _check_columns(path: Path, columns: Sequence[str]) -> None:
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as exc:
@@ -199,6 +205,10 @@ def _read(path: Path, columns: Sequence[str]) -> pa.Table:
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise MetricsError(f"{path}: missing column(s) {missing} (has {schema.names})")
+
+
+def _read(path: Path, columns: Sequence[str]) -> pa.Table:
+    _check_columns(path, columns)
     try:
         return pq.read_table(path, columns=list(columns))
     except (OSError, pa.ArrowException) as exc:
@@ -293,9 +303,18 @@ def load_metric_columns(
     return MetricColumns(values=values, present=present, report=report)
 
 
-def _vector_block(table: pa.Table, name: str, path: Path, dim: int | None) -> tuple[np.ndarray, np.ndarray, int | None]:
+def _vector_batches(path: Path, name: str) -> Iterator[pa.Array]:
+    """The column ``name`` of a vector file, ``VECTOR_BATCH_ROWS`` rows at a time, in row order."""
+    _check_columns(path, [name])
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=VECTOR_BATCH_ROWS, columns=[name]):
+            yield batch.column(0)
+    except (OSError, pa.ArrowException) as exc:
+        raise MetricsError(f"{path}: cannot read {[name]}: {exc}") from exc
+
+
+def _vector_block(arr: pa.Array, name: str, path: Path, dim: int | None) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(vectors of the rows that have one, which rows have one, D)."""
-    arr = table.column(name).combine_chunks()
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
         raise MetricsError(f"{path}: column {name!r} must be a list of floats, got {arr.type}")
     lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy().astype(np.int64)
@@ -337,10 +356,11 @@ class VectorSource:
         if self._dim is None:
             self._dim = 0
             for path in self.keys.files:
-                _, has, dim = _vector_block(_read(path, [self.column]), self.column, path, None)
-                if has.any():
-                    self._dim = int(dim)
-                    break
+                for arr in _vector_batches(path, self.column):
+                    _, has, dim = _vector_block(arr, self.column, path, None)
+                    if has.any():
+                        self._dim = int(dim)
+                        return self._dim
         return self._dim
 
     def load(self, rows: ArrayLike | None = None, *, keep_vectors: bool = True) -> MetricVectors:
@@ -355,26 +375,31 @@ class VectorSource:
         vectors: np.ndarray | None = None
         present = np.zeros(want.size, dtype=bool)
         for i, path in enumerate(keys.files):
-            lo, hi = keys.starts[i], keys.starts[i + 1]
-            block, has, dim_i = _vector_block(_read(path, [self.column]), self.column, path, dim)
-            if not has.any():
-                continue
-            dim = dim_i
-            pos, keep = keys.pos[lo:hi][has], keys.keep[lo:hi][has]
-            target = np.where(keep, slot[np.maximum(pos, 0)], -1)
-            use = target >= 0
-            if keep_vectors:
-                if vectors is None:
-                    vectors = np.zeros((want.size, dim), dtype=np.float32)
-                vectors[target[use]] = block[use]
-                present[target[use]] = True
-            else:
+            lo = int(keys.starts[i])
+            for arr in _vector_batches(path, self.column):
+                hi = lo + len(arr)
+                pos, keep = keys.pos[lo:hi], keys.keep[lo:hi]
+                target_all = np.where(keep, slot[np.maximum(pos, 0)], -1)
+                lo = hi
+                if not (target_all >= 0).any():
+                    continue  # no row of this batch is asked for: not even converted
+                block, has, dim_i = _vector_block(arr, self.column, path, dim)
+                if not has.any():
+                    continue
+                dim = dim_i
+                target = target_all[has]
+                use = target >= 0
                 present[target[use]] = np.isfinite(block[use]).all(axis=1)
+                if keep_vectors:
+                    if vectors is None:
+                        vectors = np.zeros((want.size, dim), dtype=np.float32)
+                    vectors[target[use]] = block[use]
+            if lo != int(keys.starts[i + 1]):
+                raise MetricsError(f"{path}: changed while being read (row count differs)")
         if vectors is None:
             vectors = np.zeros((want.size, 0), dtype=np.float32)
-        elif vectors.shape[1]:
-            present &= np.isfinite(vectors).all(axis=1)
-            vectors[~present] = 0.0
+        else:
+            vectors[~present] = 0.0  # a vector with a NaN counts as missing
         report = dataclasses.replace(self.report, with_value=int(present.sum()), index_rows=int(want.size))
         return MetricVectors(rows=want, vectors=vectors, present=present, report=report)
 
