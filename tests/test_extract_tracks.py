@@ -425,3 +425,42 @@ def test_the_number_of_worker_threads_does_not_change_the_clips(tmp_path, long_v
 def test_threads_flag_is_checked():
     proc = run_cli("extract_tracks.py", "--yid_index_fn", "/nonexistent.txt", "--threads", "0")
     assert proc.returncode == EXIT_USAGE and "--threads must be at least 1, got 0" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["box.mp4", "cup.mp4", "vtest.avi"])
+def test_clips_from_real_videos_are_the_crops_of_their_frames(tmp_path, name):
+    """Real files (H.264 High with B-frames and pts that go back and forth, an odd frame rate,
+    MPEG-4 part 2 with 4 keyframes): clips are the crops of the decoded frames at the boxes."""
+    from tests.conftest import shared_video
+
+    path = shared_video(name)
+    info = probe_video(path)
+    w, h = info.width, info.height
+    t0 = 0.4 * info.duration
+    t1 = t0 + min(4.0, 0.3 * info.duration)
+    frames = list(read_frames(path, start=t0 - 0.5, end=t1 + 0.5))  # the tracks' span, not the whole video
+    ts = np.arange(t0, t1, 1 / 16)
+    a = (ts - ts[0]) / (ts[-1] - ts[0])
+    recs = [  # one box drifting across the frame, one growing from a corner
+        record("realvideo01", "drift", ts, [[0.1 * w + a_ * 0.5 * w, 0.2 * h, 0.3 * w, 0.4 * h] for a_ in a], (h, w)),
+        record("realvideo01", "grow", ts, [[1, 3, 0.2 * w + a_ * 0.5 * w, 0.25 * h + a_ * 0.5 * h] for a_ in a], (h, w)),
+    ]
+    selection = select_tracks(recs, lambda r: tmp_path / r.fn)
+    planned = plan_tasks(selection.tracks, (h, w), info.duration)
+    stats = clips.extract_clips(path, planned.tasks, info.fps)
+    assert sorted(stats.clips_written) == sorted(r.fn for r in recs) and not stats.problems
+    for task in planned.tasks:
+        plan = task.plan
+        expected = [f for f in frames if plan.t_start - 1e-3 <= f.time <= plan.t_end + 1e-3]
+        got = decoded(task.path)
+        assert len(got) == len(expected) > 0
+        assert probe_video(task.path).fps == pytest.approx(info.fps, rel=1e-3)
+        refs = []
+        for src in expected:
+            x0, y0, x1, y1 = plan.box_at(src.time)
+            refs.append(cv2.resize(src.image[y0:y1, x0:x1], plan.out_size, interpolation=cv2.INTER_CUBIC))
+        scores = [psnr(a_, b) for a_, b in zip(got, refs, strict=True)]
+        assert min(scores) >= 30.0, (name, task.name, min(scores))
+        # colour too (chroma is cut from the half-size planes): PSNR over all of R, G and B
+        rgb = [10 * np.log10(255.0**2 / np.mean((a_.astype(float) - b) ** 2)) for a_, b in zip(got, refs, strict=True)]
+        assert min(rgb) >= 27.0, (name, task.name, min(rgb))
