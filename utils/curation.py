@@ -73,7 +73,8 @@ same names, deterministic (``--seed`` plays no part):
     swaps made. Memory: ``candidates x D`` float32 embeddings when they fit
     ``--max_embedding_gb`` (default: half the memory free at the start); beyond it they are read
     again for each group of whole classes that fits (:class:`ClassVectors`; ``--min_nn_dist``
-    likewise), plus a copy of the largest class's and ``4096 x Nc`` floats while a class is set up.
+    likewise; a class is a view of them, or a copy when some of its tracks have none), plus
+    ``4096 x Nc`` floats while a class is set up.
 """
 
 from __future__ import annotations
@@ -834,11 +835,15 @@ class ClassVectors:
         return self._vectors[self.slot[row]]
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Embeddings (len(rows), D) of rows of one class that all have one; selects the class."""
+        """Embeddings (len(rows), D) of rows of one class that all have one; selects the class.
+        Read-only: a view of the held vectors where the rows are consecutive in them."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size:
             self.select_class(int(self.codes[rows[0]]))
-        return self._vectors[self.slot[rows]]
+        slots = self.slot[rows]
+        if slots.size and slots[-1] - slots[0] == slots.size - 1 and (np.diff(slots) == 1).all():
+            return self._vectors[slots[0]:slots[-1] + 1]  # a view: no copy of a large class
+        return self._vectors[slots]
 
 
 @dataclass
