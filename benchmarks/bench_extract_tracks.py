@@ -214,7 +214,7 @@ def main() -> None:
         t_decode = timed(lambda: plain_decode(clip, start, end, None))
 
         for k, (a, b) in enumerate(zip(ours_tasks, per_tasks, strict=True)):  # the same clips each way
-            # (not byte-identical: libx264 reads uninitialised padding rows of small frames)
+            # (not byte-identical: small clips encode differently run to run from identical pixels)
             frames = probe_video(a.path).num_frames
             assert frames == probe_video(b.path).num_frames == probe_video(tmp / "original" / f"{k}.mp4").num_frames
 

@@ -327,8 +327,8 @@ def test_sigkill_mid_extraction_then_rerun_equals_an_uninterrupted_run(tmp_path,
     for rec in records:
         ours, ref = decoded(clip_path(db, rec)), decoded(clip_path(reference_db, rec))
         assert len(ours) == len(ref) and ours[0].shape == ref[0].shape
-        # libx264 reads uninitialised rows past the bottom of small frames (FFmpeg pads each frame
-        # allocation to 32 rows): not bit-for-bit repeatable run to run, so equal up to coding noise
+        # small clips (seen for widths under 64) encode to other bytes run to run from identical
+        # pixels, likely padding bytes of FFmpeg's frame allocation that libx264 reads: equal up to coding noise
         assert min(psnr(a, b) for a, b in zip(ours, ref, strict=True)) > 35
 
 
