@@ -171,6 +171,15 @@ def test_wrong_or_missing_weights_are_clear_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(WeightsError, match="cannot be read"):
         CartoonClassifier(str(tmp_path / "junk.pth"), device="cpu")
+    # the aesthetic head is loaded the same way: a head for other embeddings is refused by name
+    torch.save(torch.nn.Linear(512, 1).state_dict(), tmp_path / "head512.pth")
+    from utils.filters import _frozen_module
+
+    with pytest.raises(WeightsError, match=r"aesthetic head weights .*head512.pth do not fit Linear\(768, 1\)"):
+        _frozen_module(lambda: torch.nn.Linear(768, 1), 1, tmp_path / "head512.pth", "aesthetic head", "Linear(768, 1)")
+    head = _frozen_module(lambda: torch.nn.Linear(768, 1), 1, _head_weights(tmp_path / "h.pth", bias=2.0),
+                          "aesthetic head", "Linear(768, 1)")
+    assert not head.training and float(head.bias) == 2.0
 
 
 def test_aesthetic_scorer_runs_clip_vit_l14_with_random_weights(tmp_path, synthetic_video):

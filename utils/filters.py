@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,23 @@ def _load_state_dict(path: Path, what: str) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _frozen_module(build: Callable[[], Any], seed: int, path: Path | None, what: str, shape: str) -> Any:
+    """``build()`` with torch seeded (random weights are reproducible when no file is given),
+    then the state dict at ``path`` loaded into it; a file that does not fit ``shape`` is a
+    WeightsError naming both."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build()
+    if path is not None:
+        try:
+            module.load_state_dict(_load_state_dict(path, what))
+        except RuntimeError as exc:
+            raise WeightsError(f"{what} weights {path} do not fit {shape}: {exc}") from exc
+    return module.eval()
+
+
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -178,16 +195,14 @@ class CartoonClassifier:
         self.device = _device(device)
         self.batch_size = max(1, batch_size)
         path = resolve_weights(weights, "cartoon classifier", cache_dir)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+
+        def build() -> Any:
             model = resnet18(weights=None)
             model.fc = torch.nn.Linear(model.fc.in_features, 2)
-        if path is not None:
-            try:
-                model.load_state_dict(_load_state_dict(path, "cartoon classifier"))
-            except RuntimeError as exc:
-                raise WeightsError(f"cartoon classifier weights {path} do not fit a 2-class ResNet-18: {exc}") from exc
-        self.model = model.eval().to(self.device)
+            return model
+
+        model = _frozen_module(build, 0, path, "cartoon classifier", "a 2-class ResNet-18")
+        self.model = model.to(self.device)
         self.weights = weights
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
@@ -244,15 +259,9 @@ class AestheticScorer:
         del model
         self.preprocess = preprocess
         head_path = resolve_weights(head_weights, "aesthetic head", cache_dir)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
-            head = torch.nn.Linear(self.visual.output_dim, 1)
-        if head_path is not None:
-            try:
-                head.load_state_dict(_load_state_dict(head_path, "aesthetic head"))
-            except RuntimeError as exc:
-                raise WeightsError(f"aesthetic head {head_path} does not fit Linear(768, 1): {exc}") from exc
-        self.head = head.eval().to(self.device)
+        dim = self.visual.output_dim
+        head = _frozen_module(lambda: torch.nn.Linear(dim, 1), 1, head_path, "aesthetic head", f"Linear({dim}, 1)")
+        self.head = head.to(self.device)
         self.clip_weights, self.head_weights = clip_weights, head_weights
 
     def scores(self, frames: Sequence[np.ndarray]) -> np.ndarray:
