@@ -179,7 +179,7 @@ def test_wrong_or_missing_weights_are_clear_errors(tmp_path):
         _frozen_module(lambda: torch.nn.Linear(768, 1), 1, tmp_path / "head512.pth", "aesthetic head", "Linear(768, 1)")
     head = _frozen_module(lambda: torch.nn.Linear(768, 1), 1, _head_weights(tmp_path / "h.pth", bias=2.0),
                           "aesthetic head", "Linear(768, 1)")
-    assert not head.training and float(head.bias) == 2.0
+    assert not head.training and float(head.bias.detach()) == 2.0
 
 
 def test_aesthetic_scorer_runs_clip_vit_l14_with_random_weights(tmp_path, synthetic_video):

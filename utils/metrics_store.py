@@ -333,8 +333,8 @@ def _vector_block(arr: pa.Array, name: str, path: Path, dim: int | None) -> tupl
 
 class VectorSource:
     """The vectors of one metric (e.g. embeddings) matched to the index once; the vectors of
-    any set of index rows are then read on demand, one file at a time (memory: the rows asked
-    for, plus one file's column)."""
+    any set of index rows are then read on demand, ``VECTOR_BATCH_ROWS`` rows of a file at a
+    time (memory: the rows asked for, plus one row group of a file)."""
 
     def __init__(
         self,
