@@ -31,7 +31,7 @@ from utils.launch import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, main
 from utils.layout import DatasetLayout
 from utils.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 from utils.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
-from utils.video import Yuv420Image, keyframe_times, probe_video, read_frames
+from utils.video import ColorTags, Yuv420Image, keyframe_times, probe_video, read_frames
 
 YID = "synthVideo1"
 DATASET = "TestSet"
@@ -465,3 +465,57 @@ def test_clips_from_real_videos_are_the_crops_of_their_frames(tmp_path, name):
         # colour too (chroma is cut from the half-size planes): PSNR over all of R, G and B
         rgb = [10 * np.log10(255.0**2 / np.mean((a_.astype(float) - b) ** 2)) for a_, b in zip(got, refs, strict=True)]
         assert min(rgb) >= 27.0, (name, task.name, min(rgb))
+
+
+def _color_bars_video(path: Path, color: ColorTags | None, pix_fmt: str = "yuv420p", fps: float = 25.0) -> Path:
+    """2 s of saturated colour bars drifting right, 320x240, with the given colour tags / format."""
+    import av
+
+    bars = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255],
+                     [255, 255, 255], [16, 16, 16]], np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = 320, 240, pix_fmt
+        stream.options = {"crf": "10", "preset": "veryfast"}
+        if color is not None:
+            ctx = stream.codec_context
+            ctx.colorspace, ctx.color_primaries, ctx.color_trc = color.matrix, color.primaries, color.transfer
+        for k in range(int(2 * fps)):
+            cols = (np.arange(320) + 3 * k) // 40 % len(bars)
+            rgb = np.ascontiguousarray(np.broadcast_to(bars[cols][None], (240, 320, 3)))
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if color is not None:  # RGB -> YUV with the matrix the stream says it uses
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=color.matrix)
+                frame.colorspace = color.matrix
+            frame.pts = k
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("color, pix_fmt", [(ColorTags(1, 1, 1), "yuv420p"), (None, "yuvj420p")],
+                         ids=["bt709", "full_range"])
+def test_clips_keep_the_colours_of_their_source(tmp_path, color, pix_fmt):
+    """Clips are cut from the source's YUV samples: a BT.709 source's clips carry its tags, and a
+    full-range source is brought to the limited range H.264 clips use, so that colours read
+    back are the source's (a BT.709 picture read as BT.601 shifts saturated colours by 20+ levels)."""
+    source = _color_bars_video(tmp_path / "bars.mp4", color, pix_fmt)
+    info = probe_video(source)
+    rec = record("colorBars01", "bars", np.arange(0.2, 1.8, 1 / 16), [[40, 30, 200, 160]] * 26, (240, 320))
+    selection = select_tracks([rec], lambda r: tmp_path / r.fn)
+    planned = plan_tasks(selection.tracks, (240, 320), info.duration)
+    clips.extract_clips(source, planned.tasks, info.fps)
+    [task] = planned.tasks
+    plan = task.plan
+    expected = [f for f in read_frames(source) if plan.t_start - 1e-3 <= f.time <= plan.t_end + 1e-3]
+    got = decoded(task.path)
+    assert len(got) == len(expected)
+    for clip_frame, src in zip(got, expected, strict=True):
+        x0, y0, x1, y1 = plan.box_at(src.time)
+        ref = cv2.resize(src.image[y0:y1, x0:x1], plan.out_size, interpolation=cv2.INTER_CUBIC).astype(float)
+        inner = (slice(8, -8), slice(8, -8))
+        # per-pixel colour error away from the bars' edges (chroma is half resolution there)
+        err = np.abs(clip_frame.astype(float) - ref)[inner]
+        assert np.median(err) <= 3.0 and np.percentile(err, 75) <= 6.0, (np.median(err), np.percentile(err, 75))

@@ -177,3 +177,25 @@ def test_synthetic_ground_truth_matches_pixels(tmp_path):
     spans = {i: (b[0].time, b[-1].time, b[0].class_name) for i, b in v.identities().items()}
     assert len(spans) == 5
     assert spans[3][2] == "cup" and spans[3][1] - spans[3][0] < 1.1
+
+
+def test_yuv_planes_of_full_range_frames_are_brought_to_the_limited_range():
+    """AV1 / VP9 decoders mark full range on yuv420p frames (H.264's use yuvj420p): either way
+    the planes come out in the limited range that H.264 clips are written in."""
+    import av
+
+    from utils.video import FULL_RANGE, Yuv420Image
+
+    for fmt, full in (("yuv420p", True), ("yuvj420p", False), ("yuv420p", False)):
+        frame = av.VideoFrame(64, 32, fmt)
+        for plane, value in zip(frame.planes, (255, 128, 128), strict=True):
+            np.frombuffer(plane, np.uint8)[:] = value
+        np.frombuffer(frame.planes[0], np.uint8).reshape(32, -1)[:, :32] = 0
+        if full:
+            frame.color_range = FULL_RANGE
+        image = Yuv420Image.from_frame(frame)
+        if fmt == "yuv420p" and not full:  # already limited range: the frame's own memory, untouched
+            assert image.y.max() == 255 and image.y.min() == 0 and not image.y.flags.owndata
+        else:
+            assert image.y[:, 40:].max() == 235 and image.y[:, :24].min() == 16, fmt
+        assert image.u.shape == (16, 32) and abs(int(image.u.mean()) - 128) <= 1

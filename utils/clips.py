@@ -71,7 +71,7 @@ from utils.launch import ItemError, NotReady, Stage, UsageError, read_item_list
 from utils.layout import DatasetLayout, InvalidItemError, validate_name, validate_yid
 from utils.resources import available_cpus
 from utils.tracks import RecordsFileError, TrackRecord, TrackRecordError, read_records
-from utils.video import VideoError, VideoInfo, VideoWriter, Yuv420Image, decode_span, probe_video
+from utils.video import ColorTags, VideoError, VideoInfo, VideoWriter, Yuv420Image, decode_span, probe_video
 from utils.youtube import DownloadSession, add_download_arguments, validate_download_args
 
 #: frames up to this far outside ``[t_start, t_end]`` still belong to the clip (metadata
@@ -316,10 +316,10 @@ def decode_spans(windows: Iterable[tuple[float, float]], gap: float = SEEK_GAP_S
 class _OpenClip:
     """A clip being written: its encoder and how to cut each source frame."""
 
-    def __init__(self, task: ClipTask, fps: float, **encoder: Any):
+    def __init__(self, task: ClipTask, fps: float, color: ColorTags, **encoder: Any):
         self.task = task
         w, h = task.plan.out_size
-        self.writer = VideoWriter(task.path, w, h, fps, threads=1, **encoder)
+        self.writer = VideoWriter(task.path, w, h, fps, threads=1, color=color, **encoder)
 
     def add(self, image: Yuv420Image, t: float) -> None:
         plan = self.task.plan
@@ -397,7 +397,7 @@ def extract_clips(
                             f"no source frame in [{tasks[i].plan.t_start:.3f}, {tasks[i].plan.t_end:.3f}] s",
                             "no_frames"))
                         continue
-                    active[i] = _OpenClip(tasks[i], fps, **encoder)
+                    active[i] = _OpenClip(tasks[i], fps, ColorTags.of(frame), **encoder)
                 if active:
                     image = Yuv420Image.from_frame(frame)
                     if pool is None:

@@ -45,6 +45,27 @@ class Frame:
     index: int  # index of the sample (0, 1, 2, ...) within this read
 
 
+#: H.273 / FFmpeg code for "unspecified" (matrix, primaries, transfer alike)
+UNSPECIFIED_COLOR = 2
+#: FFmpeg's colour ranges: full ("JPEG", 0-255) and limited ("MPEG", 16-235), the one H.264 clips use
+FULL_RANGE, LIMITED_RANGE = 2, 1
+
+
+@dataclass(frozen=True)
+class ColorTags:
+    """How a video's YUV samples map to colours (H.273 codes as FFmpeg numbers them: matrix,
+    primaries, transfer). Clips cut in YUV keep their source's samples, so they carry its tags
+    (a BT.709 source read as BT.601 would shift its hues)."""
+
+    matrix: int = UNSPECIFIED_COLOR
+    primaries: int = UNSPECIFIED_COLOR
+    transfer: int = UNSPECIFIED_COLOR
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> ColorTags:
+        return cls(int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc))
+
+
 @dataclass(frozen=True)
 class Yuv420Image:
     """A picture as H.264 decoders give it and encoders take it: planar 4:2:0, full-size luma
@@ -65,9 +86,12 @@ class Yuv420Image:
 
     @classmethod
     def from_frame(cls, frame: av.VideoFrame) -> Yuv420Image:
-        """The planes of a decoded frame, as views when it is yuv420p already (other formats,
-        full-range or 10-bit ones included, are converted to limited-range 8-bit yuv420p)."""
-        if frame.format.name != "yuv420p":
+        """The planes of a decoded frame, as views when it is limited-range yuv420p already (other
+        formats, full-range or 10-bit ones included, are converted to limited-range 8-bit yuv420p;
+        the matrix is kept, see :class:`ColorTags`)."""
+        if frame.color_range == FULL_RANGE:
+            frame = frame.reformat(format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG")
+        elif frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
         return cls(*(_plane_array(plane) for plane in frame.planes))
 
@@ -375,6 +399,7 @@ class VideoWriter:
         crf: int = 23,
         preset: str = "veryfast",
         threads: int | None = None,
+        color: ColorTags | None = None,
     ):
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ValueError(f"H.264 yuv420p needs even positive sizes, got {width}x{height}")
@@ -394,6 +419,10 @@ class VideoWriter:
             stream.codec_context.gop_size = gop
             if threads is not None:  # 1 for many small clips at once: x264's threads only add overhead there
                 stream.codec_context.thread_count = threads
+            if color is not None:  # for pictures written with write_yuv: the tags of their source
+                ctx = stream.codec_context
+                ctx.colorspace, ctx.color_primaries, ctx.color_trc = color.matrix, color.primaries, color.transfer
+                ctx.color_range = LIMITED_RANGE
             stream.options = {
                 "crf": str(crf), "preset": preset,
                 "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
