@@ -199,3 +199,26 @@ def test_yuv_planes_of_full_range_frames_are_brought_to_the_limited_range():
         else:
             assert image.y[:, 40:].max() == 235 and image.y[:, :24].min() == 16, fmt
         assert image.u.shape == (16, 32) and abs(int(image.u.mean()) - 128) <= 1
+
+
+def test_writer_colour_tags_hold_for_rgb_and_yuv_pictures(tmp_path):
+    """A stream tagged BT.709 reads back as the colours written, whether given RGB or YUV."""
+    from utils.video import ColorTags, Yuv420Image
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[:, :32] = (220, 30, 40)
+    rgb[:, 32:] = (30, 200, 90)
+    for kind in ("rgb", "yuv"):
+        path = tmp_path / f"{kind}.mp4"
+        with VideoWriter(path, 64, 64, 25, crf=5, color=ColorTags(1, 1, 1)) as writer:
+            for _ in range(5):
+                if kind == "rgb":
+                    writer.write(rgb)
+                else:
+                    import av
+
+                    bt709 = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", dst_colorspace=1)
+                    writer.write_yuv(Yuv420Image.from_frame(bt709))
+        back = next(read_frames(path)).image.astype(int)
+        assert np.abs(back[8:-8, 4:24] - rgb[8:-8, 4:24]).max() <= 4, kind
+        assert np.abs(back[8:-8, 40:60] - rgb[8:-8, 40:60]).max() <= 4, kind

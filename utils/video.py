@@ -386,7 +386,8 @@ class VideoWriter:
     ``close()``; ``abort()`` (or leaving a ``with`` block by an exception) leaves nothing.
 
     ``keyframe_interval`` seconds between keyframes (fixed GOP, no scene-cut keyframes), for
-    fast random access in data loaders.
+    fast random access in data loaders. ``color``: the colour tags to write (for YUV pictures
+    cut from a tagged source; RGB frames are converted with the tagged matrix).
     """
 
     def __init__(
@@ -419,7 +420,8 @@ class VideoWriter:
             stream.codec_context.gop_size = gop
             if threads is not None:  # 1 for many small clips at once: x264's threads only add overhead there
                 stream.codec_context.thread_count = threads
-            if color is not None:  # for pictures written with write_yuv: the tags of their source
+            self._matrix = color.matrix if color is not None else UNSPECIFIED_COLOR
+            if color is not None:  # YUV pictures written as they are keep their source's meaning
                 ctx = stream.codec_context
                 ctx.colorspace, ctx.color_primaries, ctx.color_trc = color.matrix, color.primaries, color.transfer
                 ctx.color_range = LIMITED_RANGE
@@ -435,7 +437,10 @@ class VideoWriter:
     def write(self, image: np.ndarray) -> None:
         if image.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]}, writer is {self.width}x{self.height}")
-        self._encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        if self._matrix != UNSPECIFIED_COLOR:  # RGB to YUV with the matrix the stream is tagged with
+            frame = frame.reformat(format="yuv420p", dst_colorspace=self._matrix)
+        self._encode(frame)
 
     def write_yuv(self, image: Yuv420Image) -> None:
         """Write a planar 4:2:0 picture as it is (no colour conversion)."""
