@@ -519,3 +519,53 @@ def test_clips_keep_the_colours_of_their_source(tmp_path, color, pix_fmt):
         # per-pixel colour error away from the bars' edges (chroma is half resolution there)
         err = np.abs(clip_frame.astype(float) - ref)[inner]
         assert np.median(err) <= 3.0 and np.percentile(err, 75) <= 6.0, (np.median(err), np.percentile(err, 75))
+
+
+def _resolution_change_video(path: Path) -> Path:
+    """MPEG-TS, 2 s at 320x240 then 2 s at 160x120 of the same horizontal ramp (TS streams can be
+    joined byte for byte; the second carries its own SPS)."""
+    import io
+
+    import av
+
+    def part(w: int, h: int, first: int, n: int) -> bytes:
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mpegts") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"crf": "12", "preset": "veryfast", "x264-params": "keyint=25"}
+            for k in range(first, first + n):
+                ramp = np.linspace(0, 200, w)[None, :] + 40 * np.sin(np.linspace(0, 6, h))[:, None] + k % 10
+                frame = av.VideoFrame.from_ndarray(np.repeat(ramp[..., None], 3, 2).astype(np.uint8), format="rgb24")
+                frame.pts = k
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        return buf.getvalue()
+
+    path.write_bytes(part(320, 240, 0, 50) + part(160, 120, 52, 50))
+    return path
+
+
+def test_a_stream_that_changes_resolution_is_cut_at_the_probed_size(tmp_path):
+    source = _resolution_change_video(tmp_path / "switch.ts")
+    info = probe_video(source)
+    assert (info.width, info.height) == (320, 240)
+    rec = record("sizeSwitch1", "ramp", np.arange(1.0, 3.5, 1 / 16), [[100, 60, 120, 100]] * 40, (240, 320))
+    selection = select_tracks([rec], lambda r: tmp_path / r.fn)
+    planned = plan_tasks(selection.tracks, (240, 320), info.duration)
+    stats = clips.extract_clips(source, planned.tasks, info.fps)
+    assert stats.notes.get("frames_rescaled_to_the_probed_size") == [rec.fn]
+    [task] = planned.tasks
+    plan = task.plan
+    # reference: every frame at the first frame's size (read_frames scales them so), cropped
+    expected = [f for f in read_frames(source) if plan.t_start - 1e-3 <= f.time <= plan.t_end + 1e-3]
+    assert {f.image.shape for f in expected} == {(240, 320, 3)}
+    got = decoded(task.path)
+    assert len(got) == len(expected)
+    refs = []
+    for src in expected:
+        x0, y0, x1, y1 = plan.box_at(src.time)
+        refs.append(cv2.resize(src.image[y0:y1, x0:x1], plan.out_size, interpolation=cv2.INTER_CUBIC))
+    assert min(psnr(a, b) for a, b in zip(got, refs, strict=True)) >= 30.0

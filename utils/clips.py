@@ -362,6 +362,8 @@ def extract_clips(
     active: dict[int, _OpenClip] = {}
     frame_step = 1.0 / fps
     last_time: float | None = None  # of the last frame decoded
+    planned_hw = tuple(tasks[0].plan.frame_hw)  # boxes are for frames of this size (the probed one)
+    rescaled = False
     pool = ThreadPoolExecutor(workers, thread_name_prefix="clip") if workers > 1 else None
     in_flight: list[Future] = []  # the previous frame's writes: each clip writes its frames in order
 
@@ -399,6 +401,9 @@ def extract_clips(
                         continue
                     active[i] = _OpenClip(tasks[i], fps, ColorTags.of(frame), **encoder)
                 if active:
+                    if (frame.height, frame.width) != planned_hw:  # the stream changed resolution
+                        frame = frame.reformat(width=planned_hw[1], height=planned_hw[0], format="yuv420p")
+                        rescaled = True
                     image = Yuv420Image.from_frame(frame)
                     if pool is None:
                         for clip in active.values():
@@ -424,6 +429,8 @@ def extract_clips(
                     f"starts at {tasks[i].plan.t_start:.3f} s, {where}"
                     + (f" ({last_time:.3f} s)" if last_time is not None else " (no frame decoded)"),
                     "after_end" if where != "between frames" else "no_frames"))
+        if rescaled:
+            stats.notes["frames_rescaled_to_the_probed_size"] = [task.name for task in tasks]
     except BaseException:
         wait(in_flight)  # no writer may be in use while it is dropped
         for clip in active.values():
