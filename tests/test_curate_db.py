@@ -767,3 +767,15 @@ def test_vectors_are_read_in_batches_the_same_way(tmp_path, monkeypatch, batch_r
             np.testing.assert_array_equal(got.vectors[i], expected[r])
     assert source.load(rows, keep_vectors=False).present.tolist() == got.present.tolist()
     assert got.report.with_value == 5 and got.report.duplicates == 5
+
+
+def test_min_nn_dist_when_no_track_has_an_embedding(tmp_path, capsys):
+    base, records, verified = _motion_db(tmp_path)
+    write_metric_file(metric_dir(base, DS, "embeddings") / "rank-00000-of-00001.parquet",
+                      [r.tid for r in records], [r.fn for r in records],
+                      {"embedding": np.full((len(records), 4), np.nan, np.float32)})
+    assert sample(base, "sample_class_balanced", verified, "--Nc", "2", "--min_nn_dist", "1") == 0
+    out = capsys.readouterr().out
+    assert "0 of" in out and "no embedding" in out
+    name = next(n for n in subset_names(base) if n.endswith("-NN1.jsonl.gzip"))
+    assert subset_records(base, name) == []

@@ -1186,7 +1186,7 @@ class _Sampler:
         for c in tqdm(classes, desc=f"constraints T={format_number(temperature)}", unit="class",
                       disable=not self.opts.progress, dynamic_ncols=True, mininterval=_progress_interval(),
                       file=sys.stderr):
-            if inputs.vectors is not None:
+            if inputs.vectors is not None and bounds[c] < codes.size:
                 inputs.vectors.select_class(int(codes[bounds[c]]))
             accepted, acc_rounds = walk_class(order[bounds[c]:bounds[c + 1]], nc_max, inputs)
             pick[accepted] = np.arange(len(accepted))
