@@ -779,3 +779,5 @@ def test_min_nn_dist_when_no_track_has_an_embedding(tmp_path, capsys):
     assert "0 of" in out and "no embedding" in out
     name = next(n for n in subset_names(base) if n.endswith("-NN1.jsonl.gzip"))
     assert subset_records(base, name) == []
+    assert sample(base, "sample_min_red", verified, "--Nc", "2") == 0
+    assert subset_records(base, f"{DS}-MinRed-CB2-0K.jsonl.gzip") == []
