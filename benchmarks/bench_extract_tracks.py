@@ -217,6 +217,8 @@ def main() -> None:
             # (not byte-identical: small clips encode differently run to run from identical pixels)
             frames = probe_video(a.path).num_frames
             assert frames == probe_video(b.path).num_frames == probe_video(tmp / "original" / f"{k}.mp4").num_frames
+        ours_bytes = sum(t.path.stat().st_size for t in ours_tasks)
+        original_bytes = sum(f.stat().st_size for f in (tmp / "original").iterdir())
 
     n = stats.frames_decoded
     print(f"  ours (one pass, {available_cpus()} threads)     {t_ours:7.2f} s  {n / t_ours:6.1f} source frames/s, "
@@ -227,6 +229,8 @@ def main() -> None:
           f"(target >= 5; on 1 thread {t_orig / t_single:.2f}x)")
     print(f"  floor: decode + encode 720p    {t_floor:7.2f} s  ratio ours/floor = {t_ours / t_floor:.2f} (target <= 2)")
     print(f"  decode only                    {t_decode:7.2f} s  ratio ours/decode = {t_ours / t_decode:.2f}")
+    print(f"clip bytes: ours {ours_bytes / 1e6:.1f} MB (x264 veryfast, crf 23), the original's way "
+          f"{original_bytes / 1e6:.1f} MB (medium, crf 23): {ours_bytes / original_bytes:.2f}x")
 
 
 if __name__ == "__main__":
