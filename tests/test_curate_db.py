@@ -40,8 +40,8 @@ from utils.launch import UsageError
 from utils.layout import DatasetLayout
 from utils.metrics_store import (
     MetricsError,
+    VectorSource,
     load_metric_columns,
-    load_metric_vectors,
     metric_dir,
     write_metric_file,
 )
@@ -535,14 +535,14 @@ def test_metric_reader_vectors(tmp_path):
     pq.write_table(pa.table({"tid": ["t3", "t4"], "fn": ["ab/f3.mp4", "ab/f4.mp4"],
                              "embedding": pa.array([[0.0, 0.0, 1.0], [np.nan, 0.0, 0.0]], pa.list_(pa.float32()))}),
                    folder / "b.parquet")
-    got = load_metric_vectors(tmp_path, DS, "embeddings", "embedding", tids, fns, rows=[2, 3, 4, 1])
+    got = VectorSource(tmp_path, DS, "embeddings", "embedding", tids, fns).load([2, 3, 4, 1])
     assert got.present.tolist() == [True, True, False, False]
     np.testing.assert_array_equal(got.vectors[:2], [[0, 1, 0], [0, 0, 1]])
     assert got.report.with_value == 2
     pq.write_table(pa.table({"tid": ["t1"], "fn": ["ab/f1.mp4"],
                              "embedding": pa.array([[1.0, 2.0]], pa.list_(pa.float32()))}), folder / "c.parquet")
     with pytest.raises(MetricsError, match="c.parquet.*lengths"):
-        load_metric_vectors(tmp_path, DS, "embeddings", "embedding", tids, fns)
+        VectorSource(tmp_path, DS, "embeddings", "embedding", tids, fns).load()
 
 
 def test_constrained_subsets_follow_the_unconstrained_ranking(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli
 from utils.metrics import RAFTFlow, frame_pairs, track_motion
-from utils.metrics_store import load_metric_columns, load_metric_vectors
+from utils.metrics_store import VectorSource, load_metric_columns
 from utils.synthetic import procedural_texture
 from utils.tracks import TrackRecord, records_to_jsonl_gz_bytes
 from utils.video import VideoWriter
@@ -93,7 +93,7 @@ def test_embeddings_are_2048d_and_identical_clips_match(clips_db):
     base, index, recs = clips_db
     run_cli("visual_metrics.py", "--base_dir", base, "--dataset_name", DATASET, "--index_file", index,
             "--metric", "embeddings", "--embedding_weights", "none", "--device", "cpu", check=True)
-    vectors = load_metric_vectors(base, DATASET, "embeddings", "embedding", *keys(recs))
+    vectors = VectorSource(base, DATASET, "embeddings", "embedding", *keys(recs)).load()
     assert vectors.vectors.shape == (4, 2048)
     assert np.allclose(np.linalg.norm(vectors.vectors, axis=1), 1, atol=1e-5)
     assert np.allclose(vectors.vectors[2], vectors.vectors[3], atol=1e-6)  # the same pixels

@@ -792,12 +792,9 @@ class ClassVectors:
         self.dim = source.dim
         class_codes, starts = np.unique(order_codes, return_index=True)
         bounds = np.r_[starts, self.order.size].astype(np.int64)
-        sizes = np.diff(bounds)
-        self.groups = [(int(bounds[a]), int(bounds[b])) for a, b in class_groups(sizes, 4 * self.dim, budget_bytes)]
-        self.group_of = {}
-        for g, (lo, hi) in enumerate(self.groups):
-            for code in np.unique(order_codes[lo:hi]).tolist():
-                self.group_of[code] = g
+        by_class = class_groups(np.diff(bounds), 4 * self.dim, budget_bytes)
+        self.groups = [(int(bounds[a]), int(bounds[b])) for a, b in by_class]
+        self.group_of = {int(code): g for g, (a, b) in enumerate(by_class) for code in class_codes[a:b]}
         self.codes = codes
         self.present = np.zeros(len(codes), dtype=bool)  # per index row
         self.slot = np.full(len(codes), -1, dtype=np.int64)  # index row -> row of the loaded group

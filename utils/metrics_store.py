@@ -69,7 +69,6 @@ __all__ = [
     "MetricsError",
     "VectorSource",
     "load_metric_columns",
-    "load_metric_vectors",
     "metric_dir",
     "metric_files",
     "write_metric_file",
@@ -402,19 +401,3 @@ class VectorSource:
             vectors[~present] = 0.0  # a vector with a NaN counts as missing
         report = dataclasses.replace(self.report, with_value=int(present.sum()), index_rows=int(want.size))
         return MetricVectors(rows=want, vectors=vectors, present=present, report=report)
-
-
-def load_metric_vectors(
-    base_dir: str | os.PathLike,
-    dataset_name: str,
-    metric: str,
-    column: str,
-    index_tids: pa.Array,
-    index_fns: pa.Array,
-    rows: ArrayLike | None = None,
-) -> MetricVectors:
-    """Vectors of ``metric`` (e.g. embeddings) for the index ``rows`` (default: every row).
-
-    Memory: ``len(rows) x D`` float32. A vector with a NaN counts as missing.
-    """
-    return VectorSource(base_dir, dataset_name, metric, column, index_tids, index_fns).load(rows)
