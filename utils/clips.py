@@ -401,10 +401,8 @@ def extract_clips(
                         continue
                     active[i] = _OpenClip(tasks[i], fps, ColorTags.of(frame), **encoder)
                 if active:
-                    if (frame.height, frame.width) != planned_hw:  # the stream changed resolution
-                        frame = frame.reformat(width=planned_hw[1], height=planned_hw[0], format="yuv420p")
-                        rescaled = True
-                    image = Yuv420Image.from_frame(frame)
+                    rescaled |= (frame.height, frame.width) != planned_hw  # the stream changed resolution
+                    image = Yuv420Image.from_frame(frame, size=(planned_hw[1], planned_hw[0]))
                     if pool is None:
                         for clip in active.values():
                             clip.add(image, t)

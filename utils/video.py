@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -85,14 +86,18 @@ class Yuv420Image:
         return self.y.shape[0]
 
     @classmethod
-    def from_frame(cls, frame: av.VideoFrame) -> Yuv420Image:
+    def from_frame(cls, frame: av.VideoFrame, size: tuple[int, int] | None = None) -> Yuv420Image:
         """The planes of a decoded frame, as views when it is limited-range yuv420p already (other
         formats, full-range or 10-bit ones included, are converted to limited-range 8-bit yuv420p;
-        the matrix is kept, see :class:`ColorTags`)."""
+        the matrix is kept, see :class:`ColorTags`); scaled to ``size`` (w, h) when it differs,
+        in the same conversion."""
+        changes: dict[str, Any] = {}
+        if size is not None and (frame.width, frame.height) != tuple(size):
+            changes.update(width=int(size[0]), height=int(size[1]))
         if frame.color_range == FULL_RANGE:
-            frame = frame.reformat(format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG")
-        elif frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
+            changes.update(src_color_range="JPEG", dst_color_range="MPEG")
+        if changes or frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p", **changes)
         return cls(*(_plane_array(plane) for plane in frame.planes))
 
     def to_frame(self) -> av.VideoFrame:
