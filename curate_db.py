@@ -12,7 +12,7 @@ minimum-redundancy subsets.
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_min_red \
       --Nc 100 300 500 1000 [--max_swaps S]                # per class, Nc tracks far apart in embedding space
 
-What each action writes and promises: utils/curation.py. Exit status: 0 all good, 1 the index
+What each action writes and promises: utils/curate/. Exit status: 0 all good, 1 the index
 skipped damaged files or invalid records (the index is still written), 2 bad flags or inputs,
 3 a systemic fault (disk full).
 """
@@ -26,25 +26,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from utils.assets import AssetError, resolve_asset
-from utils.curation import (
-    VERIFIED_ASSET,
-    SamplingOptions,
-    build_index,
-    read_verified_yids,
-    run_sampling,
-)
-from utils.launch import (
-    EXIT_SYSTEMIC,
-    EXIT_USAGE,
-    UsageError,
-    add_base_dir_argument,
-    add_log_level_argument,
-    is_systemic,
-    setup_logging,
-)
-from utils.layout import DatasetLayout, InvalidItemError, validate_name
-from utils.sampling import SamplingConstraints, motion_name
+from utils.core.assets import AssetError, resolve_asset
+from utils.core.errors import EXIT_SYSTEMIC, EXIT_USAGE, UsageError, is_systemic
+from utils.core.layout import DatasetLayout, InvalidItemError, validate_name
+from utils.curate.constraints import SamplingConstraints
+from utils.curate.index import build_index
+from utils.curate.report import motion_name
+from utils.curate.subsets import VERIFIED_ASSET, SamplingOptions, read_verified_yids, run_sampling
+from utils.runner.cli import add_base_dir_argument, add_log_level_argument
+from utils.runner.stage import setup_logging
 
 ACTIONS = ("index", "sample_random", "sample_class_balanced", "sample_max_motion", "sample_min_red")
 

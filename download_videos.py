@@ -5,14 +5,14 @@
 
 Writes videos_mp4/<yid[:2]>/<yid>.mp4 and videos_segm/<yid[:2]>/<yid>.txt (one ``start,end``
 per kept segment; the file exists once the video is segmented, even when empty). The library
-is ``utils/youtube.py`` (download, the stage), ``utils/segments.py`` and ``utils/filters.py``;
+is ``utils/ingest/download.py`` (download, the stage), ``utils/ingest/scenes.py`` and ``utils/ingest/filters.py``;
 run with ``--help`` for every flag.
 """
 
 import sys
 
-from utils.launch import main
-from utils.youtube import STAGE
+from utils.ingest.stage import DOWNLOAD_VIDEOS_STAGE
+from utils.runner.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(STAGE))
+    sys.exit(main(DOWNLOAD_VIDEOS_STAGE))

@@ -7,7 +7,7 @@ gdpr_blur_faces.sh -> parse_tracks.py -> extract_tracks.py -> curate_db.py (inde
 class-balanced subset) -> status.py -> qa.py, and prints where everything went.
 
   python example.py                                   # OWLv2 (weights fetched on first use, ~0.6 GB)
-  python example.py --detector utils.example:TemplateDetector   # offline, no weights (CI)
+  python example.py --detector utils.testing.example:TemplateDetector   # offline, no weights (CI)
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from utils.example import PROMPTS, example_videos, make_example_videos
-from utils.layout import DatasetLayout
+from utils.core.layout import DatasetLayout
+from utils.testing.example import PROMPTS, example_videos, make_example_videos
 
 REPO = Path(__file__).resolve().parent
 DATASET = "Example"
@@ -64,7 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_dir", type=Path, default=Path("TrackVerseExample"))
     parser.add_argument("--detector", default="owlv2",
-                        help="owlv2 (default), detic, or module:callable, e.g. utils.example:TemplateDetector")
+                        help="owlv2 (default), detic, or module:callable, e.g. utils.testing.example:TemplateDetector")
     parser.add_argument("--model", default=None, help="OWLv2 hub id or local folder")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -76,7 +76,7 @@ def main() -> int:
     if args.detector == "owlv2" and not args.model:
         print("OWLv2 (google/owlv2-base-patch16-ensemble, about 620 MB) is fetched from the Hugging Face hub "
               "on first use and cached; offline, pass --model <local folder> or "
-              "--detector utils.example:TemplateDetector")
+              "--detector utils.testing.example:TemplateDetector")
 
     sources = make_example_videos(work / "served")
     ids = work / "yids.txt"

@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.layout import DatasetLayout, default_base_dir
-from utils.qa import build_gallery, contact_sheet
-from utils.tracks import read_records
+from utils.core.layout import DatasetLayout, default_base_dir
+from utils.records.tracks import read_records
+from utils.use.qa import build_gallery, contact_sheet
 
 
 def main() -> int:

@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from utils.layout import default_base_dir
-from utils.status import as_dict, dataset_status, render
+from utils.core.layout import default_base_dir
+from utils.runner.status import as_dict, dataset_status, render
 
 
 def main() -> int:

@@ -1,9 +1,9 @@
-"""Step 5a: per-track motion (optical flow) or appearance embeddings (see utils/metrics.py)."""
+"""Step 5a: per-track motion (optical flow) or appearance embeddings (see utils/metrics/compute.py)."""
 
 import sys
 
-from utils.launch import main
-from utils.metrics import STAGE
+from utils.metrics.stage import VISUAL_METRICS_STAGE
+from utils.runner.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(STAGE))
+    sys.exit(main(VISUAL_METRICS_STAGE))

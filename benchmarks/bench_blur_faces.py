@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from tests.test_anonymize import make_face_video
-from utils.anonymize import FaceBlurrer, blur_video
-from utils.video import VideoWriter, probe_video, read_frames
+from utils.core.video import VideoWriter, probe_video, read_frames
+from utils.ingest.anonymize import FaceBlurrer, blur_video
 
 
 def main() -> None:

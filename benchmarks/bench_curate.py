@@ -44,20 +44,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from utils.curation import (
-    INDEX_COMPRESSLEVEL,
-    IndexReader,
-    companion_path,
-    companion_table,
-    load_track_table,
-    write_companion,
-)
-from utils.io import atomic_path
-from utils.layout import DatasetLayout
-from utils.metrics_store import metric_dir, write_metric_file
-from utils.prompts import label_of
-from utils.sampling import rank_within_class
-from utils.tracks import TrackRecord, track_filename
+from utils.core.io import atomic_path
+from utils.core.layout import DatasetLayout, companion_path
+from utils.curate.index import INDEX_COMPRESSLEVEL
+from utils.curate.sampling import rank_within_class
+from utils.records.index_file import IndexReader, companion_table, load_track_table, write_companion
+from utils.records.metrics_store import metric_dir, write_metric_file
+from utils.records.prompts import label_of
+from utils.records.tracks import TrackRecord, track_filename
 
 REPO = Path(__file__).resolve().parents[1]
 DS = "BenchLVIS"
@@ -164,7 +158,7 @@ def cli(*args: object) -> Run:
 
 def baseline_memory_gb() -> float:
     """Peak memory of a Python that only imported curate_db (interpreter, numpy, pyarrow)."""
-    code = "import curate_db, pyarrow.parquet; from utils.curation import peak_memory_gb; print(peak_memory_gb())"
+    code = "import curate_db, pyarrow.parquet; from utils.curate import peak_memory_gb; print(peak_memory_gb())"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return float(out.stdout)
 

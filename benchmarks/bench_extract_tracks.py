@@ -1,6 +1,6 @@
 """Track extraction: 20 tracks from a 720p H.264 clip of a minute or more, five ways, one run:
 
-- ours: ``utils.clips.extract_clips`` (one decoding pass, frames kept in 4:2:0, one encoder
+- ours: ``utils.clips.cut.extract_clips`` (one decoding pass, frames kept in 4:2:0, one encoder
   per open track, clips cut on one worker thread per CPU), and the same on one worker thread
 - per-track, same code: ``extract_clips`` called once per track, so the source is decoded again
   from the keyframe before every track's start; cropping, resizing and encoding are identical,
@@ -33,11 +33,11 @@ import av
 import numpy as np
 from PIL import Image
 
-from utils.clips import ClipTask, extract_clips, plan_tasks
-from utils.resources import available_cpus
-from utils.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
-from utils.tracks import TrackRecord, compute_tid
-from utils.video import VideoWriter, probe_video, read_frames
+from utils.clips.cut import ClipTask, extract_clips, plan_tasks
+from utils.core.resources import available_cpus
+from utils.core.video import VideoWriter, probe_video, read_frames
+from utils.records.tracks import TrackRecord, compute_tid
+from utils.testing.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
 
 WIDTH, HEIGHT = 1280, 720
 

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from tests.tiny_models import GROUND_TRUTH_ENV, save_tiny_owlv2, write_ground_truth
-from utils.io import read_journals
-from utils.launch import main as run_stage
-from utils.layout import DatasetLayout
-from utils.parse import STAGE
-from utils.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
-from utils.video import read_frames
+from utils.core.layout import DatasetLayout
+from utils.core.video import read_frames
+from utils.detect.stage import PARSE_TRACKS_STAGE
+from utils.runner.cli import main as run_stage
+from utils.runner.journal import read_journals
+from utils.testing.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
 
 YID = "benchVideo1"
 PROMPTS = ["cat (also known as kitty)", "cup", "person (also known as human)", "rocket", "table"]
@@ -64,7 +64,7 @@ def stage_run(folder: Path, name: str, video, *flags: str) -> tuple[float, float
     argv = ["--base_dir", str(db), "--yid_index_fn", str(folder / "yids.txt"),
             "--class_prompts", str(folder / "prompts.txt"), "--log_level", "WARNING", *flags]
     started = time.perf_counter()
-    code = run_stage(STAGE, argv)
+    code = run_stage(PARSE_TRACKS_STAGE, argv)
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"stage run {name} failed with exit {code}")
@@ -81,7 +81,7 @@ def sampling_only(video) -> float:
 
 
 def detector_only(model: str, device: str, batch_size: int, video, cache: Path) -> float:
-    from utils.detectors import make_detector
+    from utils.detect.detectors import make_detector
 
     detector = make_detector("owlv2", [p.split(" (")[0] for p in PROMPTS], model_id=model, device=device,
                              batch_size=batch_size, prompts=PROMPTS, cache_dir=cache)

@@ -2,14 +2,14 @@
 
 - ``opencv``: PySceneDetect's OpenCV backend (``cv2.VideoCapture``)
 - ``pyav``: its PyAV backend with ``threading_mode='AUTO'`` (frame + slice threads), as
-  ``utils.segments`` runs it
+  ``utils.ingest.scenes`` runs it
 - ``pyav-default``: its PyAV backend with PyAV's default decoder threading
 
-Each runs ``utils.segments.detect_scenes`` (AdaptiveDetector, what download_videos.py runs)
+Each runs ``utils.ingest.scenes.detect_scenes`` (AdaptiveDetector, what download_videos.py runs)
 on a 720p H.264 clip with hard cuts (synthetic, as YouTube's 720p format 136) and on the real
 sample videos in ../shared/data/videos when present; the backends alternate over
 ``--repeats`` rounds and the best time of each counts. Every backend must find the same
-scenes. Prints frames/s per backend and which is fastest overall (``utils.segments.DEFAULT_BACKEND``
+scenes. Prints frames/s per backend and which is fastest overall (``utils.ingest.scenes.DEFAULT_BACKEND``
 should name it).
 
 Usage: python -m benchmarks.bench_segments [--seconds 30] [--repeats 3]
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils.segments import DEFAULT_BACKEND, detect_scenes
-from utils.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
+from utils.ingest.scenes import DEFAULT_BACKEND, detect_scenes
+from utils.testing.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 VARIANTS = {"opencv": ("opencv", None), "pyav": ("pyav", "AUTO"), "pyav-default": ("pyav", None)}
@@ -94,7 +94,7 @@ def main() -> None:
     fastest = max(main_rates, key=main_rates.get)
     ratio = ", ".join(f"{v} {main_rates[v] / main_rates[fastest]:.2f}x" for v in VARIANTS)
     print(f"720p H.264: fastest is {fastest} (relative throughput: {ratio})")
-    print(f"utils.segments.DEFAULT_BACKEND = {DEFAULT_BACKEND!r}"
+    print(f"utils.ingest.scenes.DEFAULT_BACKEND = {DEFAULT_BACKEND!r}"
           + ("" if VARIANTS[fastest][0] == DEFAULT_BACKEND else "  <- differs from the fastest measured here"))
 
 

@@ -3,7 +3,7 @@
 1. Update cost per frame with 30 moving objects, 512-d embeddings and 1203-class logits
    (LVIS-sized vocabulary); target < 2 ms on a CPU core.
 2. MOTA / IDF1 / ID switches / ms per frame on degraded TUD-Campus + TUD-Stadtmitte ground truth
-   (see :mod:`utils.tracking.evaluation`): ours (motion + appearance), ours motion-only, and the
+   (see :mod:`utils.testing.mot_eval`): ours (motion + appearance), ours motion-only, and the
    motion-only ``ByteTrackTracker`` and ``SORTTracker`` of the ``trackers`` package
    (``pip install trackers motmetrics``; rows are skipped when missing).
 
@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.tracking import ByteTracker  # noqa: E402
-from utils.tracking.evaluation import (  # noqa: E402
+from utils.detect.tracking import ByteTracker  # noqa: E402
+from utils.testing.mot_eval import (
     FrameDetections,
     TrackStep,
     bytetracker_step,

@@ -1,6 +1,6 @@
 """Frame sampling at 16 fps (longer side 480 px) of a 720p H.264 clip, three ways, one run:
 
-- ours: ``utils.video.read_frames`` (decode all, convert + resize only the sampled frames in swscale)
+- ours: ``utils.core.video.read_frames`` (decode all, convert + resize only the sampled frames in swscale)
 - baseline: plain PyAV decode, ``to_ndarray('rgb24')`` of the same frames, ``cv2.resize``
 - original path (TrackVerse's avio.VideoReader): single-threaded PyAV decode, ``to_image()``
   (PIL) of the same frames, PIL resize (its default filter), ``np.array``
@@ -20,15 +20,15 @@ import av
 import cv2
 import numpy as np
 
-from utils.synthetic import make_synthetic_video
-from utils.video import VideoWriter, read_frames, scaled_size
+from utils.core.video import VideoWriter, read_frames, scaled_size
+from utils.testing.synthetic import make_synthetic_video
 
 FPS, MAX_SIDE = 16.0, 480
 
 
 def make_720p(source: Path | None, seconds: float, out: Path) -> Path:
     if source is None or not source.exists():
-        from utils.synthetic import ObjectSpec, SceneSpec
+        from utils.testing.synthetic import ObjectSpec, SceneSpec
 
         scene = SceneSpec(seconds, (ObjectSpec("cat", (300, 200), (0, 0), (900, 500)),))
         make_synthetic_video(out, [scene], width=1280, height=720, fps=30, keyframe_interval=2.0)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from tests.test_visual_metrics import make_motion_clip
-from utils.metrics import ClipEmbedder, DISFlow, track_motion
-from utils.video import read_frames
+from utils.core.video import read_frames
+from utils.metrics.compute import ClipEmbedder, DISFlow, track_motion
 
 
 def main() -> None:

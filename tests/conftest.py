@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.synthetic import make_synthetic_video
+from utils.testing.synthetic import make_synthetic_video
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

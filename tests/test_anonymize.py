@@ -16,10 +16,10 @@ import pytest
 import skimage.data
 
 from tests.conftest import REPO
-from utils.anonymize import FaceBlurrer
-from utils.io import file_sha256
-from utils.layout import DatasetLayout
-from utils.video import VideoWriter, read_frames
+from utils.core.io import file_sha256
+from utils.core.layout import DatasetLayout
+from utils.core.video import VideoWriter, read_frames
+from utils.ingest.anonymize import FaceBlurrer
 
 YID = "facevideo01"
 

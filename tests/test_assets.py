@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import SHARED_ASSETS
-from utils.assets import ASSETS, AssetError, asset_path, resolve_asset
+from utils.core.assets import ASSETS, AssetError, asset_path, resolve_asset
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for utils/clip_geometry.py: hand-computed geometry of track clips."""
+"""Tests for utils/clips/geometry.py: hand-computed geometry of track clips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from utils.clip_geometry import (
+from utils.clips.geometry import (
     ClipPlan,
     deduplicate_tracks,
     hold_aspect,

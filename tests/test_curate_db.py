@@ -1,6 +1,6 @@
 """curate_db.py: the index (merge, validation, duplicates, damaged files, determinism) and the
 subsets (names, verified videos, temperatures, constraints, reproducibility), plus the metric
-files reader of utils/metrics_store.py."""
+files reader of utils/records/metrics_store.py."""
 
 from __future__ import annotations
 
@@ -21,32 +21,34 @@ import pytest
 
 import curate_db
 from tests.conftest import SHARED_ASSETS, run_cli
-from utils.curation import (
+from utils.core.errors import UsageError
+from utils.core.io import atomic_write_bytes
+from utils.core.layout import DatasetLayout, companion_path, report_path
+from utils.curate.constraints import (
     NO_VALUE,
-    IndexMismatchError,
-    IndexReader,
+    SamplingConstraints,
     WalkInputs,
-    companion_path,
-    load_track_table,
     motion_levels,
     picks_by_level,
-    read_verified_yids,
-    report_path,
     spt_iou,
     walk_class,
 )
-from utils.io import atomic_write_bytes
-from utils.launch import UsageError
-from utils.layout import DatasetLayout
-from utils.metrics_store import (
+from utils.curate.subsets import read_verified_yids
+from utils.records.index_file import IndexMismatchError, IndexReader, load_track_table
+from utils.records.metrics_store import (
     MetricsError,
     VectorSource,
     load_metric_columns,
     metric_dir,
     write_metric_file,
 )
-from utils.sampling import SamplingConstraints
-from utils.tracks import TrackRecord, compute_tid, read_records, records_to_jsonl_gz_bytes, track_filename
+from utils.records.tracks import (
+    TrackRecord,
+    compute_tid,
+    read_records,
+    records_to_jsonl_gz_bytes,
+    track_filename,
+)
 
 DS = "TestDS"
 INDEX = f"tracks_subsets/{DS}/{DS}-Full.jsonl.gzip"
@@ -726,7 +728,7 @@ def test_metric_actions_reject_flags_that_do_not_apply(db, capsys):
 
 
 def test_class_groups_hold_whole_classes_within_the_budget():
-    from utils.curation import class_groups
+    from utils.curate.constraints import class_groups
 
     assert class_groups([3, 1, 4, 1, 5], 10, 50) == [(0, 2), (2, 4), (4, 5)]
     assert class_groups([3, 1, 4, 1, 5], 10, 1e9) == [(0, 5)]
@@ -739,7 +741,7 @@ def test_class_groups_hold_whole_classes_within_the_budget():
 def test_vectors_are_read_in_batches_the_same_way(tmp_path, monkeypatch, batch_rows):
     """Vector files are streamed a batch of rows at a time: every batch size, any subset of rows,
     and the presence-only pass give the same answer (the last row of a repeated track wins)."""
-    import utils.metrics_store as store
+    import utils.records.metrics_store as store
 
     monkeypatch.setattr(store, "VECTOR_BATCH_ROWS", batch_rows)
     n = 23

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from utils.dataset import TrackClipDataset, collate_tracks, sample_times
-from utils.tracks import TrackRecord, records_to_jsonl_gz_bytes
-from utils.video import VideoWriter, read_frames, read_frames_at
+from utils.core.video import VideoWriter, read_frames, read_frames_at
+from utils.records.tracks import TrackRecord, records_to_jsonl_gz_bytes
+from utils.use.dataset import TrackClipDataset, collate_tracks, sample_times
 
 FPS = 25
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.tiny_models import build_tiny_owlv2
-from utils.detectors import (
+from utils.detect.detectors import (
     Detections,
     Detector,
     DetectorError,
@@ -23,14 +23,14 @@ from utils.detectors import (
     nms_detections,
     register_detector,
 )
-from utils.detectors.detic import (
+from utils.detect.detectors.detic import (
     _RoiCapture,
     detic_available,
     detic_outputs_to_detections,
     instances_to_detections,
 )
-from utils.detectors.ground_truth import GroundTruthDetector, identity_embedding
-from utils.prompts import vocabulary_hash
+from utils.records.prompts import vocabulary_hash
+from utils.testing.ground_truth import GroundTruthDetector, identity_embedding
 
 NAMES = ["cat", "dog", "car"]
 
@@ -135,7 +135,7 @@ def test_registry_names_and_specs():
     prov = det.provenance()
     assert prov == {"detector": "fixed", "weights": None, "vocab_hash": vocabulary_hash(NAMES)}
 
-    gt = make_detector("utils.detectors.ground_truth:GroundTruthDetector", NAMES, table={})
+    gt = make_detector("utils.testing.ground_truth:GroundTruthDetector", NAMES, table={})
     assert isinstance(gt, GroundTruthDetector)
     assert isinstance(make_detector("ground_truth", NAMES, table={}), GroundTruthDetector)
 
@@ -146,7 +146,7 @@ def test_registry_errors_are_clear():
     with pytest.raises(DetectorError, match="no_such_module_xyz"):
         make_detector("no_such_module_xyz:Thing", NAMES)
     with pytest.raises(DetectorError, match="has no attribute 'Nope'"):
-        make_detector("utils.detectors.ground_truth:Nope", NAMES)
+        make_detector("utils.testing.ground_truth:Nope", NAMES)
     with pytest.raises(ValueError, match="does not accept options.*bogus"):
         make_detector("ground_truth", NAMES, table={}, bogus=1)
     with pytest.raises(ValueError, match="already registered"):
@@ -220,7 +220,7 @@ def tiny_owlv2(tmp_path_factory):
 
 
 def _owl(tiny_owlv2, tmp_path, **kw):
-    from utils.detectors.owlv2 import OwlV2Detector
+    from utils.detect.detectors.owlv2 import OwlV2Detector
 
     model, processor = tiny_owlv2
     kw.setdefault("cache_dir", tmp_path)
@@ -349,7 +349,7 @@ def test_owlv2_shrinks_batch_on_cuda_oom(tiny_owlv2, tmp_path, monkeypatch):
 
 
 def test_owlv2_missing_weights_message(tmp_path):
-    from utils.detectors.owlv2 import DEFAULT_MODEL_ID
+    from utils.detect.detectors.owlv2 import DEFAULT_MODEL_ID
 
     with pytest.raises(DetectorError) as info:
         make_detector("owlv2", NAMES, local_files_only=True, cache_dir=tmp_path, device="cpu")
@@ -362,7 +362,7 @@ def test_owlv2_missing_weights_message(tmp_path):
 
 def test_owlv2_argument_checks(tiny_owlv2, tmp_path):
     model, processor = tiny_owlv2
-    from utils.detectors.owlv2 import OwlV2Detector
+    from utils.detect.detectors.owlv2 import OwlV2Detector
 
     with pytest.raises(ValueError, match="both"):
         OwlV2Detector(NAMES, model=model, device="cpu")

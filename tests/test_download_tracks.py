@@ -17,14 +17,15 @@ import pytest
 from tests.conftest import run_cli
 from tests.http_server import Fault, FaultServer
 from tests.test_extract_tracks import decoded, gt_records, psnr
-from utils.clip_geometry import plan_clip
-from utils.clips import DOWNLOAD_STAGE, SubsetIndex, resolve_meta_file
-from utils.io import read_journals
-from utils.launch import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError, main
-from utils.layout import DatasetLayout
-from utils.synthetic import SyntheticVideo
-from utils.tracks import TrackRecord
-from utils.video import VideoWriter, probe_video, read_frames
+from utils.clips.geometry import plan_clip
+from utils.clips.released import DOWNLOAD_TRACKS_STAGE, SubsetIndex, resolve_meta_file
+from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from utils.core.layout import DatasetLayout
+from utils.core.video import VideoWriter, probe_video, read_frames
+from utils.records.tracks import TrackRecord
+from utils.runner.cli import main
+from utils.runner.journal import read_journals
+from utils.testing.synthetic import SyntheticVideo
 
 FAST = ["--backoff_base", "0.02", "--backoff_max", "0.1", "--socket_timeout", "5", "--download_retries", "1"]
 TEMPLATE = "/v/{yid}.mp4"
@@ -52,7 +53,7 @@ def run(tmp_path: Path, server: FaultServer, *args: str, subset: Path | None = N
             "--url_template", server.url_template(TEMPLATE), *FAST, *args]
     if cli:
         return run_cli("download_tracks.py", *argv)
-    return main(DOWNLOAD_STAGE, argv)
+    return main(DOWNLOAD_TRACKS_STAGE, argv)
 
 
 def journal(tmp_path: Path, event: str | None = None) -> list[dict]:
@@ -237,4 +238,4 @@ def test_meta_file_is_found_in_the_working_folder_or_the_root(tmp_path, monkeypa
     with pytest.raises(UsageError):
         resolve_meta_file("../../etc/passwd", tmp_path / "nowhere")
     shutil.rmtree(root)
-    assert main(DOWNLOAD_STAGE, ["--base_dir", str(root), "--db_meta_file", "missing.jsonl.gzip"]) == EXIT_USAGE
+    assert main(DOWNLOAD_TRACKS_STAGE, ["--base_dir", str(root), "--db_meta_file", "missing.jsonl.gzip"]) == EXIT_USAGE

@@ -16,10 +16,8 @@ import yt_dlp
 
 from tests.conftest import REPO, run_cli, shared_video
 from tests.http_server import Fault, FaultServer
-from utils.io import read_journals
-from utils.layout import DatasetLayout
-from utils.segments import read_segments
-from utils.youtube import (
+from utils.core.layout import DatasetLayout
+from utils.ingest.download import (
     DEFAULT_FORMAT,
     Backoff,
     Pacer,
@@ -28,6 +26,8 @@ from utils.youtube import (
     clean_message,
     verify_video,
 )
+from utils.records.segments import read_segments
+from utils.runner.journal import read_journals
 
 FAST = ["--backoff_base", "0.02", "--backoff_max", "0.1", "--socket_timeout", "2",
         "--skip_cartoon_filter", "--skip_aesthetics_filter"]

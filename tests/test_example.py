@@ -8,10 +8,10 @@ import json
 import pytest
 
 from tests.conftest import run_cli
-from utils.layout import DatasetLayout
-from utils.segments import read_segments
-from utils.tracks import read_records
-from utils.video import probe_video
+from utils.core.layout import DatasetLayout
+from utils.core.video import probe_video
+from utils.records.segments import read_segments
+from utils.records.tracks import read_records
 
 EXPECTED = {"exampleCat1": {"cat", "coffee cup"}, "exampleRkt2": {"rocket", "person"},
             "examplePpl3": {"person", "cat"}}
@@ -20,7 +20,7 @@ EXPECTED = {"exampleCat1": {"cat", "coffee cup"}, "exampleRkt2": {"rocket", "per
 @pytest.fixture(scope="module")
 def example_db(tmp_path_factory):
     base = tmp_path_factory.mktemp("example") / "db"
-    proc = run_cli("example.py", "--base_dir", base, "--detector", "utils.example:TemplateDetector", timeout=900)
+    proc = run_cli("example.py", "--base_dir", base, "--detector", "utils.testing.example:TemplateDetector", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, proc.stdout
 
@@ -62,6 +62,6 @@ def test_status_reports_everything_done(example_db):
 
 def test_rerun_does_no_work(example_db):
     base, _ = example_db
-    proc = run_cli("example.py", "--base_dir", base, "--detector", "utils.example:TemplateDetector", timeout=600)
+    proc = run_cli("example.py", "--base_dir", base, "--detector", "utils.testing.example:TemplateDetector", timeout=600)
     assert proc.returncode == 0
     assert proc.stderr.count("0 done, 3 skipped") == 4  # download, blur, parse, extract

@@ -22,16 +22,19 @@ import cv2
 import numpy as np
 import pytest
 
-import utils.clips as clips
+import utils.clips.cut as clips
 from tests.conftest import REPO, run_cli
-from utils.clip_geometry import plan_clip
-from utils.clips import EXTRACT_STAGE, ClipTask, decode_spans, plan_tasks, select_tracks
-from utils.io import atomic_write_bytes, read_journals
-from utils.launch import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, main
-from utils.layout import DatasetLayout
-from utils.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
-from utils.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
-from utils.video import ColorTags, Yuv420Image, keyframe_times, probe_video, read_frames
+from utils.clips.cut import ClipTask, decode_spans, plan_tasks, select_tracks
+from utils.clips.geometry import plan_clip
+from utils.clips.stage import EXTRACT_TRACKS_STAGE
+from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE
+from utils.core.io import atomic_write_bytes
+from utils.core.layout import DatasetLayout
+from utils.core.video import ColorTags, Yuv420Image, keyframe_times, probe_video, read_frames
+from utils.records.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
+from utils.runner.cli import main
+from utils.runner.journal import read_journals
+from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
 YID = "synthVideo1"
 DATASET = "TestSet"
@@ -83,7 +86,7 @@ def write_meta(db: Path, yid: str, records: list) -> None:
 
 
 def extract(db: Path, ids: Path, *extra: str) -> int:
-    return main(EXTRACT_STAGE, ["--base_dir", str(db), "--yid_index_fn", str(ids), "--dataset_name", DATASET, *extra])
+    return main(EXTRACT_TRACKS_STAGE, ["--base_dir", str(db), "--yid_index_fn", str(ids), "--dataset_name", DATASET, *extra])
 
 
 def clip_path(db: Path, rec: TrackRecord) -> Path:

@@ -13,7 +13,8 @@ import torch
 
 from tests.conftest import run_cli
 from tests.http_server import FaultServer
-from utils.filters import (
+from utils.core.layout import DatasetLayout
+from utils.ingest.filters import (
     CARTOON_CLASS,
     AestheticScorer,
     CartoonClassifier,
@@ -27,9 +28,9 @@ from utils.filters import (
     sample_segment_frames,
     verdict,
 )
-from utils.io import read_journals
-from utils.layout import DatasetLayout
-from utils.segments import SegmentCandidate, plan_segments, read_segments
+from utils.ingest.scenes import SegmentCandidate, plan_segments
+from utils.records.segments import read_segments
+from utils.runner.journal import read_journals
 
 ON = FilterSettings(cartoon=True, aesthetics=True, min_aesthetic_score=4.0)
 
@@ -173,7 +174,7 @@ def test_wrong_or_missing_weights_are_clear_errors(tmp_path):
         CartoonClassifier(str(tmp_path / "junk.pth"), device="cpu")
     # the aesthetic head is loaded the same way: a head for other embeddings is refused by name
     torch.save(torch.nn.Linear(512, 1).state_dict(), tmp_path / "head512.pth")
-    from utils.filters import _frozen_module
+    from utils.ingest.filters import _frozen_module
 
     with pytest.raises(WeightsError, match=r"aesthetic head weights .*head512.pth do not fit Linear\(768, 1\)"):
         _frozen_module(lambda: torch.nn.Linear(768, 1), 1, tmp_path / "head512.pth", "aesthetic head", "Linear(768, 1)")

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.io import (
-    Journal,
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
-    latest_item_events,
-    read_journal,
-    remove_stale_temps,
-)
-from utils.layout import DatasetLayout, InvalidItemError, default_base_dir, inside, validate_yid
+from utils.core.io import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps
+from utils.core.layout import DatasetLayout, InvalidItemError, default_base_dir, inside, validate_yid
+from utils.runner.journal import Journal, latest_item_events, read_journal
 
 
 def test_atomic_write_replaces_whole_and_cleans_on_error(tmp_path):

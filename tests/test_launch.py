@@ -14,16 +14,9 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.toy_stage import attempts, expected_content, output_path
-from utils.io import read_journals
-from utils.launch import (
-    EXIT_ITEMS_FAILED,
-    EXIT_OK,
-    EXIT_SYSTEMIC,
-    EXIT_USAGE,
-    UsageError,
-    resolve_rank,
-    shard_indices,
-)
+from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, UsageError
+from utils.runner.journal import read_journals
+from utils.runner.stage import resolve_rank, shard_indices
 
 
 def write_items(path: Path, items: list[str]) -> Path:
@@ -291,7 +284,8 @@ def test_unanswered_squeue_refuses_to_submit_duplicates(tmp_path):
     items = ["it0", "it1"]
     write_items(tmp_path / "items.txt", items)
     from tests.toy_stage import STAGE
-    from utils.launch import build_parser, job_name
+    from utils.runner.cli import build_parser
+    from utils.runner.slurm import job_name
 
     args = build_parser(STAGE).parse_args(["--base_dir", str(tmp_path / "db"), "--item_list", "x"])
     name = job_name(STAGE, args, 1)

@@ -23,16 +23,18 @@ import pytest
 
 from tests.conftest import REPO, SHARED_ASSETS, run_cli
 from tests.tiny_models import GROUND_TRUTH_ENV, FixtureDetector, save_tiny_owlv2, write_ground_truth
-from utils.detectors import DetectorError
-from utils.io import read_journals
-from utils.launch import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, UsageError, build_parser, main
-from utils.layout import DatasetLayout
-from utils.parse import STAGE, ParseConfig, detector_options, keep_track
-from utils.prompts import read_prompts
-from utils.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
-from utils.tracking import TrackHistory, iou_matrix
-from utils.tracks import TrackRecord, read_records
-from utils.video import VideoError
+from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, UsageError
+from utils.core.layout import DatasetLayout
+from utils.core.video import VideoError
+from utils.detect.detectors import DetectorError
+from utils.detect.parse import ParseConfig, keep_track
+from utils.detect.stage import PARSE_TRACKS_STAGE, detector_options
+from utils.detect.tracking import TrackHistory, iou_matrix
+from utils.records.prompts import read_prompts
+from utils.records.tracks import TrackRecord, read_records
+from utils.runner.cli import build_parser, main
+from utils.runner.journal import read_journals
+from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
 YID = "synthVideo1"
 FIXTURE = "tests.tiny_models:FixtureDetector"
@@ -168,7 +170,7 @@ def test_cli_end_to_end_on_ground_truth(tmp_path, synthetic_video, prompts_file,
         other = tmp_path / f"db{i}"
         add_video(other, YID, synthetic_video.path, synthetic_video.scene_spans())
         argv = stage_args(other, item_list(tmp_path, [YID]), prompts_file, "--min_track_area", "0.02", *extra)
-        assert main(STAGE, argv) == EXIT_OK
+        assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
         assert meta_path(other).read_bytes() == meta_path(db).read_bytes()
 
 
@@ -183,7 +185,7 @@ def test_cli_end_to_end_on_ground_truth(tmp_path, synthetic_video, prompts_file,
 def test_length_and_area_filters(tmp_path, synthetic_video, prompts_file, ground_truth, flags, kept):
     db = tmp_path / "db"
     add_video(db, YID, synthetic_video.path, synthetic_video.scene_spans())
-    assert main(STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file, *flags)) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file, *flags)) == EXIT_OK
     assert sorted(r.label for r in read_records(meta_path(db))) == kept
 
 
@@ -193,7 +195,7 @@ def test_segments_restrict_and_split_tracks(tmp_path, synthetic_video, prompts_f
     add_video(db, YID, synthetic_video.path, [(7.52, 9.52), (9.52, 12.0)])
     argv = stage_args(db, item_list(tmp_path, [YID]), prompts_file, "--min_track_area", "0.02",
                       "--min_track_len", "1.5")
-    assert main(STAGE, argv) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
     records = read_records(meta_path(db))
     assert [r.label for r in records] == ["person", "person"]
     assert [r.segment for r in records] == [[7.52, 9.52], [9.52, 12.0]]
@@ -217,12 +219,12 @@ def test_default_vocabulary_is_the_pinned_lvis_asset(tmp_path, monkeypatch, caps
     argv = ["--base_dir", str(db), "--yid_index_fn", str(item_list(tmp_path, [YID])), "--detector", FIXTURE]
 
     monkeypatch.setenv("TRACKVERSE_ASSETS_URL", "file:///nonexistent-mirror/")
-    assert main(STAGE, argv) == EXIT_USAGE
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--class_prompts" in err and "lvis-prompts.txt" in err and "Offline?" in err
 
     monkeypatch.setenv("TRACKVERSE_ASSETS_URL", f"file://{SHARED_ASSETS}/")
-    assert main(STAGE, argv) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
     records = read_records(meta_path(db))
     vocab = read_prompts(SHARED_ASSETS / "lvis-prompts.txt")
     assert [r.label for r in records] == ["cat", "person"]
@@ -253,7 +255,7 @@ def test_owlv2_end_to_end_with_tiny_model(tmp_path, tiny_owlv2_dir, prompts_file
         "--batch_size", "4", "--max_side", "128", "--track_thresh", "0.1", "--low_thresh", "0.05",
         "--min_track_len", "0.3", "--min_track_area", "0", detector="owlv2",
     )
-    assert main(STAGE, argv) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
     records = read_records(meta_path(db))
     assert records, "the tiny model's boxes should form at least one track with these thresholds"
     for rec in records:
@@ -272,7 +274,7 @@ def test_model_loading_failure_stops_with_a_clear_message(tmp_path, synthetic_vi
     missing = tmp_path / "no-such-owlv2"
     argv = stage_args(db, item_list(tmp_path, [YID]), prompts_file, "--model", str(missing), "--device", "cpu",
                       detector="owlv2")
-    assert main(STAGE, argv) == EXIT_SYSTEMIC
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_SYSTEMIC
     err = capsys.readouterr().err
     assert "STOPPED" in err and "cannot build detector 'owlv2'" in err and "no-such-owlv2" in err
     assert not meta_path(db).exists()
@@ -282,12 +284,12 @@ def test_model_loading_failure_stops_with_a_clear_message(tmp_path, synthetic_vi
 def test_bad_flags_are_usage_errors(tmp_path, prompts_file, capsys):
     yids = item_list(tmp_path, [YID])
     db = tmp_path / "db"
-    assert main(STAGE, stage_args(db, yids, prompts_file, detector="no_such_detector")) == EXIT_USAGE
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, yids, prompts_file, detector="no_such_detector")) == EXIT_USAGE
     assert "unknown detector" in capsys.readouterr().err
-    assert main(STAGE, stage_args(db, yids, tmp_path / "missing.txt")) == EXIT_USAGE
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, yids, tmp_path / "missing.txt")) == EXIT_USAGE
     assert "--class_prompts" in capsys.readouterr().err
-    assert main(STAGE, stage_args(db, yids, prompts_file, "--min_track_area", "1.5")) == EXIT_USAGE
-    assert main(STAGE, stage_args(db, yids, prompts_file, "--dataset_name", "../x")) == EXIT_USAGE
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, yids, prompts_file, "--min_track_area", "1.5")) == EXIT_USAGE
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, yids, prompts_file, "--dataset_name", "../x")) == EXIT_USAGE
 
 
 # ---------------------------------------------------------------------------- the stage's contract
@@ -300,7 +302,7 @@ def test_not_ready_empty_and_resumed(tmp_path, synthetic_video, prompts_file, gr
     add_video(db, waiting, synthetic_video.path, None)
     add_video(db, empty, None, [])
     argv = stage_args(db, item_list(tmp_path, [waiting, empty]), prompts_file, "--min_track_area", "0.02")
-    assert main(STAGE, argv) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
     err = capsys.readouterr().err
     assert "1 done" in err and "0 failed" in err and "1 not ready" in err
     assert not meta_path(db, waiting).exists()
@@ -311,7 +313,7 @@ def test_not_ready_empty_and_resumed(tmp_path, synthetic_video, prompts_file, gr
 
     # download_videos.py catches up: a plain re-run finishes the waiting video.
     add_video(db, waiting, None, synthetic_video.scene_spans())
-    assert main(STAGE, argv) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
     assert "1 done, 1 skipped" in capsys.readouterr().err
     assert len(read_records(meta_path(db, waiting))) == 4
 
@@ -331,7 +333,7 @@ def test_bad_videos_are_journaled_and_the_shard_goes_on(tmp_path, synthetic_vide
     add_video(db, YID, synthetic_video.path, spans)
     yids = ["corruptVid1", "truncVideo1", "missingVid1", "badSegments", YID]
     argv = stage_args(db, item_list(tmp_path, yids), prompts_file, "--min_track_area", "0.02")
-    assert main(STAGE, argv) == EXIT_ITEMS_FAILED
+    assert main(PARSE_TRACKS_STAGE, argv) == EXIT_ITEMS_FAILED
     failed = {r["item"]: r for r in journal(db, "failed")}
     assert failed["corruptVid1"]["category"] == failed["truncVideo1"]["category"] == "corrupt_video"
     assert "corruptVid1.mp4" in failed["corruptVid1"]["reason"] and "truncVideo1.mp4" in failed["truncVideo1"]["reason"]
@@ -346,9 +348,9 @@ def test_bad_videos_are_journaled_and_the_shard_goes_on(tmp_path, synthetic_vide
 def test_decoding_error_mid_video_fails_the_item(tmp_path, synthetic_video, prompts_file, ground_truth, monkeypatch):
     """A video that breaks inside a segment: the item fails naming it, nothing is written,
     and the background decoding thread is gone."""
-    import utils.parse
+    import utils.detect.parse
 
-    real = utils.parse.read_frames
+    real = utils.detect.parse.read_frames
 
     def breaking(path, *args, **kwargs):
         for i, frame in enumerate(real(path, *args, **kwargs)):
@@ -356,11 +358,11 @@ def test_decoding_error_mid_video_fails_the_item(tmp_path, synthetic_video, prom
                 raise VideoError(f"{path}: decoding failed (simulated, frame {i})")
             yield frame
 
-    monkeypatch.setattr(utils.parse, "read_frames", breaking)
+    monkeypatch.setattr(utils.detect.parse, "read_frames", breaking)
     threads = threading.active_count()
     db = tmp_path / "db"
     add_video(db, YID, synthetic_video.path, synthetic_video.scene_spans())
-    assert main(STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file)) == EXIT_ITEMS_FAILED
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file)) == EXIT_ITEMS_FAILED
     (failed,) = journal(db, "failed")
     assert failed["category"] == "corrupt_video" and f"{YID}.mp4" in failed["reason"] and "simulated" in failed["reason"]
     assert not meta_path(db).exists()
@@ -368,7 +370,7 @@ def test_decoding_error_mid_video_fails_the_item(tmp_path, synthetic_video, prom
 
 
 def test_detector_fault_mid_video_is_systemic(tmp_path, synthetic_video, prompts_file, ground_truth, monkeypatch):
-    import utils.parse
+    import utils.detect.stage
 
     class Failing(FixtureDetector):
         def detect(self, frames, timestamps=None):
@@ -376,11 +378,11 @@ def test_detector_fault_mid_video_is_systemic(tmp_path, synthetic_video, prompts
                 raise DetectorError("OWLv2 ran out of GPU memory on a single frame (simulated)")
             return super().detect(frames, timestamps)
 
-    monkeypatch.setattr(utils.parse, "make_detector", lambda spec, names, **kw: Failing(names))
+    monkeypatch.setattr(utils.detect.stage, "make_detector", lambda spec, names, **kw: Failing(names))
     threads = threading.active_count()
     db = tmp_path / "db"
     add_video(db, YID, synthetic_video.path, synthetic_video.scene_spans())
-    assert main(STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file)) == EXIT_SYSTEMIC
+    assert main(PARSE_TRACKS_STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file)) == EXIT_SYSTEMIC
     (event,) = journal(db, "systemic")
     assert "out of GPU memory" in event["error"] and YID in event["error"]
     assert not meta_path(db).exists() and not journal(db, "failed")
@@ -399,7 +401,7 @@ def test_sigkill_mid_video_then_rerun_is_byte_identical(tmp_path, synthetic_vide
     reference = tmp_path / "reference"
     add_video(reference, YID, synthetic_video.path, synthetic_video.scene_spans())
     monkeypatch.setenv(GROUND_TRUTH_ENV, str(fast))
-    assert main(STAGE, stage_args(reference, yids, prompts_file, *flags)) == EXIT_OK
+    assert main(PARSE_TRACKS_STAGE, stage_args(reference, yids, prompts_file, *flags)) == EXIT_OK
 
     db = tmp_path / "db"
     add_video(db, YID, synthetic_video.path, synthetic_video.scene_spans())
@@ -450,7 +452,7 @@ def test_detector_options(prompts_file):
     vocab = read_prompts(prompts_file)
 
     def parse(*flags: str):
-        return build_parser(STAGE).parse_args(["--yid_index_fn", "x", *flags])
+        return build_parser(PARSE_TRACKS_STAGE).parse_args(["--yid_index_fn", "x", *flags])
 
     owl = detector_options(parse("--model", "/models/owl", "--nms_threshold", "0.3"), vocab)
     assert owl == {"prompts": PROMPTS, "device": "auto", "batch_size": 8, "nms_threshold": 0.3,
@@ -460,13 +462,13 @@ def test_detector_options(prompts_file):
     fixture = detector_options(parse("--detector", FIXTURE, "--device", "cpu"), vocab)
     assert fixture["device"] == "cpu" and fixture["batch_size"] == 8  # **options takes everything
     # a factory without those parameters gets only what it accepts; --model it cannot take is refused
-    assert detector_options(parse("--detector", "utils.detectors.ground_truth:GroundTruthDetector"), vocab) == {}
+    assert detector_options(parse("--detector", "utils.testing.ground_truth:GroundTruthDetector"), vocab) == {}
     with pytest.raises(UsageError, match="--model"):
         detector_options(parse("--detector", "ground_truth", "--model", "m"), vocab)
 
 
 def test_config_from_flags():
-    args = build_parser(STAGE).parse_args(["--yid_index_fn", "x"])
+    args = build_parser(PARSE_TRACKS_STAGE).parse_args(["--yid_index_fn", "x"])
     config = ParseConfig.from_args(args)
     assert config == ParseConfig()  # flag defaults and library defaults agree
     tracker = config.make_tracker()

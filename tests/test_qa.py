@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from utils.layout import DatasetLayout
-from utils.qa import box_at, build_gallery, contact_sheet, track_color
-from utils.synthetic import make_synthetic_video
-from utils.tracks import TrackRecord, records_to_jsonl_gz_bytes
-from utils.video import VideoWriter
+from utils.core.layout import DatasetLayout
+from utils.core.video import VideoWriter
+from utils.records.tracks import TrackRecord, records_to_jsonl_gz_bytes
+from utils.testing.synthetic import make_synthetic_video
+from utils.use.qa import box_at, build_gallery, contact_sheet, track_color
 
 YID = "qaqaqaqaqa1"
 DATASET = "Synth"

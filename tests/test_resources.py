@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from utils.resources import available_cpus, available_memory_bytes
+from utils.core.resources import available_cpus, available_memory_bytes
 
 GiB = 1 << 30
 

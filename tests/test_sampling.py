@@ -1,4 +1,4 @@
-"""Tests for utils/sampling.py: random and class-balanced subsets, constraints, names."""
+"""Tests for utils/curate/sampling.py: random and class-balanced subsets, constraints, names."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from utils.sampling import (
+from utils.curate.constraints import SamplingConstraints
+from utils.curate.report import motion_name, subset_name
+from utils.curate.sampling import (
     MIN_RED_SWAPS_PER_TRACK,
-    SamplingConstraints,
     eligible_by_video,
     format_number,
     min_redundancy,
-    motion_name,
     rank_within_class,
     sample_class_balanced,
     sample_random,
-    subset_name,
 )
 
 

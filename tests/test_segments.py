@@ -7,18 +7,9 @@ import json
 import pytest
 
 from tests.conftest import shared_video
-from utils.segments import (
-    BACKENDS,
-    SegmentationError,
-    detect_scenes,
-    format_segments,
-    parse_segments,
-    plan_segments,
-    read_segments,
-    segment_video,
-    write_segments,
-)
-from utils.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
+from utils.ingest.scenes import BACKENDS, SegmentationError, detect_scenes, plan_segments, segment_video
+from utils.records.segments import format_segments, parse_segments, read_segments, write_segments
+from utils.testing.synthetic import ObjectSpec, SceneSpec, make_synthetic_video
 
 MEGAMIND_CUTS = (4.13, 6.46, 8.38)
 

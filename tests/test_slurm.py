@@ -7,7 +7,7 @@ them skip too. See ``tests/slurm/README.md``.
 
 :data:`CASES` holds one :class:`StageCase` per stage script: the toy stage of
 ``tests/toy_stage.py`` and the real stages (download_videos against a local HTTP server,
-parse_tracks with utils.example's template detector, extract_tracks, visual_metrics motion).
+parse_tracks with utils.testing.example's template detector, extract_tracks, visual_metrics motion).
 A case says how to build a stage's inputs for ``n`` items, which files are its final outputs,
 what of each must agree between runs (decoded frame counts for libx264 clips, records for
 metadata, values within tolerance for metrics) and which flags slow its items down (for the
@@ -45,13 +45,20 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.http_server import FaultServer
-from utils.example import OBJECT_SIZE, PROMPTS, WIDTH, photo
-from utils.io import atomic_write_bytes, is_temp_file, read_journals
-from utils.layout import DatasetLayout
-from utils.segments import write_segments
-from utils.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video, procedural_texture
-from utils.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
-from utils.video import VideoWriter
+from utils.core.io import atomic_write_bytes, is_temp_file
+from utils.core.layout import DatasetLayout
+from utils.core.video import VideoWriter
+from utils.records.segments import write_segments
+from utils.records.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
+from utils.runner.journal import read_journals
+from utils.testing.example import OBJECT_SIZE, PROMPTS, WIDTH, photo
+from utils.testing.synthetic import (
+    ObjectSpec,
+    SceneSpec,
+    SyntheticVideo,
+    make_synthetic_video,
+    procedural_texture,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -228,7 +235,7 @@ DOWNLOAD_VIDEOS = StageCase(
 )
 
 
-# parse_tracks: utils.example's template detector finds scikit-image photographs pasted into
+# parse_tracks: utils.testing.example's template detector finds scikit-image photographs pasted into
 # the videos. Frames are sampled at 240 px and 8 fps, the videos are 240 px wide: cheap.
 
 _PARSE_SCALE = 0.5
@@ -261,7 +268,7 @@ def _parse_prepare(folder: Path, n: int) -> Prepared:
     prompts = folder / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     return Prepared(["--yid_index_fn", str(_item_list(folder, yids)), "--dataset_name", DATASET,
-                     "--class_prompts", str(prompts), "--detector", "utils.example:TemplateDetector",
+                     "--class_prompts", str(prompts), "--detector", "utils.testing.example:TemplateDetector",
                      "--device", "cpu", "--fps", "8", "--max_side", "240"], yids, dataset=dataset)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from tests.conftest import run_cli
-from utils.io import Journal
-from utils.status import dataset_status, render
+from utils.runner.journal import Journal
+from utils.runner.status import dataset_status, render
 
 NOW = 1_800_000_000.0
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.tracking import ByteTracker, KalmanBoxFilter, TrackOutput, iou_matrix, xyah_to_xyxy, xyxy_to_xyah
-from utils.tracking.evaluation import (
+from utils.detect.tracking import (
+    ByteTracker,
+    KalmanBoxFilter,
+    TrackOutput,
+    iou_matrix,
+    xyah_to_xyxy,
+    xyxy_to_xyah,
+)
+from utils.testing.mot_eval import (
     bytetracker_step,
     degrade,
     evaluate,

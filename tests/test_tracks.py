@@ -1,4 +1,4 @@
-"""The metadata record (utils/tracks.py) and the class prompts (utils/prompts.py)."""
+"""The metadata record (utils/records/tracks.py) and the class prompts (utils/records/prompts.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.prompts import Vocabulary, label_of, label_with_dashes, read_prompts, vocabulary_hash
-from utils.tracks import (
+from utils.records.prompts import Vocabulary, label_of, label_with_dashes, read_prompts, vocabulary_hash
+from utils.records.tracks import (
     RecordsFileError,
     TrackRecord,
     TrackRecordError,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_video
-from utils.synthetic import SceneSpec, make_synthetic_video
-from utils.video import VideoError, VideoWriter, keyframe_times, probe_video, read_frames, scaled_size
+from utils.core.video import VideoError, VideoWriter, keyframe_times, probe_video, read_frames, scaled_size
+from utils.testing.synthetic import SceneSpec, make_synthetic_video
 
 
 def assert_on_grid(frames, fps, start, src_fps):
@@ -184,7 +184,7 @@ def test_yuv_planes_of_full_range_frames_are_brought_to_the_limited_range():
     the planes come out in the limited range that H.264 clips are written in."""
     import av
 
-    from utils.video import FULL_RANGE, Yuv420Image
+    from utils.core.video import FULL_RANGE, Yuv420Image
 
     for fmt, full in (("yuv420p", True), ("yuvj420p", False), ("yuv420p", False)):
         frame = av.VideoFrame(64, 32, fmt)
@@ -203,7 +203,7 @@ def test_yuv_planes_of_full_range_frames_are_brought_to_the_limited_range():
 
 def test_writer_colour_tags_hold_for_rgb_and_yuv_pictures(tmp_path):
     """A stream tagged BT.709 reads back as the colours written, whether given RGB or YUV."""
-    from utils.video import ColorTags, Yuv420Image
+    from utils.core.video import ColorTags, Yuv420Image
 
     rgb = np.zeros((64, 64, 3), np.uint8)
     rgb[:, :32] = (220, 30, 40)

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from utils.detectors import Detections, Detector
-from utils.detectors.ground_truth import GroundTruthDetector
-from utils.synthetic import SyntheticVideo
+from utils.detect.detectors import Detections, Detector
+from utils.testing.ground_truth import GroundTruthDetector
+from utils.testing.synthetic import SyntheticVideo
 
 GROUND_TRUTH_ENV = "TRACKVERSE_TEST_GROUND_TRUTH"
 

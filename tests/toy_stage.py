@@ -16,9 +16,11 @@ import time
 import uuid
 from pathlib import Path
 
-from utils.io import atomic_path
-from utils.launch import ItemError, Stage, UsageError, main, read_item_list
-from utils.layout import InvalidItemError, inside
+from utils.core.errors import ItemError, UsageError
+from utils.core.io import atomic_path
+from utils.core.layout import InvalidItemError, inside
+from utils.runner.cli import main
+from utils.runner.stage import Stage, read_item_list
 
 NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
 

@@ -1,0 +1,1 @@
+"""The TrackVerse pipeline library: one subpackage per pipeline step (README "Library map")."""

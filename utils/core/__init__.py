@@ -1,0 +1,1 @@
+"""Building blocks with no stage knowledge: files, dataset layout, video, resources, assets, errors."""

@@ -1,0 +1,67 @@
+"""Typed errors every stage and library function raises, and the exit codes of every script.
+
+An error's *type* says what happened (a bad item, inputs not ready, a systemic fault, bad
+flags); its ``category`` groups item failures in journals and reports. Nothing is classified
+by the text of a message.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+log = logging.getLogger("trackverse")
+
+
+EXIT_OK = 0
+EXIT_ITEMS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SYSTEMIC = 3
+PROGRESS_INTERVAL_S = 60.0
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+class ItemError(Exception):
+    """One item failed; the shard goes on. ``transient`` failures are retried by a plain
+    re-run, permanent ones only with ``--retry_failed``. ``category`` groups failures in
+    summaries and the status report (e.g. ``private``, ``rate_limited``, ``corrupt``)."""
+
+    def __init__(self, reason: str, *, transient: bool = False, category: str = "error"):
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+        self.category = category
+
+
+class NotReady(Exception):
+    """The item's inputs do not exist yet (an earlier stage has not reached it). Not a
+    failure: counted apart as ``not ready``, journaled, and picked up by a later re-run."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SystemicError(Exception):
+    """A fault that would fail every item (model missing, disk full, GPU gone): stop."""
+
+
+class UsageError(Exception):
+    """Bad flags or inputs detected before any work starts."""
+
+
+_SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
+
+
+def is_systemic(exc: BaseException) -> bool:
+    """Faults that no other item would survive either."""
+    if isinstance(exc, SystemicError | MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _SYSTEMIC_ERRNOS:
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        message.startswith("CUDA error") or "CUDA driver" in message or "no CUDA-capable device" in message
+    )

@@ -1,0 +1,1 @@
+"""Step 5: the index, pure sampling and constraints, subsets and their reports."""

@@ -1,0 +1,306 @@
+"""curate_db.py --action index: merge every per-video metadata file into the index.
+
+Files are read sorted by path, records in file order; every record is validated and its
+``yid`` must be the file's; the first occurrence of a ``tid`` or ``fn`` wins. A damaged or
+truncated file keeps the lines before the damage and is named in the report; an invalid line
+is reported and dropped; nothing stops the run. Work is spread over ``num_workers`` processes
+and the output does not depend on how many.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from utils.core.errors import UsageError, is_systemic
+from utils.core.io import atomic_path, atomic_write_json, is_temp_file
+from utils.core.layout import YID_PATTERN, DatasetLayout, companion_path, report_path, validate_name
+from utils.core.progress import progress_interval
+from utils.core.resources import peak_memory_gb
+from utils.records.index_file import COMPANION_SCHEMA, companion_table, write_companion
+from utils.records.tracks import TrackRecord
+
+log = logging.getLogger("trackverse.curation")
+
+
+INDEX_COMPRESSLEVEL = 6
+META_GLOB = "*/*-meta.jsonl.gzip"
+META_SUFFIX = "-meta.jsonl.gzip"
+
+_PROBLEMS_PER_FILE = 20
+
+
+# ------------------------------------------------------------------------------------ index
+
+
+@dataclass
+class MetaFileResult:
+    """What one worker made of one metadata file."""
+
+    rel: str
+    rows: list[tuple] = field(default_factory=list)  # _RECORD_COLUMNS values per kept record
+    members: list[bytes] = field(default_factory=list)  # one gzip member per kept record
+    lines: int = 0
+    bytes_in: int = 0
+    bytes_raw: int = 0
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    damaged: str | None = None
+
+    def problem(self, message: str) -> None:
+        if len(self.problems) < _PROBLEMS_PER_FILE:
+            self.problems.append(message)
+
+
+def _yid_of_meta_file(name: str) -> str | None:
+    yid = name[: -len(META_SUFFIX)] if name.endswith(META_SUFFIX) else ""
+    return yid if YID_PATTERN.match(yid) else None
+
+
+def _record_scalars(rec: TrackRecord) -> tuple:
+    video_h, video_w = rec.video_size if rec.video_size else (-1, -1)
+    return (
+        rec.yid,
+        rec.tid,
+        rec.fn,
+        rec.label,
+        rec.top10_lbl[0] if rec.top10_lbl else -1,
+        rec.top10_wlogit_mu[0] if rec.top10_wlogit_mu else math.nan,
+        rec.top10_logit_mu[0] if rec.top10_logit_mu else math.nan,
+        rec.duration,
+        len(rec),
+        rec.track_ts[0],
+        rec.track_ts[-1],
+        video_h,
+        video_w,
+    )
+
+
+def _index_line(raw: bytes, lineno: int, expected_yid: str | None, result: MetaFileResult) -> None:
+    stripped = raw.strip()
+    if not stripped:
+        return
+    try:
+        data = json.loads(stripped)
+    except ValueError as exc:
+        result.invalid += 1
+        if raw.endswith(b"\n"):
+            result.problem(f"line {lineno}: not JSON: {exc}")
+        else:
+            result.problem(f"line {lineno}: torn last line")
+            result.damaged = result.damaged or f"torn last line {lineno}"
+        return
+    try:
+        rec = TrackRecord.from_dict(data)
+        if expected_yid is not None and rec.yid != expected_yid:
+            raise ValueError(f"record of video {rec.yid} in the metadata file of {expected_yid}")
+        # as read when already canonical (no re-serialisation), else canonical
+        line = stripped if data == rec.to_dict() else rec.to_json().encode("utf-8")
+        scalars = _record_scalars(rec)
+    except Exception as exc:  # untrusted input: any failure drops the line, never the run
+        result.invalid += 1
+        result.problem(f"line {lineno}: {exc}")
+        return
+    line += b"\n"
+    result.bytes_raw += len(line)
+    result.members.append(gzip.compress(line, compresslevel=INDEX_COMPRESSLEVEL, mtime=0))
+    result.rows.append(scalars)
+
+
+def index_meta_file(task: tuple[str, str]) -> MetaFileResult:
+    """Read, validate and compress one metadata file (runs in a worker process)."""
+    path, rel = task
+    result = MetaFileResult(rel=rel)
+    expected = _yid_of_meta_file(Path(path).name)
+    try:
+        result.bytes_in = os.path.getsize(path)
+        with gzip.open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                result.lines = lineno
+                _index_line(raw, lineno, expected, result)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        result.damaged = f"damaged or truncated after line {result.lines}: {type(exc).__name__}: {exc}"
+    except OSError as exc:
+        if is_systemic(exc):
+            raise
+        result.damaged = f"unreadable: {type(exc).__name__}: {exc}"
+    return result
+
+
+def _map_files(tasks: list[tuple[str, str]], num_workers: int) -> Iterator[MetaFileResult]:
+    """Results in task order, whatever the number of workers."""
+    if num_workers <= 1 or len(tasks) <= 1:
+        yield from map(index_meta_file, tasks)
+        return
+    chunksize = max(1, min(64, len(tasks) // (num_workers * 8)))
+    with multiprocessing.get_context("spawn").Pool(min(num_workers, len(tasks))) as pool:
+        yield from pool.imap(index_meta_file, tasks, chunksize=chunksize)
+
+
+@dataclass
+class IndexSummary:
+    index_path: Path
+    companion_path: Path
+    report_path: Path
+    files: int = 0
+    damaged_files: int = 0
+    files_with_invalid: int = 0
+    lines: int = 0
+    invalid: int = 0
+    written: int = 0
+    duplicate_tid: int = 0
+    duplicate_fn: int = 0
+    bytes_in: int = 0
+    bytes_raw: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    problems: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.damaged_files or self.invalid else 0
+
+    def lines_out(self, max_problems: int = 20) -> list[str]:
+        mb_in, mb_raw = self.bytes_in / 1e6, self.bytes_raw / 1e6
+        secs = max(self.seconds, 1e-9)
+        out = [
+            f"index: {self.written} tracks from {self.files} metadata files -> {self.index_path} "
+            f"({self.bytes_out / 1e6:.1f} MB)",
+            f"  read {self.lines} lines: {self.invalid} invalid (dropped), {self.duplicate_tid} duplicate tid "
+            f"and {self.duplicate_fn} duplicate fn (later copies dropped)",
+            f"  {self.damaged_files} damaged/truncated files (lines before the damage kept), "
+            f"{self.files_with_invalid} files with invalid lines",
+            f"  {self.seconds:.1f} s: {mb_in / secs:.1f} MB/s gzip in, {mb_raw / secs:.1f} MB/s JSON, "
+            f"{self.written / secs:.0f} tracks/s; peak memory {peak_memory_gb():.2f} GB",
+            f"  companion: {self.companion_path}; report: {self.report_path}",
+        ]
+        for problem in self.problems[:max_problems]:
+            first = problem["messages"][0] if problem["messages"] else ""
+            out.append(f"  PROBLEM {problem['file']}: {problem['kind']}: {first}"
+                       + (f" (+{len(problem['messages']) - 1} more)" if len(problem["messages"]) > 1 else ""))
+        if len(self.problems) > max_problems:
+            out.append(f"  ... {len(self.problems) - max_problems} more files with problems in {self.report_path}")
+        return out
+
+
+class _Columns:
+    """Companion rows, buffered in Python and turned into Arrow batches every ``batch`` rows."""
+
+    def __init__(self, batch: int = 8192):
+        self.batch = batch
+        self.batches: list[pa.RecordBatch] = []
+        self._cols: list[list] = [[] for _ in COMPANION_SCHEMA]
+
+    def append(self, values: tuple) -> None:
+        for col, value in zip(self._cols, values, strict=True):
+            col.append(value)
+        if len(self._cols[0]) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._cols[0]:
+            self.batches.append(pa.record_batch(
+                [pa.array(col, type=f.type) for col, f in zip(self._cols, COMPANION_SCHEMA, strict=True)],
+                schema=COMPANION_SCHEMA,
+            ))
+            self._cols = [[] for _ in COMPANION_SCHEMA]
+
+    def table(self) -> pa.Table:
+        self.flush()
+        return pa.Table.from_batches(self.batches, schema=COMPANION_SCHEMA)
+
+def list_meta_files(base_dir: str | os.PathLike, dataset_name: str) -> tuple[Path, list[tuple[str, str]]]:
+    """(the metadata folder, sorted (path, relative path) of its ``*/*-meta.jsonl.gzip``)."""
+    folder = DatasetLayout(Path(base_dir)).tracks_meta_dir(dataset_name)
+    found = [p for p in folder.glob(META_GLOB) if p.is_file() and not is_temp_file(p)]
+    tasks = sorted((str(p), p.relative_to(folder).as_posix()) for p in found)
+    return folder, sorted(tasks, key=lambda t: t[1])
+
+
+def build_index(
+    base_dir: str | os.PathLike,
+    dataset_name: str,
+    index_path: str | os.PathLike,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> IndexSummary:
+    """Merge the dataset's metadata files into ``index_path`` and its companion (atomically)."""
+    started = time.time()
+    validate_name(dataset_name)
+    index_path = Path(index_path)
+    folder, tasks = list_meta_files(base_dir, dataset_name)
+    if not tasks:
+        raise UsageError(f"no metadata files ({META_GLOB}) under {folder}: run parse_tracks.py first")
+    summary = IndexSummary(index_path, companion_path(index_path), report_path(index_path), files=len(tasks))
+    seen_tid: set[str] = set()
+    seen_fn: set[str] = set()
+    columns = _Columns()
+    bar = tqdm(total=len(tasks), desc=f"index {dataset_name}", unit="file", disable=not progress,
+               dynamic_ncols=True, mininterval=progress_interval(), file=sys.stderr)
+    with atomic_path(summary.companion_path) as companion_tmp:
+        with atomic_path(index_path) as index_tmp, open(index_tmp, "wb") as out:
+            offset = 0
+            for result in _map_files(tasks, num_workers):
+                summary.lines += result.lines
+                summary.invalid += result.invalid
+                summary.bytes_in += result.bytes_in
+                summary.bytes_raw += result.bytes_raw
+                duplicates: list[str] = []
+                for scalars, member in zip(result.rows, result.members, strict=True):
+                    tid, fn = scalars[1], scalars[2]
+                    if tid in seen_tid:
+                        summary.duplicate_tid += 1
+                        duplicates.append(f"tid {tid}")
+                        continue
+                    if fn in seen_fn:
+                        summary.duplicate_fn += 1
+                        duplicates.append(f"fn {fn}")
+                        continue
+                    seen_tid.add(tid)
+                    seen_fn.add(fn)
+                    out.write(member)
+                    crc = int.from_bytes(member[-8:-4], "little")
+                    ulen = int.from_bytes(member[-4:], "little")
+                    columns.append((summary.written, offset, len(member), crc, ulen, *scalars))
+                    offset += len(member)
+                    summary.written += 1
+                if result.damaged:
+                    summary.damaged_files += 1
+                    summary.problems.append({"file": result.rel, "kind": "damaged", "kept_lines": len(result.rows),
+                                             "messages": [result.damaged, *result.problems]})
+                elif result.invalid:
+                    summary.files_with_invalid += 1
+                    summary.problems.append({"file": result.rel, "kind": "invalid lines", "kept_lines": len(result.rows),
+                                             "messages": result.problems})
+                if duplicates:
+                    log.debug("%s: %d duplicates dropped: %s", result.rel, len(duplicates), ", ".join(duplicates[:20]))
+                bar.update(1)
+                elapsed = max(time.time() - started, 1e-9)
+                bar.set_postfix({"tracks": summary.written, "MB/s": f"{summary.bytes_in / 1e6 / elapsed:.1f}"},
+                                refresh=False)
+            summary.bytes_out = offset
+        bar.close()
+        write_companion(companion_table(columns.table(), dataset_name, index_path, summary.bytes_out,
+                                        meta_files=len(tasks)), companion_tmp)
+    summary.seconds = round(time.time() - started, 3)
+    atomic_write_json(summary.report_path, {
+        "index_file": str(index_path), "dataset_name": dataset_name, "meta_folder": str(folder),
+        "files": summary.files, "lines": summary.lines, "written": summary.written,
+        "invalid": summary.invalid, "duplicate_tid": summary.duplicate_tid, "duplicate_fn": summary.duplicate_fn,
+        "damaged_files": summary.damaged_files, "files_with_invalid": summary.files_with_invalid,
+        "seconds": summary.seconds, "problems": summary.problems,
+    })
+    return summary

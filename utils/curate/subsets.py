@@ -1,0 +1,489 @@
+"""curate_db.py's sampling actions: read the index companion (and the metric files an action
+needs), select rows with :mod:`utils.curate.sampling` and :mod:`utils.curate.constraints`, and
+write each subset by copying its index members, with its class table, plot and report. Videos
+of the verified evaluation list are never sampled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from utils.core.errors import UsageError
+from utils.core.io import atomic_path, atomic_write_json
+from utils.core.layout import (
+    SUBSET_EXT,
+    YID_PATTERN,
+    DatasetLayout,
+    class_plot_path,
+    class_table_path,
+    report_path,
+    validate_name,
+)
+from utils.core.progress import progress_interval
+from utils.core.resources import available_memory_bytes, peak_memory_gb
+from utils.curate.constraints import (
+    NO_VALUE,
+    RELAX_ROUNDS,
+    ClassVectors,
+    SamplingConstraints,
+    WalkInputs,
+    motion_levels,
+    picks_by_level,
+    walk_class,
+)
+from utils.curate.report import (
+    ROUND_NAMES,
+    _subset_line,
+    plot_class_distribution,
+    subset_name,
+    write_class_table,
+)
+from utils.curate.sampling import (
+    MIN_RED_SWAPS_PER_TRACK,
+    eligible_by_video,
+    format_number,
+    min_redundancy,
+    rank_within_class,
+    sample_random,
+)
+from utils.records.index_file import IndexReader, TrackTable, load_track_table
+from utils.records.metrics_store import EMBEDDINGS, MOTION, MetricsError, VectorSource, load_metric_columns
+
+log = logging.getLogger("trackverse.curation")
+
+
+VERIFIED_ASSET = "trackverse-verified-6perclass.txt"
+
+# ------------------------------------------------------------------------ verified videos
+
+
+def read_verified_yids(path: str | os.PathLike) -> set[str]:
+    """YouTube ids of the verified evaluation list: the first 11 characters of each line."""
+    yids: set[str] = set()
+    skipped = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if YID_PATTERN.match(text[:11]):
+                yids.add(text[:11])
+            else:
+                skipped += 1
+    if skipped:
+        log.warning("%s: %d lines do not start with a YouTube id (ignored)", path, skipped)
+    return yids
+
+# ------------------------------------------------------------------------------ sampling
+
+
+@dataclass
+class SamplingOptions:
+    action: str
+    N: Sequence[float] = (82, 184, 259, 392)
+    Nc: Sequence[int] = (100, 300, 500, 1000)
+    temperatures: Sequence[float] = (0.0,)
+    seed: int = 0
+    constraints: SamplingConstraints = field(default_factory=SamplingConstraints)
+    motion_column: str = "q90"
+    embedding_column: str = "embedding"
+    max_swaps: int | None = None  # sample_min_red: swaps per class (None: MIN_RED_SWAPS_PER_TRACK x Nc)
+    max_embedding_gb: float | None = None  # embeddings held at once (None: half the memory available)
+    dataset_name: str | None = None
+    verified_yids: set[str] = field(default_factory=set)
+    verified_source: str = ""
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SubsetPlan:
+    """One subset to write: its name, its rows (ascending) and what the summary needs."""
+
+    name: str
+    rows: np.ndarray
+    rounds: np.ndarray  # per selected row: the relaxation round that accepted it
+    available: np.ndarray  # per class code: tracks the subset could draw from
+    params: dict
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # extra facts for the summary line
+
+
+@dataclass
+class SamplingSummary:
+    subsets: list[dict] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # read, select, write, plots (seconds)
+    exit_code: int = 0
+
+
+# companion columns each action reads (tid and fn only to join metric files)
+_SAMPLING_COLUMNS = ["yid", "label", "offset", "length", "crc32", "ulen"]
+
+
+class _Sampler:
+    """Shared state of one sampling run: the companion, eligibility, exclusions."""
+
+    def __init__(self, base_dir: Path, table: TrackTable, opts: SamplingOptions, lines: list[str]):
+        self.base_dir = base_dir
+        self.table = table
+        self.opts = opts
+        self.lines = lines
+        self.n = len(table)
+        self.codes, self.class_names = table.labels
+        self.video_codes, video_names = table.videos
+        verified = eligible_by_video(np.asarray(video_names, dtype=object), opts.verified_yids)
+        self.not_verified = verified[self.video_codes] if self.n else np.ones(0, dtype=bool)
+        self.exclusions: dict[str, int] = {"verified_videos": int(self.n - self.not_verified.sum())}
+        self.dataset_name = opts.dataset_name or table.meta.get("dataset_name")
+        if not self.dataset_name:
+            raise UsageError("the index does not record its dataset name: give --dataset_name")
+        validate_name(self.dataset_name)
+
+    def class_count(self) -> int:
+        return len(self.class_names)
+
+    def available(self, mask: np.ndarray) -> np.ndarray:
+        codes = self.codes[mask]
+        return np.bincount(codes[codes >= 0], minlength=self.class_count())
+
+    # ---------------------------------------------------------------- random
+    def random(self) -> list[SubsetPlan]:
+        plans = []
+        avail = self.available(self.not_verified)
+        for n_k in self.opts.N:
+            want = int(round(float(n_k) * 1000))
+            rows, short = sample_random(self.n, want, seed=self.opts.seed, eligible_mask=self.not_verified)
+            plan = SubsetPlan(
+                name=subset_name(self.dataset_name, "random", N=n_k), rows=rows,
+                rounds=np.zeros(rows.size, dtype=np.int8), available=avail,
+                params={"N_thousands": float(n_k), "requested": want, "seed": self.opts.seed},
+            )
+            if short:
+                plan.warnings.append(f"only {rows.size} eligible tracks for {want} requested")
+            plans.append(plan)
+        return plans
+
+    # ---------------------------------------------------------------- class-balanced
+    def _metric_report(self, line: str) -> None:
+        self.lines.append("  " + line)
+
+    def class_balanced(self) -> list[SubsetPlan]:
+        opts, cons = self.opts, self.opts.constraints
+        # The ranking sees every track with a class outside the verified videos, constraints or
+        # not, so that a constrained subset follows the same order as its unconstrained twin.
+        ranked = self.not_verified & (self.codes >= 0)
+        self.exclusions["no_class"] = int((self.not_verified & (self.codes < 0)).sum())
+        usable = ranked.copy()  # ... and only tracks with the metric values a constraint needs are picked
+        score = self.table.numpy("score")
+        if cons.uses_motion or cons.uses_diversity:
+            tids, fns = self.table.strings("tid"), self.table.strings("fn")
+        level = None
+        if cons.uses_motion:
+            metric = load_metric_columns(self.base_dir, self.dataset_name, MOTION, [opts.motion_column], tids, fns)
+            self._metric_report(metric.report.line())
+            level = motion_levels(metric.values[opts.motion_column], cons.min_motion)
+            self.exclusions["no_motion_value"] = int((usable & (level == NO_VALUE)).sum())
+            usable &= level != NO_VALUE
+        inputs = WalkInputs(constraints=cons, video_codes=self.video_codes, level=level)
+        if cons.uses_diversity:
+            need = np.flatnonzero(usable)
+            vectors = self._class_vectors(need, tids, fns)
+            self.exclusions["no_embedding"] = int(need.size - vectors.present[need].sum())
+            usable[need[~vectors.present[need]]] = False
+            inputs.vectors = vectors
+        sequential = cons.uses_diversity or cons.uses_overlap
+        nc_max = max(int(nc) for nc in opts.Nc)
+        plans = []
+        with contextlib.ExitStack() as stack:
+            if cons.uses_overlap:
+                reader = stack.enter_context(IndexReader(self.table))
+
+                def geometry(row: int) -> tuple[np.ndarray, np.ndarray]:
+                    rec = reader.record(row)
+                    return np.asarray(rec.track_ts, np.float64), np.asarray(rec.track_bbox, np.float64)
+
+                inputs.geometry = geometry
+            for temperature in opts.temperatures:
+                eligible = ranked
+                if not math.isinf(temperature):
+                    eligible = ranked & np.isfinite(score)
+                    self.exclusions["no_score"] = int((ranked & ~np.isfinite(score)).sum())
+                ranks = rank_within_class(self.codes, None if math.isinf(temperature) else np.nan_to_num(score),
+                                          temperature, seed=opts.seed, eligible_mask=eligible)
+                ranks[~usable] = -1
+                if sequential:
+                    pick, rounds = self._walk(ranks, nc_max, inputs, temperature)
+                elif level is not None:
+                    pick, rounds = picks_by_level(self.codes, ranks, level), level
+                else:
+                    pick, rounds = ranks, np.zeros(self.n, dtype=np.int8)
+                avail = self.available(eligible & usable)
+                for nc in opts.Nc:
+                    rows = np.flatnonzero((pick >= 0) & (pick < int(nc)))
+                    name = subset_name(self.dataset_name, "class_balanced", Nc=int(nc), total=rows.size,
+                                       temperature=temperature, constraints=cons)
+                    plans.append(SubsetPlan(
+                        name=name, rows=rows, rounds=np.asarray(rounds[rows], dtype=np.int8), available=avail,
+                        params={"Nc": int(nc), "temperature": format_number(temperature), "seed": opts.seed,
+                                "constraints": _constraints_dict(cons, opts)},
+                    ))
+        return plans
+
+    # ---------------------------------------------------------------- by a metric, per class
+    def _classified(self) -> np.ndarray:
+        """Tracks outside the verified videos that have a class (counts those without one)."""
+        self.exclusions["no_class"] = int((self.not_verified & (self.codes < 0)).sum())
+        return self.not_verified & (self.codes >= 0)
+
+    def _progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="class", disable=not self.opts.progress, dynamic_ncols=True,
+                    mininterval=progress_interval(), file=sys.stderr)
+
+    def max_motion(self) -> list[SubsetPlan]:
+        opts = self.opts
+        candidates = self._classified()
+        tids, fns = self.table.strings("tid"), self.table.strings("fn")
+        metric = load_metric_columns(self.base_dir, self.dataset_name, MOTION, [opts.motion_column], tids, fns)
+        self._metric_report(metric.report.line())
+        motion = metric.values[opts.motion_column]
+        usable = candidates & np.isfinite(motion)
+        self.exclusions["no_motion_value"] = int((candidates & ~usable).sum())
+        ranks = rank_within_class(self.codes, np.where(usable, motion, 0.0), 0.0, eligible_mask=usable)
+        avail = self.available(usable)
+        plans = []
+        for nc in opts.Nc:
+            rows = np.flatnonzero((ranks >= 0) & (ranks < int(nc)))
+            picked = motion[rows]
+            stats = {"min": float(picked.min()), "median": float(np.median(picked))} if rows.size else {}
+            plans.append(SubsetPlan(
+                name=subset_name(self.dataset_name, "max_motion", Nc=int(nc), total=rows.size,
+                                 motion_column=opts.motion_column),
+                rows=rows, rounds=np.zeros(rows.size, dtype=np.int8), available=avail,
+                params={"Nc": int(nc), "motion_column": opts.motion_column, "selected_motion": stats},
+                notes=[f"{opts.motion_column} of the selected tracks: lowest {stats['min']:.3g}, "
+                       f"median {stats['median']:.3g}"] if stats else [],
+            ))
+        return plans
+
+    def _class_vectors(self, rows: np.ndarray, tids: pa.Array, fns: pa.Array) -> ClassVectors:
+        """Embeddings of ``rows`` within ``--max_embedding_gb`` (default: half the memory free now)."""
+        opts = self.opts
+        source = VectorSource(self.base_dir, self.dataset_name, EMBEDDINGS, opts.embedding_column, tids, fns)
+        budget = opts.max_embedding_gb * 2**30 if opts.max_embedding_gb else (available_memory_bytes() or 2**34) / 2
+        vectors = ClassVectors(source, rows, self.codes, budget)
+        self._metric_report(vectors.report.line())
+        if len(vectors.groups) > 1:
+            self._metric_report(
+                f"embeddings: {vectors.order.size} tracks x {vectors.dim} floats = {vectors.bytes_needed / 2**30:.1f} GiB "
+                f"> {budget / 2**30:.1f} GiB (--max_embedding_gb): read in {len(vectors.groups)} groups of classes")
+        return vectors
+
+    def min_red(self) -> list[SubsetPlan]:
+        opts = self.opts
+        ranked = self._classified()
+        score = self.table.numpy("score")
+        self.exclusions["no_score"] = int((ranked & ~np.isfinite(score)).sum())
+        ranked &= np.isfinite(score)
+        ranks = rank_within_class(self.codes, np.nan_to_num(score), 0.0, eligible_mask=ranked)
+        rows = np.flatnonzero(ranks >= 0)
+        order = rows[np.lexsort((ranks[rows], self.codes[rows]))]  # by class, best score first
+        vectors = self._class_vectors(order, self.table.strings("tid"), self.table.strings("fn"))
+        present = vectors.present[order]
+        self.exclusions["no_embedding"] = int(order.size - present.sum())
+        avail = self.available(vectors.present)
+        codes = self.codes[order]
+        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]) if order.size else np.zeros(1, np.int64)
+        nc_values = [int(v) for v in opts.Nc]
+        picked: dict[int, list[np.ndarray]] = {nc: [] for nc in nc_values}
+        per_class: dict[int, list[dict]] = {nc: [] for nc in nc_values}
+        bar = self._progress(bounds.size - 1, "min-red")
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            candidates = order[lo:hi][present[lo:hi]]
+            block = vectors.vectors(candidates) if candidates.size > min(nc_values) else None
+            for nc in nc_values:
+                if candidates.size <= nc:
+                    picked[nc].append(candidates)
+                    continue
+                result = min_redundancy(block, nc, max_swaps=opts.max_swaps)
+                picked[nc].append(candidates[result.selected])
+                per_class[nc].append({
+                    "label": self.class_names[int(codes[lo])], "candidates": int(candidates.size),
+                    "start_min_dist": round(result.start_min_dist, 6), "min_dist": round(result.min_dist, 6),
+                    "swaps": result.swaps, "converged": result.converged,
+                })
+            bar.update(1)
+        bar.close()
+        plans = []
+        for nc in nc_values:
+            chosen = np.sort(np.concatenate(picked[nc])) if picked[nc] else np.empty(0, dtype=np.int64)
+            plans.append(self._min_red_plan(nc, chosen, avail, per_class[nc]))
+        return plans
+
+    def _min_red_plan(self, nc: int, rows: np.ndarray, avail: np.ndarray, per_class: list[dict]) -> SubsetPlan:
+        cap = self.opts.max_swaps if self.opts.max_swaps is not None else MIN_RED_SWAPS_PER_TRACK * nc
+        start = np.array([c["start_min_dist"] for c in per_class])
+        final = np.array([c["min_dist"] for c in per_class])
+        summary = {
+            "classes_swapped": len(per_class), "swaps": int(sum(c["swaps"] for c in per_class)),
+            "classes_at_swap_cap": int(sum(not c["converged"] for c in per_class)), "max_swaps": cap,
+            "median_start_min_dist": round(float(np.median(start)), 6) if per_class else None,
+            "median_min_dist": round(float(np.median(final)), 6) if per_class else None,
+        }
+        notes = [f"{summary['classes_swapped']} classes had more than {nc} candidates"]
+        if per_class:
+            notes[0] += (f": {summary['swaps']} swaps, median per-class minimum pairwise distance "
+                         f"{summary['median_start_min_dist']:.4g} -> {summary['median_min_dist']:.4g}, "
+                         f"{summary['classes_at_swap_cap']} stopped at the swap cap ({cap})")
+        return SubsetPlan(
+            name=subset_name(self.dataset_name, "min_red", Nc=nc, total=rows.size), rows=rows,
+            rounds=np.zeros(rows.size, dtype=np.int8), available=avail, notes=notes,
+            params={"Nc": nc, "embedding_column": self.opts.embedding_column, "min_red": summary,
+                    "min_red_classes": per_class},
+        )
+
+    def _walk(self, ranks: np.ndarray, nc_max: int, inputs: WalkInputs, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(ranks >= 0)
+        order = rows[np.lexsort((ranks[rows], self.codes[rows]))]
+        codes = self.codes[order]
+        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
+        pick = np.full(self.n, -1, dtype=np.int64)
+        rounds = np.zeros(self.n, dtype=np.int8)
+        classes = range(bounds.size - 1)
+        for c in tqdm(classes, desc=f"constraints T={format_number(temperature)}", unit="class",
+                      disable=not self.opts.progress, dynamic_ncols=True, mininterval=progress_interval(),
+                      file=sys.stderr):
+            if inputs.vectors is not None and bounds[c] < codes.size:
+                inputs.vectors.select_class(int(codes[bounds[c]]))
+            accepted, acc_rounds = walk_class(order[bounds[c]:bounds[c + 1]], nc_max, inputs)
+            pick[accepted] = np.arange(len(accepted))
+            rounds[accepted] = acc_rounds
+        return pick, rounds
+
+def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, source: dict,
+                 timings: dict[str, float] | None = None) -> dict:
+    """The subset file, its class table, plot and report; returns the report (``timings``
+    accumulates the seconds spent writing and plotting)."""
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    layout = DatasetLayout(sampler.base_dir)
+    target = layout.subset_file(plan.name)
+    if target.resolve() == sampler.table.index_path.resolve():
+        raise UsageError(f"subset {target} would overwrite the index")
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        size = reader.copy_rows(plan.rows, out)
+    rows = _class_rows(plan, sampler.codes, sampler.class_names)
+    write_class_table(class_table_path(target), rows)
+    per_round = np.bincount([row[3] for row in rows], minlength=RELAX_ROUNDS)
+    relaxed = {ROUND_NAMES[r]: int(per_round[r]) for r in range(1, RELAX_ROUNDS) if per_round[r]}
+    nc = plan.params.get("Nc")
+    short = int(((plan.available > 0) & (plan.available < nc)).sum()) if nc else 0
+    plotted = False
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
+    if sampler.opts.plots:
+        started = time.perf_counter()
+        title = f"{plan.name.removesuffix(SUBSET_EXT)}: {plan.rows.size} tracks, {len(rows)} classes"
+        plotted = plot_class_distribution(class_plot_path(target), rows, title)
+        timings["plots"] = timings.get("plots", 0.0) + time.perf_counter() - started
+    report = {
+        "subset": plan.name, "file": str(target), "bytes": size, "tracks": int(plan.rows.size),
+        "classes": len(rows), "relaxed_classes": dict(relaxed), "classes_short": short,
+        "action": sampler.opts.action, "dataset_name": sampler.dataset_name, **plan.params,
+        "exclusions": dict(sampler.exclusions), "warnings": plan.warnings, "notes": plan.notes, **source,
+        "class_table": str(class_table_path(target)), "plot": str(class_plot_path(target)) if plotted else None,
+    }
+    atomic_write_json(report_path(target), report)
+    return report
+
+def run_sampling(base_dir: str | os.PathLike, index_path: str | os.PathLike, opts: SamplingOptions) -> SamplingSummary:
+    """Select and write the subsets of ``opts.action``."""
+    started = time.perf_counter()
+    base_dir = Path(base_dir)
+    summary = SamplingSummary()
+    timings = summary.timings
+    columns = list(_SAMPLING_COLUMNS)
+    if opts.action == "sample_class_balanced":
+        columns.append("score")
+        if opts.constraints.uses_motion or opts.constraints.uses_diversity:
+            columns += ["tid", "fn"]
+    elif opts.action == "sample_max_motion":
+        columns += ["tid", "fn"]
+    elif opts.action == "sample_min_red":
+        columns += ["score", "tid", "fn"]
+    table = load_track_table(index_path, columns=columns)
+    sampler = _Sampler(base_dir, table, opts, summary.lines)
+    timings["read"] = time.perf_counter() - started
+    summary.lines.insert(0, f"{opts.action}: {len(table)} indexed tracks, {sampler.class_count()} classes")
+    try:
+        if opts.action == "sample_random":
+            plans = sampler.random()
+        elif opts.action == "sample_class_balanced":
+            plans = sampler.class_balanced()
+        elif opts.action == "sample_max_motion":
+            plans = sampler.max_motion()
+        elif opts.action == "sample_min_red":
+            plans = sampler.min_red()
+        else:
+            raise UsageError(f"unknown sampling action {opts.action!r}")
+    except MetricsError as exc:
+        raise UsageError(str(exc)) from exc
+    timings["select"] = time.perf_counter() - started - timings["read"]
+    excl = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sampler.exclusions.items())
+    summary.lines.append(f"  excluded: {excl} (verified list: {opts.verified_source}, "
+                         f"{len(opts.verified_yids)} videos)")
+    source = {"index_file": str(table.index_path), "verified_list": opts.verified_source}
+    with IndexReader(table) as reader:
+        for plan in plans:
+            report = write_subset(reader, sampler, plan, source, timings)
+            summary.subsets.append(report)
+            summary.lines.append(_subset_line(report))
+    summary.seconds = round(time.perf_counter() - started, 3)
+    phases = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+    summary.lines.append(f"  {len(plans)} subsets in {DatasetLayout(base_dir).subsets_dir()} in {summary.seconds:.1f} s "
+                         f"({phases}); peak memory {peak_memory_gb():.2f} GB")
+    return summary
+
+
+def _class_rows(plan: SubsetPlan, codes: np.ndarray, names: list[str]) -> list[tuple[str, int, int, int]]:
+    """(label, count, available, relax_round) per class in the subset, most tracks first."""
+    sel = codes[plan.rows]
+    n_classes = len(names)
+    counts = np.bincount(sel + 1, minlength=n_classes + 1)
+    relax = np.zeros(n_classes + 1, dtype=np.int64)
+    if plan.rows.size:
+        np.maximum.at(relax, sel + 1, plan.rounds.astype(np.int64))
+    out = []
+    for code in np.flatnonzero(counts):
+        label = names[code - 1] if code else "(no label)"
+        available = int(plan.available[code - 1]) if code else 0
+        out.append((label, int(counts[code]), available, int(relax[code])))
+    out.sort(key=lambda r: (-r[1], r[0]))
+    return out
+
+
+def _constraints_dict(cons: SamplingConstraints, opts: SamplingOptions) -> dict:
+    out: dict[str, Any] = {}
+    if cons.uses_motion:
+        out["min_motion"] = cons.min_motion
+        out["motion_column"] = opts.motion_column
+    if cons.uses_diversity:
+        out["min_nn_dist"] = cons.min_nn_dist
+        out["embedding_column"] = opts.embedding_column
+    if cons.uses_overlap:
+        out["max_spt_iou"] = cons.max_spt_iou
+        out["iou_tbuff"] = format_number(cons.iou_tbuff)
+    return out

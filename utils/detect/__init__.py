@@ -1,0 +1,1 @@
+"""Step 4: open-vocabulary detectors, the tracker, and parse_tracks."""

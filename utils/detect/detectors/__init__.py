@@ -1,0 +1,41 @@
+"""Open-vocabulary object detectors behind one interface (DESIGN.md "The detector").
+
+    from utils.detect.detectors import make_detector
+    detector = make_detector("owlv2", class_names, batch_size=8)
+    per_frame = detector.detect(frames)            # list[Detections], boxes in source pixels
+
+Backends: ``owlv2`` (default, transformers), ``detic`` (detectron2, optional, see
+docs/detic.md), ``ground_truth`` (tests/examples), or any ``"package.module:callable"``.
+Backend modules are imported only when built, so importing this package stays cheap.
+"""
+
+from utils.detect.detectors.base import (
+    Detections,
+    Detector,
+    DetectorError,
+    available_detectors,
+    check_frames,
+    l2_normalize,
+    make_detector,
+    nms,
+    nms_detections,
+    register_detector,
+)
+from utils.records.prompts import vocabulary_hash
+
+DEFAULT_DETECTOR = "owlv2"
+
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "Detections",
+    "Detector",
+    "DetectorError",
+    "available_detectors",
+    "check_frames",
+    "l2_normalize",
+    "make_detector",
+    "nms",
+    "nms_detections",
+    "register_detector",
+    "vocabulary_hash",
+]

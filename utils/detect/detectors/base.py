@@ -1,0 +1,400 @@
+"""The detector interface every backend implements (DESIGN.md "The detector").
+
+``Detector.detect(frames, timestamps=None) -> list[Detections]``: one ``Detections`` per
+frame, boxes in *source-frame pixels*. ``Detections`` validates itself on construction, so a
+backend that returns malformed output fails where the fault is, not three stages later.
+
+Backends register under a short name (``owlv2``, ``detic``, ``ground_truth``) and are built
+with :func:`make_detector`, which also accepts ``"package.module:callable"`` for a detector
+that lives outside this project.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from utils.records.prompts import vocabulary_hash
+
+__all__ = [
+    "Detections",
+    "Detector",
+    "DetectorError",
+    "available_detectors",
+    "check_frames",
+    "detector_factory",
+    "l2_normalize",
+    "make_detector",
+    "nms",
+    "nms_detections",
+    "register_detector",
+    "vocabulary_hash",
+]
+
+# Unit-norm tolerance of ``Detections.embedding`` rows (float32 arithmetic, fp16 models).
+_NORM_ATOL = 1e-3
+
+
+class DetectorError(RuntimeError):
+    """A systemic detector fault (backend not installed, weights missing, out of memory at
+    batch size 1): the run should stop with this message rather than fail item after item."""
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (float32). Rows of zeros raise ``ValueError``."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.reshape(x.shape)
+    norms = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    if np.any(norms <= eps):
+        raise ValueError("cannot L2-normalise an all-zero embedding")
+    return (x / norms).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- Detections
+
+
+def _as_float32(name: str, value: Any, ndim: int) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().float().cpu().numpy()
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim != ndim:
+        raise ValueError(f"Detections.{name} must have {ndim} dimension(s), got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass(eq=False)
+class Detections:
+    """The boxes of one frame.
+
+    Attributes (N boxes, C classes in the vocabulary, D embedding dimensions):
+        xyxy: (N, 4) float32, ``[x1, y1, x2, y2]`` in source-frame pixels, ``x2 >= x1``,
+            ``y2 >= y1``.
+        score: (N,) float32 in [0, 1]: objectness x class confidence, what tracker
+            thresholds compare against.
+        class_logits: (N, C) float32: per-class scores over the vocabulary (backend-defined
+            scale: OWLv2 logits, DETIC probabilities), used for the track's top-10 labels.
+        embedding: (N, D) float32, each row L2-normalised: the appearance descriptor.
+
+    Arrays (numpy or torch) are converted to contiguous float32 numpy and validated.
+    """
+
+    xyxy: np.ndarray
+    score: np.ndarray
+    class_logits: np.ndarray
+    embedding: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.xyxy = _as_float32("xyxy", self.xyxy, 2)
+        self.score = _as_float32("score", self.score, 1)
+        self.class_logits = _as_float32("class_logits", self.class_logits, 2)
+        self.embedding = _as_float32("embedding", self.embedding, 2)
+        n = self.xyxy.shape[0]
+        if self.xyxy.shape[1] != 4:
+            raise ValueError(f"Detections.xyxy must be (N, 4), got {self.xyxy.shape}")
+        for name in ("score", "class_logits", "embedding"):
+            m = getattr(self, name).shape[0]
+            if m != n:
+                raise ValueError(f"Detections.{name} has {m} rows but xyxy has {n}")
+        for name in ("xyxy", "score", "class_logits", "embedding"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"Detections.{name} contains NaN or infinite values")
+        if n:
+            if np.any(self.xyxy[:, 2] < self.xyxy[:, 0]) or np.any(self.xyxy[:, 3] < self.xyxy[:, 1]):
+                raise ValueError("Detections.xyxy has boxes with x2 < x1 or y2 < y1")
+            if np.any(self.score < 0) or np.any(self.score > 1):
+                raise ValueError(
+                    f"Detections.score must lie in [0, 1] (got min {self.score.min():.4g}, "
+                    f"max {self.score.max():.4g})"
+                )
+            if self.embedding.shape[1] == 0:
+                raise ValueError("Detections.embedding has zero dimensions")
+            norms = np.linalg.norm(self.embedding, axis=1)
+            if np.any(np.abs(norms - 1.0) > _NORM_ATOL):
+                raise ValueError(
+                    "Detections.embedding rows must be L2-normalised "
+                    f"(norms range {norms.min():.4g}..{norms.max():.4g}); use l2_normalize()"
+                )
+
+    # -- construction
+    @classmethod
+    def empty(cls, num_classes: int, dim: int) -> Detections:
+        """No boxes, with the shapes of a vocabulary of ``num_classes`` and ``dim``-D embeddings."""
+        return cls(
+            xyxy=np.zeros((0, 4), np.float32),
+            score=np.zeros((0,), np.float32),
+            class_logits=np.zeros((0, num_classes), np.float32),
+            embedding=np.zeros((0, dim), np.float32),
+        )
+
+    @classmethod
+    def concatenate(cls, items: Sequence[Detections]) -> Detections:
+        """All boxes of ``items`` in order (all must share C and D)."""
+        items = list(items)
+        if not items:
+            raise ValueError("Detections.concatenate needs at least one Detections (use Detections.empty)")
+        c, d = items[0].num_classes, items[0].dim
+        for it in items[1:]:
+            if it.num_classes != c or it.dim != d:
+                raise ValueError(
+                    f"cannot concatenate Detections with (C, D) = ({c}, {d}) and ({it.num_classes}, {it.dim})"
+                )
+        return cls(
+            xyxy=np.concatenate([it.xyxy for it in items]),
+            score=np.concatenate([it.score for it in items]),
+            class_logits=np.concatenate([it.class_logits for it in items]),
+            embedding=np.concatenate([it.embedding for it in items]),
+        )
+
+    # -- access
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    def __getitem__(self, index: Any) -> Detections:
+        """Subset by boolean mask, integer indices, a slice, or one integer (kept 2-D)."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        elif hasattr(index, "detach"):
+            index = index.detach().cpu().numpy()
+        idx = np.asarray(index) if not isinstance(index, slice) else index
+        if isinstance(idx, np.ndarray) and idx.dtype == bool and idx.shape != (len(self),):
+            raise IndexError(f"boolean mask of shape {idx.shape} for {len(self)} detections")
+        if isinstance(idx, np.ndarray) and idx.size == 0:
+            idx = idx.astype(np.int64)
+        return Detections(
+            xyxy=self.xyxy[idx],
+            score=self.score[idx],
+            class_logits=self.class_logits[idx],
+            embedding=self.embedding[idx],
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_logits.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedding.shape[1])
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        """(N,) int64: the arg-max class of each box."""
+        if len(self) == 0:
+            return np.zeros((0,), np.int64)
+        return self.class_logits.argmax(axis=1).astype(np.int64)
+
+    @property
+    def xywh(self) -> np.ndarray:
+        """(N, 4) float32 ``[x, y, w, h]`` (the metadata record's box format)."""
+        out = self.xyxy.copy()
+        out[:, 2:] -= out[:, :2]
+        return out
+
+
+# ---------------------------------------------------------------------------- NMS
+
+
+def nms(
+    xyxy: Any,
+    scores: Any,
+    iou_threshold: float,
+    class_ids: Any | None = None,
+    max_det: int | None = None,
+) -> np.ndarray:
+    """Indices of the boxes non-maximum suppression keeps, by decreasing score.
+
+    Class-agnostic unless ``class_ids`` is given (then boxes of different classes never
+    suppress each other). ``iou_threshold`` >= 1 keeps every box (sorted). Inputs may be numpy
+    arrays or torch tensors; the result is an int64 numpy array.
+    """
+    import torch
+    from torchvision.ops import batched_nms
+    from torchvision.ops import nms as tv_nms
+
+    boxes = torch.as_tensor(np.asarray(xyxy, dtype=np.float32) if not torch.is_tensor(xyxy) else xyxy).float()
+    sc = torch.as_tensor(np.asarray(scores, dtype=np.float32) if not torch.is_tensor(scores) else scores).float()
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or sc.shape != boxes.shape[:1]:
+        raise ValueError(f"nms needs boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(sc.shape)}")
+    if boxes.shape[0] == 0:
+        return np.zeros((0,), np.int64)
+    if iou_threshold >= 1.0:
+        keep = torch.argsort(sc, descending=True, stable=True)
+    elif class_ids is None:
+        keep = tv_nms(boxes, sc, float(iou_threshold))
+    else:
+        ids = torch.as_tensor(np.asarray(class_ids) if not torch.is_tensor(class_ids) else class_ids).long()
+        keep = batched_nms(boxes, sc, ids.to(boxes.device), float(iou_threshold))
+    if max_det is not None:
+        keep = keep[: int(max_det)]
+    return keep.cpu().numpy().astype(np.int64)
+
+
+def nms_detections(
+    dets: Detections, iou_threshold: float, class_agnostic: bool = True, max_det: int | None = None
+) -> Detections:
+    """``dets`` after NMS on ``score`` (per arg-max class when not ``class_agnostic``), sorted
+    by decreasing score."""
+    if len(dets) == 0:
+        return dets
+    keep = nms(dets.xyxy, dets.score, iou_threshold, None if class_agnostic else dets.class_ids, max_det)
+    return dets[keep]
+
+
+# ---------------------------------------------------------------------------- interface
+
+
+def check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Validate a batch of HxWx3 uint8 RGB frames; returns them as a list."""
+    frames = list(frames)
+    for i, f in enumerate(frames):
+        if not isinstance(f, np.ndarray) or f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+            desc = f"{type(f).__name__} {getattr(f, 'shape', '')} {getattr(f, 'dtype', '')}"
+            raise ValueError(f"frame {i} must be an HxWx3 uint8 RGB numpy array, got {desc}")
+        if f.shape[0] == 0 or f.shape[1] == 0:
+            raise ValueError(f"frame {i} is empty ({f.shape})")
+    return frames
+
+
+class Detector(abc.ABC):
+    """An object detector over a fixed vocabulary.
+
+    Subclasses set ``name`` and ``class_names`` and implement :meth:`detect`. ``timestamps``
+    (seconds, one per frame) are optional: real detectors ignore them; detectors fed by
+    known ground truth (``ground_truth``) need them.
+    """
+
+    name: str = "detector"
+    class_names: list[str]
+    #: the text each class was described by (defaults to ``class_names``); hashed into provenance
+    prompts: list[str]
+    #: an id of the weights (hub id, path, URL); ``None`` for weight-free detectors
+    weights_id: str | None = None
+
+    @abc.abstractmethod
+    def detect(self, frames: Sequence[np.ndarray], timestamps: Sequence[float] | None = None) -> list[Detections]:
+        """One :class:`Detections` per frame (HxWx3 uint8 RGB), boxes in source pixels."""
+
+    def __call__(self, frames: Sequence[np.ndarray], timestamps: Sequence[float] | None = None) -> list[Detections]:
+        return self.detect(frames, timestamps)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the detections: ``detector`` name, ``weights`` id and ``vocab_hash``
+        (sha256 of the prompt lines, see :func:`vocabulary_hash`), plus backend settings."""
+        prompts = getattr(self, "prompts", None) or self.class_names
+        return {"detector": self.name, "weights": self.weights_id, "vocab_hash": vocabulary_hash(prompts)}
+
+
+# ---------------------------------------------------------------------------- registry
+
+DetectorFactory = Callable[..., Detector]
+
+_REGISTRY: dict[str, DetectorFactory] = {}
+# Built-in backends, imported only when asked for (transformers / detectron2 are heavy).
+_BUILTIN: dict[str, str] = {
+    "owlv2": f"{__package__}.owlv2:OwlV2Detector",
+    "detic": f"{__package__}.detic:DeticDetector",
+    "ground_truth": f"{__package__}.ground_truth:GroundTruthDetector",
+}
+
+
+def register_detector(name: str) -> Callable[[DetectorFactory], DetectorFactory]:
+    """Class/function decorator: make ``make_detector(name, ...)`` build it. The factory is
+    called as ``factory(class_names, **options)``."""
+
+    def deco(factory: DetectorFactory) -> DetectorFactory:
+        existing = _REGISTRY.get(name)
+        same = existing is not None and (
+            getattr(existing, "__module__", None),
+            getattr(existing, "__qualname__", None),
+        ) == (getattr(factory, "__module__", None), getattr(factory, "__qualname__", None))
+        if existing is not None and not same:  # re-registering on module reload is fine
+            raise ValueError(f"a detector named {name!r} is already registered ({existing!r})")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_detectors() -> list[str]:
+    """Registered and built-in detector names."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN))
+
+
+def _import_callable(target: str, what: str) -> DetectorFactory:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{what} {target!r} is not of the form 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DetectorError(f"cannot import module {module_name!r} for {what} {target!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise DetectorError(f"module {module_name!r} has no attribute {attr!r} ({what} {target!r})") from exc
+    if not callable(obj):
+        raise DetectorError(f"{what} {target!r} is not callable")
+    return obj
+
+
+def _resolve(spec: str) -> DetectorFactory:
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]
+    if spec in _BUILTIN:
+        factory = _import_callable(_BUILTIN[spec], "built-in detector")
+        _REGISTRY.setdefault(spec, factory)
+        return factory
+    if ":" in spec:
+        return _import_callable(spec, "detector")
+    raise ValueError(
+        f"unknown detector {spec!r}: choose one of {', '.join(available_detectors())}, "
+        "or give 'package.module:callable'"
+    )
+
+
+def detector_factory(spec: str) -> DetectorFactory:
+    """The factory :func:`make_detector` would call for ``spec`` (e.g. to see which options
+    it accepts); raises like :func:`make_detector` for unknown or unimportable specs."""
+    return _resolve(spec)
+
+
+def make_detector(spec: str, class_names: Sequence[str], **options: Any) -> Detector:
+    """Build a detector from a registered name or ``"package.module:callable"``.
+
+    The factory is called as ``factory(list(class_names), **options)``; options it does not
+    accept raise ``ValueError`` naming them. The result must have a ``detect`` method.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"detector spec must be a non-empty string, got {spec!r}")
+    class_names = [str(c) for c in class_names]
+    if not class_names:
+        raise ValueError("a detector needs at least one class name")
+    factory = _resolve(spec)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(class_names, **options)
+        except TypeError as exc:
+            params = [p for p in sig.parameters if p not in ("self", "class_names")]
+            raise ValueError(
+                f"detector {spec!r} does not accept options {sorted(options)}: {exc}. Accepted: {params}"
+            ) from exc
+    detector = factory(class_names, **options)
+    if not callable(getattr(detector, "detect", None)):
+        raise TypeError(f"detector {spec!r} built {type(detector).__name__}, which has no detect() method")
+    return detector

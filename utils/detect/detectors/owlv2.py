@@ -1,0 +1,352 @@
+"""OWLv2 (Hugging Face transformers), the default open-vocabulary detector.
+
+Per box (one per image patch, before filtering):
+
+- ``score = sigmoid(objectness_logit) * sigmoid(max_c class_logit_c)``: the probability that
+  the patch holds *an* object times the probability of its best class. It plays the role of
+  the original pipeline's objectness-weighted class score: tracker thresholds compare it,
+  and ``utils.records.tracks`` weights logits by it;
+- ``class_logits``: OWLv2's per-class logits over the vocabulary (shifted/scaled cosine
+  similarities to the prompt embeddings; ``sigmoid`` gives the class probability);
+- ``embedding``: the patch's ``class_embeds`` (the image-side vector compared with the text
+  embeddings), L2-normalised: the appearance descriptor the tracker matches.
+
+Boxes come out of the model in ``[0, 1]`` coordinates of the *padded square* image: OWLv2's
+processor pads each frame at the bottom/right to ``max(h, w)`` before resizing, so both axes
+are scaled by ``max(h, w)`` (not by ``w`` and ``h``) and then clipped to the frame.
+
+Prompt text embeddings are computed once per (model, prompt list) and cached on disk as
+``<cache_dir>/owlv2-text/<sha256>.npy``; the image side then runs without the text tower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.core.io import atomic_path
+from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
+
+__all__ = ["DEFAULT_MODEL_ID", "OwlV2Detector", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "google/owlv2-base-patch16-ensemble"
+
+
+def default_cache_dir() -> Path:
+    """``$TRACKVERSE_CACHE``, else ``$XDG_CACHE_HOME/trackverse``, else ``~/.cache/trackverse``."""
+    if os.environ.get("TRACKVERSE_CACHE"):
+        return Path(os.environ["TRACKVERSE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "trackverse"
+
+
+def _resolve_device(device: str | Any) -> Any:
+    import torch
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _offline_help(model_id: str) -> str:
+    return (
+        f"To use OWLv2 without network, download '{model_id}' on a connected machine first "
+        f"(`hf download {model_id}`, or `huggingface-cli download {model_id}`) and reuse that "
+        "Hugging Face cache (HF_HOME) here, or save the model and processor to a folder "
+        "(`Owlv2ForObjectDetection.from_pretrained(id).save_pretrained(dir)` and the same for "
+        "`Owlv2Processor`) and pass that folder as the model path."
+    )
+
+
+@register_detector("owlv2")
+class OwlV2Detector(Detector):
+    """OWLv2 detector over ``class_names``.
+
+    Args:
+        class_names: the vocabulary (class ``i`` is ``class_names[i]``).
+        model_id: hub id or local folder of the weights and processor
+            (default ``google/owlv2-base-patch16-ensemble``).
+        model, processor: an already-built ``Owlv2ForObjectDetection`` and ``Owlv2Processor``
+            (tests, notebooks); then nothing is loaded. The model is moved to ``device``
+            (and to float16 with ``half``) in place.
+        prompts: text describing each class (default: ``class_names``), formatted with
+            ``prompt_template`` before encoding.
+        prompt_template: e.g. ``"a photo of a {}"``; ``"{}"`` uses the prompts verbatim.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``...
+        half: float16 weights; default: on CUDA only.
+        batch_size: frames per forward pass; halved on CUDA out-of-memory (down to 1).
+        nms_threshold: IoU above which lower-scored boxes are suppressed (``>= 1`` disables).
+        class_agnostic_nms: suppress across classes (default) or within each arg-max class.
+        min_score: boxes scoring below are dropped before NMS.
+        top_k: at most this many boxes per image after NMS (``None``: no limit).
+        cache_dir: root of the text-embedding cache (default :func:`default_cache_dir`).
+        use_cache: read/write the text-embedding cache.
+        local_files_only: never touch the network when loading weights.
+    """
+
+    name = "owlv2"
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        model_id: str | os.PathLike | None = None,
+        *,
+        model: Any | None = None,
+        processor: Any | None = None,
+        prompts: Sequence[str] | None = None,
+        prompt_template: str = "a photo of a {}",
+        device: str | Any = "auto",
+        half: bool | None = None,
+        batch_size: int = 8,
+        nms_threshold: float = 0.5,
+        class_agnostic_nms: bool = True,
+        min_score: float = 0.05,
+        top_k: int | None = 100,
+        cache_dir: str | os.PathLike | None = None,
+        use_cache: bool = True,
+        local_files_only: bool = False,
+        text_batch_size: int = 256,
+    ) -> None:
+        import torch
+
+        self.class_names = [str(c) for c in class_names]
+        if not self.class_names:
+            raise ValueError("OWLv2 needs at least one class name")
+        self.prompts = [str(p) for p in (prompts if prompts is not None else self.class_names)]
+        if len(self.prompts) != len(self.class_names):
+            raise ValueError(f"{len(self.prompts)} prompts for {len(self.class_names)} classes")
+        if "{}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}', got {prompt_template!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.prompt_template = prompt_template
+        self.texts = [prompt_template.format(p) for p in self.prompts]
+        self.batch_size = int(batch_size)
+        self.nms_threshold = float(nms_threshold)
+        self.class_agnostic_nms = bool(class_agnostic_nms)
+        self.min_score = float(min_score)
+        self.top_k = None if top_k is None else int(top_k)
+        self.device = _resolve_device(device)
+        self.half = (self.device.type == "cuda") if half is None else bool(half)
+
+        if (model is None) != (processor is None):
+            raise ValueError("pass both model and processor, or neither")
+        if model is None:
+            model_id = str(model_id) if model_id is not None else DEFAULT_MODEL_ID
+            model, processor = self._load(model_id, local_files_only)
+        else:
+            model_id = str(model_id) if model_id is not None else (
+                getattr(model.config, "_name_or_path", "") or "in-memory-owlv2"
+            )
+        self.weights_id = model_id
+        self.model = model.eval()
+        self.processor = processor
+        self._check_sizes()
+
+        # Text side first, in float32 (the cache is device/precision independent), then the
+        # image side moves to its device and precision.
+        self.model.to(self.device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.use_cache = bool(use_cache)
+        self.text_cache_hit = False
+        self.text_cache_path: Path | None = None
+        self.text_encoder_calls = 0
+        self._text_batch_size = max(1, int(text_batch_size))
+        text_embeds = self._text_embeddings()
+        if self.half:
+            self.model.half()
+        self.dtype = next(self.model.parameters()).dtype
+        self.text_embeds = torch.from_numpy(text_embeds).to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _load(model_id: str, local_files_only: bool) -> tuple[Any, Any]:
+        try:
+            from transformers import Owlv2ForObjectDetection, Owlv2Processor
+        except ImportError as exc:  # pragma: no cover - transformers is a requirement
+            raise DetectorError(f"OWLv2 needs transformers (pip install 'transformers>=4.45'): {exc}") from exc
+        try:
+            processor = Owlv2Processor.from_pretrained(model_id, local_files_only=local_files_only)
+            model = Owlv2ForObjectDetection.from_pretrained(model_id, local_files_only=local_files_only)
+        except (OSError, ValueError) as exc:
+            raise DetectorError(
+                f"cannot load OWLv2 weights '{model_id}' ({type(exc).__name__}: {exc}). {_offline_help(model_id)}"
+            ) from exc
+        return model, processor
+
+    def _check_sizes(self) -> None:
+        image_size = self.model.config.vision_config.image_size
+        size = getattr(self.processor.image_processor, "size", None) or {}
+        if isinstance(size, dict):
+            hw = (size.get("height"), size.get("width"))
+        else:
+            hw = (getattr(size, "height", None), getattr(size, "width", None))
+        if isinstance(image_size, int) and None not in hw and hw != (image_size, image_size):
+            raise DetectorError(
+                f"OWLv2 processor resizes to {hw[0]}x{hw[1]} but the model expects {image_size}x{image_size}"
+            )
+
+    # ------------------------------------------------------------------ text side
+    def _fingerprint(self) -> str:
+        w = self.model.owlv2.text_projection.weight.detach().float().cpu().numpy()
+        return hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest()[:16]
+
+    def cache_key(self) -> str:
+        """sha256 of the model id, a fingerprint of its text projection, and the prompt texts."""
+        payload = json.dumps(
+            {"model": self.weights_id, "weights": self._fingerprint(), "texts": self.texts},
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def _text_embeddings(self) -> np.ndarray:
+        path = self.cache_dir / "owlv2-text" / f"{self.cache_key()}.npy"
+        self.text_cache_path = path
+        if self.use_cache and path.is_file():
+            try:
+                arr = np.load(path, allow_pickle=False)
+                if arr.ndim == 2 and arr.shape[0] == len(self.texts) and np.all(np.isfinite(arr)):
+                    self.text_cache_hit = True
+                    return arr.astype(np.float32)
+                log.warning("ignoring malformed OWLv2 text cache %s (shape %s)", path, arr.shape)
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable OWLv2 text cache %s: %s", path, exc)
+        arr = self.encode_texts(self.texts)
+        if self.use_cache:
+            try:
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+            except OSError as exc:
+                log.warning("could not write OWLv2 text cache %s: %s", path, exc)
+        return arr
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised (len(texts), D) float32 text embeddings, as OWLv2's forward computes
+        its query embeddings (text tower, pooled EOS token, projection, normalisation)."""
+        import torch
+
+        self.text_encoder_calls += 1
+        tokenizer = self.processor.tokenizer
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        owl = self.model.owlv2
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self._text_batch_size):
+                enc = tokenizer(
+                    list(texts[i : i + self._text_batch_size]),
+                    padding="max_length",
+                    max_length=max_len,
+                    truncation=True,
+                    return_tensors="pt",
+                )
+                ids = enc["input_ids"].to(self.device)
+                mask = enc["attention_mask"].to(self.device)
+                pooled = owl.text_model(input_ids=ids, attention_mask=mask)[1]
+                emb = owl.text_projection(pooled).float()
+                out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
+        return torch.cat(out).numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ image side
+    def _pixel_values(self, frames: list[np.ndarray]) -> Any:
+        ip = self.processor.image_processor
+        kwargs: dict[str, Any] = {"return_tensors": "pt", "input_data_format": "channels_last"}
+        if getattr(ip, "backend", None) == "torchvision" or type(ip).__name__.endswith("Fast"):
+            kwargs["device"] = self.device
+        pv = ip(images=frames, **kwargs)["pixel_values"]
+        return pv.to(self.device, self.dtype)
+
+    def _detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
+        """One forward pass over ``frames`` (no out-of-memory handling)."""
+        import torch
+
+        from utils.detect.detectors.base import nms
+
+        model = self.model
+        with torch.inference_mode():
+            pv = self._pixel_values(frames)
+            feature_map = model.image_embedder(pixel_values=pv)[0]
+            b, gh, gw, d = feature_map.shape
+            feats = feature_map.reshape(b, gh * gw, d)
+            queries = self.text_embeds.unsqueeze(0).expand(b, -1, -1)
+            logits, class_embeds = model.class_predictor(feats, queries, None)
+            objectness = model.objectness_predictor(feats)
+            boxes = model.box_predictor(feats, feature_map)  # (B, P, 4) cxcywh in [0, 1] of the padded square
+
+            results = []
+            for i, frame in enumerate(frames):
+                h, w = frame.shape[:2]
+                lg = logits[i].float()
+                score = torch.sigmoid(objectness[i].float()) * torch.sigmoid(lg.max(dim=-1).values)
+                cx, cy, bw, bh = boxes[i].float().unbind(-1)
+                side = float(max(h, w))
+                xyxy = torch.stack(
+                    [
+                        ((cx - bw / 2) * side).clamp(0, w),
+                        ((cy - bh / 2) * side).clamp(0, h),
+                        ((cx + bw / 2) * side).clamp(0, w),
+                        ((cy + bh / 2) * side).clamp(0, h),
+                    ],
+                    dim=-1,
+                )
+                valid = (score >= self.min_score) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+                idx = torch.nonzero(valid).flatten()
+                class_ids = None if self.class_agnostic_nms else lg[idx].argmax(dim=-1)
+                keep = nms(xyxy[idx], score[idx], self.nms_threshold, class_ids, self.top_k)
+                idx = idx[torch.as_tensor(keep, device=idx.device)]
+                emb = torch.nn.functional.normalize(class_embeds[i][idx].float(), dim=-1)
+                results.append(
+                    Detections(
+                        xyxy=xyxy[idx].cpu().numpy(),
+                        score=score[idx].clamp(0, 1).cpu().numpy(),
+                        class_logits=lg[idx].cpu().numpy(),
+                        embedding=emb.cpu().numpy(),
+                    )
+                )
+        return results
+
+    def detect(self, frames: Sequence[np.ndarray], timestamps: Sequence[float] | None = None) -> list[Detections]:
+        """Detections for each frame (``timestamps`` are ignored). Runs ``batch_size`` frames
+        at a time; on CUDA out-of-memory the batch size is halved (and kept halved) until it
+        fits, and a failure at batch size 1 raises :class:`DetectorError`."""
+        import torch
+
+        frames = check_frames(frames)
+        results: list[Detections] = []
+        i = 0
+        while i < len(frames):
+            chunk = frames[i : i + self.batch_size]
+            try:
+                out = self._detect_batch(chunk)
+            except torch.cuda.OutOfMemoryError as exc:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if len(chunk) <= 1:
+                    raise DetectorError(
+                        f"OWLv2 ran out of GPU memory on a single {chunk[0].shape[1]}x{chunk[0].shape[0]} frame "
+                        f"on {self.device}: free GPU memory, use a smaller vocabulary, or run on another device"
+                    ) from exc
+                self.batch_size = max(1, len(chunk) // 2)
+                log.warning("OWLv2: CUDA out of memory with %d frames; batch size now %d", len(chunk), self.batch_size)
+                continue
+            results.extend(out)
+            i += len(chunk)
+        return results
+
+    def provenance(self) -> dict[str, Any]:
+        prov = super().provenance()
+        prov.update(
+            prompt_template=self.prompt_template,
+            score="sigmoid(objectness)*sigmoid(max class logit)",
+            nms_threshold=self.nms_threshold,
+            min_score=self.min_score,
+        )
+        return prov

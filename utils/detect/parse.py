@@ -1,0 +1,255 @@
+"""Detect and track objects in the scene segments of one video (the library side of step 4).
+
+Each segment is sampled at ``fps`` with the longer side at ``max_side`` px and detected in
+batches; boxes are scaled back to source pixels. One ByteTracker follows them and is reset at
+every segment boundary, so no track crosses a scene cut. Tracks of at least ``min_track_len``
+seconds whose mean box covers ``min_track_area`` of the frame become :class:`TrackRecord` s
+with their provenance (detector, weights, vocabulary hash, segment). :func:`parse_video`
+writes no file; :mod:`utils.detect.stage` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.core.errors import SystemicError
+from utils.core.video import Frame, probe_video, read_frames
+from utils.detect.detectors import Detector
+from utils.detect.tracking import ByteTracker, TrackHistory
+from utils.records.tracks import TrackRecord
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_PROMPTS_ASSET = "lvis-prompts.txt"
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """Sampling, batching, tracking and filtering settings (the stage's flags)."""
+
+    fps: float = 16.0
+    max_side: int | None = 480
+    batch_size: int = 8
+    min_track_len: float = 3.0
+    min_track_area: float = 0.1
+    track_thresh: float = 0.55
+    low_thresh: float = 0.1
+    match_thresh: float = 0.45
+    track_buffer: int = 24
+    motion_weight: float = 0.4
+
+    def make_tracker(self) -> ByteTracker:
+        return ByteTracker(
+            track_thresh=self.track_thresh,
+            low_thresh=self.low_thresh,
+            match_thresh=self.match_thresh,
+            track_buffer=self.track_buffer,
+            frame_rate=self.fps,
+            motion_weight=self.motion_weight,
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ParseConfig:
+        """Every field from the flag of the same name (``--max_side 0``: source size)."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        values["max_side"] = values["max_side"] or None
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------- tracking
+
+
+def keep_track(history: TrackHistory, min_track_len: float, min_track_area: float, frame_area: float) -> bool:
+    """True for tracks of at least ``min_track_len`` s (first to last matched frame) whose
+    mean box area is at least ``min_track_area`` of ``frame_area`` (same pixels as the boxes)."""
+    if len(history) == 0 or history.duration < min_track_len - 1e-9:
+        return False
+    wh = np.clip(history.xyxy[:, 2:] - history.xyxy[:, :2], 0.0, None)
+    return float(np.mean(wh[:, 0] * wh[:, 1])) >= min_track_area * frame_area
+
+
+_END = object()
+
+
+def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` produced by a background thread, up to ``depth`` ahead (video decoding
+    releases the GIL, so it overlaps with detection); exceptions are re-raised here."""
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for value in items:
+                if not put((value, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer
+            put((_END, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="frame-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, exc = buffer.get()
+            if exc is not None:
+                raise exc
+            if value is _END:
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def track_segment(
+    video_path: str | Path,
+    segment: tuple[float, float],
+    detector: Detector,
+    config: ParseConfig,
+    source_size: tuple[int, int],
+    tracker: ByteTracker | None = None,
+    on_frames: Callable[[int, float], None] | None = None,
+) -> tuple[list[TrackHistory], int]:
+    """Detect and track over ``[start, end)`` of a video; returns every confirmed track's
+    history (boxes in source pixels, before filtering) and the number of frames sampled.
+
+    ``source_size`` is the video's ``(h, w)``. ``on_frames(n, t)`` is called after each batch
+    with its frame count and the time of its last frame.
+    """
+    start, end = segment
+    src_h, src_w = source_size
+    tracker = tracker if tracker is not None else config.make_tracker()
+    tracker.reset()
+    frames = _prefetch(
+        read_frames(video_path, fps=config.fps, start=start, end=end, max_side=config.max_side),
+        depth=2 * config.batch_size,
+    )
+    count = 0
+    try:
+        for batch in _batches(frames, config.batch_size):
+            images = [f.image for f in batch]
+            times = [f.time for f in batch]
+            detections = detector.detect(images, times)
+            if len(detections) != len(batch):
+                raise SystemicError(
+                    f"detector {getattr(detector, 'name', detector)!r} returned {len(detections)} results "
+                    f"for {len(batch)} frames"
+                )
+            for frame, dets in zip(batch, detections, strict=True):
+                h, w = frame.image.shape[:2]
+                scale = np.array([src_w / w, src_h / h, src_w / w, src_h / h], dtype=np.float64)
+                boxes = np.clip(dets.xyxy.astype(np.float64) * scale, 0.0, [src_w, src_h, src_w, src_h])
+                tracker.update(boxes, dets.score, dets.embedding, dets.class_logits, timestamp=frame.time)
+            count += len(batch)
+            if on_frames is not None:
+                on_frames(len(batch), batch[-1].time)
+    finally:
+        frames.close()
+    return tracker.flush(), count
+
+
+class _SegmentProgress:
+    """Advances a tqdm bar in seconds of video as a segment's batches are parsed."""
+
+    def __init__(self, bar: tqdm | None, start: float, end: float) -> None:
+        self.bar, self.end, self.reached = bar, end, start
+
+    def __call__(self, frames: int, time: float) -> None:
+        t = min(max(time, self.reached), self.end)
+        if self.bar is not None and t > self.reached:
+            self.bar.update(t - self.reached)
+        self.reached = t
+
+    def finish(self) -> None:
+        self(0, self.end)
+
+
+@dataclass
+class VideoTracks:
+    """What :func:`parse_video` found in one video."""
+
+    records: list[TrackRecord]
+    video_size: tuple[int, int]  # source (h, w)
+    video_seconds: float  # seconds of video covered by the parsed segments
+    frames: int  # frames sampled and detected
+    tracks_before_filter: int
+
+
+def parse_video(
+    video_path: str | Path,
+    yid: str,
+    segments: Sequence[tuple[float, float]],
+    detector: Detector,
+    class_names: Sequence[str],
+    config: ParseConfig,
+    vocab_hash: str | None = None,
+    progress: tqdm | None = None,
+) -> VideoTracks:
+    """Track records of every segment of one video, in segment order then track order.
+
+    Raises :class:`~utils.core.video.VideoError` for a file that cannot be decoded.
+    """
+    info = probe_video(video_path)
+    src_h, src_w = info.height, info.width
+    prov = detector.provenance() if hasattr(detector, "provenance") else {}
+    name = str(prov.get("detector") or getattr(detector, "name", type(detector).__name__))
+    extra = {"weights": prov.get("weights")}
+    tracker = config.make_tracker()
+    records: list[TrackRecord] = []
+    frames = found = 0
+    seconds = 0.0
+    for start, end in segments:
+        covered = max(0.0, min(end, info.duration) - start)
+        shown = _SegmentProgress(progress, start, start + covered)
+        histories, n = track_segment(video_path, (start, end), detector, config, (src_h, src_w), tracker, shown)
+        shown.finish()
+        frames += n
+        seconds += covered
+        found += len(histories)
+        for history in histories:
+            if not keep_track(history, config.min_track_len, config.min_track_area, src_h * src_w):
+                continue
+            records.append(TrackRecord.from_history(
+                yid, history.timestamps, history.xyxy, history.class_logits, history.scores, class_names,
+                (src_h, src_w), segment=(start, end), detector=name, vocab_hash=vocab_hash, extra=extra,
+            ))
+    return VideoTracks(records, (src_h, src_w), seconds, frames, found)

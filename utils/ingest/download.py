@@ -1,0 +1,594 @@
+"""Polite, crash-safe video downloads with yt-dlp's Python API (step 1).
+
+Failures are classified (:func:`classify_failure`): permanent ones (private, removed, 404, no
+mp4 format) are not worth retrying; transient ones (429, 5xx, timeouts, resets, "not a bot")
+are retried with backoff and jitter, and rate-limit answers in a row pause the rank
+(:class:`RateLimitGuard`). A download counts only once the final mp4 is complete and decodes:
+yt-dlp writes to a temporary name beside the target, the result is verified, then renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.core.errors import ItemError, SystemicError, UsageError
+from utils.core.io import commit_temp, remove_temps_of, temp_path_for
+from utils.core.video import VideoError, probe_video, read_frames
+
+log = logging.getLogger(__name__)
+
+
+DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={yid}"
+# 720p, 480p, 360p, 1080p video-only H.264 mp4 (the original TrackVerse's choice), then
+# fallbacks for sites without YouTube's format ids. ``?`` lets formats of unknown height pass.
+DEFAULT_FORMAT = (
+    "136/135/134/137"
+    "/bv*[ext=mp4][vcodec^=avc1][height<=?1080]"
+    "/bv*[ext=mp4][height<=?1080]"
+    "/bv*[ext=mp4]"
+)
+
+RATE_LIMIT_HELP = (
+    "What helps: pass --cookiefile with the cookies of a browser session logged into YouTube "
+    "(Netscape format); run fewer ranks from the same IP address (a smaller --world_size, or "
+    "--array_parallelism with --slurm); pace each rank with --sleep_interval 5 (or more). "
+    "YouTube allows a session roughly 300 videos per hour."
+)
+
+
+# --------------------------------------------------------------------- classification
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a failed download is treated: its category and whether a retry may succeed."""
+
+    category: str
+    transient: bool
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.category == "rate_limited"
+
+
+# (category, transient, lower-case fragments of yt-dlp's message). Order matters: YouTube
+# words its session rate limit "Video unavailable. This content isn't available, try again
+# later", so rate limits are matched before "unavailable".
+_MESSAGE_RULES: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
+    ("rate_limited", True, (
+        "too many requests", "http error 429", "not a bot", "rate-limited", "rate limited",
+        "rate limit", "try again later", "captcha",
+    )),
+    ("private", False, ("private video", "this video is private", "video is private")),
+    ("age_restricted", False, (
+        "confirm your age", "age-restricted", "age restricted", "inappropriate for some users",
+    )),
+    ("geo_restricted", False, (
+        "not made this video available in your country", "not available in your country",
+        "blocked it in your country", "geo restrict", "geo-restrict", "from your location",
+    )),
+    ("members_only", False, ("members-only", "members only", "join this channel")),
+    ("removed", False, (
+        "has been removed", "account associated with this video has been terminated",
+        "no longer available", "copyright", "violating youtube", "video has been deleted",
+    )),
+    ("upcoming", True, ("premieres in", "live event will begin", "this live event", "is upcoming")),
+    ("no_format", False, (
+        "requested format is not available", "no video formats found", "drm protected",
+    )),
+    ("unsupported_url", False, ("unsupported url", "is not a valid url")),
+    ("unavailable", False, (
+        "video unavailable", "this video is unavailable", "is not available", "does not exist",
+    )),
+    ("timeout", True, ("timed out", "timeout")),
+    ("network", True, (
+        "connection reset", "connection refused", "connection aborted", "remote end closed",
+        "incompleteread", "incomplete read", "bytes read", "more expected", "content too short",
+        "did not get any data blocks", "downloaded file is empty", "name resolution",
+        "network is unreachable", "no route to host", "broken pipe", "eof occurred",
+        "unable to connect", "ssl", "connection broken", "errno 104", "errno 111",
+    )),
+)
+
+_PERMANENT_HTTP = {400: "bad_request", 401: "unauthorized", 404: "not_found", 410: "removed", 451: "removed"}
+
+
+def _cause_chain(exc: BaseException | None) -> list[BaseException]:
+    """An exception and its causes: yt-dlp's ``cause`` / ``exc_info``, then Python's."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        following = getattr(exc, "cause", None)
+        if following is None:
+            info = getattr(exc, "exc_info", None)
+            following = info[1] if info else None
+        exc = following or exc.__cause__ or exc.__context__
+    return chain
+
+
+def _http_statuses(exc: BaseException | None) -> list[int]:
+    """HTTP status codes anywhere in an exception's cause chain."""
+    return [e.status for e in _cause_chain(exc) if isinstance(getattr(e, "status", None), int)]
+
+
+def _status_from_message(text: str) -> int | None:
+    marker = "http error "
+    at = text.find(marker)
+    if at < 0:
+        return None
+    digits = text[at + len(marker):at + len(marker) + 3]
+    return int(digits) if digits.isdigit() else None
+
+
+def classify_failure(message: str, exc: BaseException | None = None) -> Failure:
+    """Category and transience of a failed download, from yt-dlp's message and exception."""
+    text = message.lower().replace("\u2019", "'")
+    statuses = _http_statuses(exc)
+    status = statuses[0] if statuses else _status_from_message(text)
+    if status == 429:
+        return Failure("rate_limited", True)
+    for category, transient, fragments in _MESSAGE_RULES:
+        if category in ("timeout", "network") and status is not None:
+            break  # an HTTP answer is more telling than the words around it
+        if any(fragment in text for fragment in fragments):
+            return Failure(category, transient)
+    if status is not None:
+        if status in _PERMANENT_HTTP:
+            return Failure(_PERMANENT_HTTP[status], False)
+        if status == 408:
+            return Failure("timeout", True)
+        if status >= 500:
+            return Failure("server_error", True)
+        if status == 403:
+            # YouTube answers 403 to expired stream URLs and throttled sessions: retry.
+            return Failure("forbidden", True)
+        if 400 <= status < 500:
+            return Failure(f"http_{status}", False)
+    for category, transient, fragments in _MESSAGE_RULES:
+        if category in ("timeout", "network") and any(f in text for f in fragments):
+            return Failure(category, transient)
+    return Failure("download_error", True)
+
+
+def clean_message(message: str) -> str:
+    """yt-dlp's message without its ``ERROR:`` prefix and colour codes, on one line."""
+    text = " ".join(str(message).split())
+    for prefix in ("ERROR:", "error:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+    return text.replace("\x1b[0;31m", "").replace("\x1b[0m", "")
+
+
+class DownloadFailed(Exception):
+    """A download that did not produce a verified mp4; ``reason`` is yt-dlp's own message."""
+
+    def __init__(self, reason: str, failure: Failure, attempts: int = 1):
+        super().__init__(reason)
+        self.reason = reason
+        self.failure = failure
+        self.attempts = attempts
+
+    @property
+    def transient(self) -> bool:
+        return self.failure.transient
+
+    @property
+    def category(self) -> str:
+        return self.failure.category
+
+
+# ------------------------------------------------------------------ pacing and backoff
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: attempt ``n`` (0-based) waits a random time in
+    ``[d/2, d]`` with ``d = min(cap, base * 2**n)`` (never two ranks in lockstep)."""
+
+    base: float = 5.0
+    cap: float = 300.0
+    rng: random.Random | None = None
+
+    def delay(self, attempt: int) -> float:
+        d = min(self.cap, self.base * (2 ** max(0, attempt)))
+        rng = self.rng or random
+        return d / 2 + rng.uniform(0, d / 2)
+
+
+class Pacer:
+    """At least ``interval`` seconds (times a random 1-1.5) between download starts."""
+
+    def __init__(self, interval: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+        self.interval = max(0.0, interval)
+        self._clock, self._sleep = clock, sleep
+        self._rng = rng or random.Random()
+        self._next_allowed: float | None = None
+
+    def wait(self) -> float:
+        """Sleep until the next download may start; returns the seconds slept."""
+        if self.interval <= 0:
+            return 0.0
+        now = self._clock()
+        waited = 0.0
+        if self._next_allowed is not None and now < self._next_allowed:
+            waited = self._next_allowed - now
+            self._sleep(waited)
+            now += waited
+        self._next_allowed = now + self.interval * self._rng.uniform(1.0, 1.5)
+        return waited
+
+
+class RateLimitGuard:
+    """Counts rate-limit answers in a row (across items) and pauses the rank when there are
+    ``pause_after`` of them: ``pause`` seconds the first time, doubling each time up to
+    ``pause_max``, until a download succeeds. Says plainly what is going on and what helps."""
+
+    def __init__(self, pause_after: int = 3, pause: float = 600.0, pause_max: float = 3600.0,
+                 sleep: Callable[[float], None] = time.sleep, notify: Callable[[str], None] | None = None):
+        self.pause_after = max(1, pause_after)
+        self.pause, self.pause_max = pause, pause_max
+        self.in_a_row = 0
+        self.pauses = 0
+        self.total_paused = 0.0
+        self._sleep = sleep
+        self._notify = notify or log.warning
+
+    def success(self) -> None:
+        self.in_a_row = 0
+        self.pauses = 0
+
+    def rate_limited(self, message: str) -> float:
+        """Record one rate-limit answer; pause if there were enough in a row. Returns the pause."""
+        self.in_a_row += 1
+        if self.in_a_row % self.pause_after:
+            return 0.0
+        seconds = min(self.pause_max, self.pause * (2 ** self.pauses))
+        self.pauses += 1
+        self._notify(
+            f"RATE LIMITED: the last {self.in_a_row} answers in a row were rate limits "
+            f"(last: {message[:200]}). Pausing this rank for {seconds:g} s "
+            f"(pause {self.pauses}; pauses grow until a download succeeds). {RATE_LIMIT_HELP}"
+        )
+        self._sleep(seconds)
+        self.total_paused += seconds
+        return seconds
+
+
+# ----------------------------------------------------------------------- verification
+
+
+class WrongContainerError(VideoError):
+    """A decodable video in another container than the one asked for."""
+
+
+def verify_video(path: str | os.PathLike, container: str | None = "mp4") -> float:
+    """Check that a downloaded file is a whole, decodable video: it opens (as ``container``,
+    when given), its first frame decodes, and so does a frame in its last second. Returns its
+    duration (seconds); raises VideoError otherwise."""
+    info = probe_video(path, decode_check=True)
+    if container is not None:
+        import av
+
+        with av.open(str(path)) as opened:
+            names = opened.format.name.split(",")
+        if container not in names:
+            raise WrongContainerError(f"{path}: is {names[0]}, not {container}")
+    if info.duration <= 0:
+        raise VideoError(f"{path}: zero duration")
+    tail_start = max(0.0, info.duration - 1.0)
+    if next(read_frames(path, start=tail_start, size=(16, 16)), None) is None:
+        raise VideoError(f"{path}: no frame decodes in its last second (truncated?)")
+    return info.duration
+
+
+# --------------------------------------------------------------------------- download
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    bytes: int
+    duration: float
+    format_id: str
+    attempts: int
+    seconds: float
+
+
+class _YtdlpLogger:
+    """Routes yt-dlp's output to logging; keeps the last error for the journal."""
+
+    def __init__(self, yid: str):
+        self.yid = yid
+        self.last_error: str | None = None
+
+    def debug(self, msg: str) -> None:
+        log.debug("[yt-dlp %s] %s", self.yid, msg)
+
+    def info(self, msg: str) -> None:
+        log.debug("[yt-dlp %s] %s", self.yid, msg)
+
+    def warning(self, msg: str) -> None:
+        log.info("[yt-dlp %s] %s", self.yid, msg)
+
+    def error(self, msg: str) -> None:
+        self.last_error = clean_message(msg)
+        log.debug("[yt-dlp %s] %s", self.yid, msg)
+
+
+class VideoDownloader:
+    """Downloads one video per call into its final path, politely and atomically.
+
+    ``retries`` is the number of extra attempts for transient failures within one call;
+    inside each attempt yt-dlp also resumes a broken transfer (up to twice, with the same
+    backoff) before giving up.
+    """
+
+    def __init__(
+        self,
+        url_template: str = DEFAULT_URL_TEMPLATE,
+        format: str = DEFAULT_FORMAT,  # noqa: A002 (yt-dlp's name)
+        cookiefile: str | os.PathLike | None = None,
+        retries: int = 5,
+        backoff: Backoff | None = None,
+        socket_timeout: float = 30.0,
+        pacer: Pacer | None = None,
+        guard: RateLimitGuard | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        extra_options: dict[str, Any] | None = None,
+    ):
+        if "{yid}" not in url_template:
+            raise ValueError(f"URL template {url_template!r} has no {{yid}}")
+        self.url_template = url_template
+        self.format = format
+        self.cookiefile = str(cookiefile) if cookiefile else None
+        self.retries = max(0, retries)
+        self.backoff = backoff or Backoff()
+        self.socket_timeout = socket_timeout
+        self.pacer = pacer or Pacer(0.0)
+        self.guard = guard or RateLimitGuard(sleep=sleep)
+        self._sleep = sleep
+        self.extra_options = dict(extra_options or {})
+
+    def url(self, yid: str) -> str:
+        return self.url_template.replace("{yid}", yid)
+
+    def _options(self, outtmpl: str, logger: _YtdlpLogger) -> dict[str, Any]:
+        def sleep_fn(n: int = 0, **_: Any) -> float:  # yt-dlp calls it as f(n=attempt)
+            return self.backoff.delay(n)
+
+        options: dict[str, Any] = {
+            "format": self.format,
+            "outtmpl": {"default": outtmpl},
+            "logger": logger,
+            "quiet": True,
+            "no_warnings": False,
+            "noprogress": True,
+            "noplaylist": True,
+            "ignoreerrors": False,
+            "overwrites": True,
+            "continuedl": True,
+            "updatetime": False,
+            # yt-dlp resumes a broken transfer itself; the outer loop retries the rest
+            "retries": min(self.retries, 2),
+            "fragment_retries": self.retries,
+            "extractor_retries": min(self.retries, 3),
+            "retry_sleep_functions": {"http": sleep_fn, "fragment": sleep_fn, "extractor": sleep_fn},
+            "socket_timeout": self.socket_timeout,
+            "color": {"stdout": "no_color", "stderr": "no_color"},
+            # YouTube's player needs a JavaScript runtime (and the yt-dlp-ejs package)
+            "js_runtimes": {"deno": {}, "node": {}, "bun": {}},
+        }
+        if self.cookiefile:
+            options["cookiefile"] = self.cookiefile
+        options.update(self.extra_options)
+        return options
+
+    def download(self, yid: str, target: str | os.PathLike) -> DownloadResult:
+        """Download ``yid`` to ``target`` (an ``.mp4`` path). Raises DownloadFailed."""
+        import yt_dlp
+
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_temps_of(target)  # a killed run's .part / .ytdl / unverified files
+        stem = temp_path_for(target, suffix="")  # .<yid>.mp4.tmp-<host>-<pid>-<rand>
+        outtmpl = str(stem).replace("%", "%%") + ".%(ext)s"
+        started = time.time()
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                self.pacer.wait()
+                logger = _YtdlpLogger(yid)
+                try:
+                    with yt_dlp.YoutubeDL(self._options(outtmpl, logger)) as ydl:
+                        info = ydl.extract_info(self.url(yid), download=True)
+                    path, format_id = self._downloaded_file(info)
+                    duration = self._verify(path)
+                except _Retryable as exc:
+                    failure, reason = exc.failure, exc.reason
+                except yt_dlp.utils.DownloadError as exc:
+                    reason = clean_message(exc.msg or logger.last_error or str(exc))
+                    failure = classify_failure(reason, exc.exc_info[1] if exc.exc_info else None)
+                else:
+                    size = path.stat().st_size
+                    commit_temp(path, target)
+                    self.guard.success()
+                    return DownloadResult(target, size, duration, format_id, attempt, time.time() - started)
+                if failure.rate_limited:  # counted across items; may pause the rank
+                    self.guard.rate_limited(reason)
+                # a bad file is tried once more (a server glitch), then it is the content
+                limit = min(1, self.retries) if failure.category == "corrupt" else self.retries
+                if not failure.transient or attempt > limit:
+                    if failure.category == "corrupt":
+                        failure = Failure("corrupt", False)
+                    if attempt > 1:
+                        reason = f"{reason} (after {attempt} attempts)"
+                    raise DownloadFailed(reason, failure, attempt)
+                delay = self.backoff.delay(attempt - 1)
+                log.info("%s: %s [%s, transient]; retry %d/%d in %.1f s",
+                         yid, reason, failure.category, attempt, self.retries, delay)
+                self._sleep(delay)
+        finally:
+            remove_temps_of(target)
+
+    @staticmethod
+    def _downloaded_file(info: dict[str, Any] | None) -> tuple[Path, str]:
+        if not info:
+            raise _Retryable("yt-dlp returned no information", Failure("download_error", True))
+        if info.get("_type") == "playlist" or info.get("entries") is not None:
+            raise _Retryable("the URL is a playlist, not one video", Failure("unsupported_url", False))
+        downloads = info.get("requested_downloads") or []
+        if not downloads or not downloads[0].get("filepath"):
+            raise _Retryable("yt-dlp reported no downloaded file", Failure("download_error", True))
+        path = Path(downloads[0]["filepath"])
+        if not path.is_file():
+            raise _Retryable(f"yt-dlp reported {path.name}, which does not exist", Failure("download_error", True))
+        ext = downloads[0].get("ext") or path.suffix.lstrip(".")
+        if ext != "mp4":
+            raise _Retryable(f"format {info.get('format_id')} is {ext}, not mp4", Failure("no_format", False))
+        return path, str(info.get("format_id") or downloads[0].get("format_id") or "")
+
+    @staticmethod
+    def _verify(path: Path) -> float:
+        try:
+            return verify_video(path)
+        except VideoError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if isinstance(exc, WrongContainerError):
+                raise _Retryable(f"the server sent no mp4: {exc}", Failure("no_format", False)) from exc
+            # The transfer was complete (yt-dlp checks the length), so the content is bad:
+            # retried within this call in case the server glitched, then permanent.
+            raise _Retryable(f"downloaded file does not decode: {exc}", Failure("corrupt", True)) from exc
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, failure: Failure):
+        super().__init__(reason)
+        self.reason = reason
+        self.failure = failure
+
+
+# ------------------------------------------------- what every downloading stage shares
+
+
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``download (yt-dlp)`` flags (download_videos.py, download_tracks.py)."""
+    d = parser.add_argument_group("download (yt-dlp)")
+    d.add_argument("--url_template", default=DEFAULT_URL_TEMPLATE,
+                   help="URL of a video, {yid} replaced by the id: any URL yt-dlp supports")
+    d.add_argument("--cookiefile", default=None,
+                   help="Netscape-format cookies (e.g. of a logged-in browser session) for yt-dlp")
+    d.add_argument("--format", default=DEFAULT_FORMAT,
+                   help="yt-dlp format selector (default: 720p/480p/360p/1080p video-only mp4, "
+                        "YouTube ids 136/135/134/137, then the best mp4 video up to 1080p)")
+    d.add_argument("--download_retries", type=int, default=5,
+                   help="extra attempts for a transient failure (429, 5xx, timeout, reset) in one run")
+    d.add_argument("--backoff_base", type=float, default=5.0,
+                   help="first retry waits about this long (s); each next one twice as long, with jitter")
+    d.add_argument("--backoff_max", type=float, default=300.0, help="longest wait between retries (s)")
+    d.add_argument("--socket_timeout", type=float, default=30.0, help="seconds without data = timeout")
+    d.add_argument("--sleep_interval", type=float, default=0.0,
+                   help="pace limit: at least this many seconds (x random 1-1.5) between downloads of "
+                        "this rank; 5-10 keeps a YouTube session under its rate limit")
+    d.add_argument("--rate_limit_pause_after", type=int, default=3,
+                   help="rate-limit answers in a row after which the rank pauses")
+    d.add_argument("--rate_limit_pause", type=float, default=600.0,
+                   help="first rate-limit pause (s); it doubles while answers stay rate limits")
+    d.add_argument("--rate_limit_pause_max", type=float, default=3600.0, help="longest rate-limit pause (s)")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+def validate_download_args(args: argparse.Namespace) -> None:
+    """UsageError for bad download flags (before any work or submission)."""
+    if "{yid}" not in args.url_template:
+        raise UsageError(f"--url_template {args.url_template!r} must contain {{yid}}")
+    if args.cookiefile is not None and not Path(args.cookiefile).is_file():
+        raise UsageError(f"--cookiefile {args.cookiefile} does not exist")
+    for name in ("backoff_base", "backoff_max", "socket_timeout", "rate_limit_pause", "rate_limit_pause_max"):
+        _positive(name, getattr(args, name))
+    for name in ("download_retries", "sleep_interval"):
+        _positive(name, getattr(args, name), allow_zero=True)
+    if args.rate_limit_pause_after < 1:
+        raise UsageError(f"--rate_limit_pause_after must be at least 1, got {args.rate_limit_pause_after}")
+
+
+class DownloadSession:
+    """One rank's downloader (built from the flags) plus what it learns across items: a
+    failure becomes an ``ItemError`` with yt-dlp's reason and category, and many network
+    failures in a row (``--max_consecutive_errors``) a ``SystemicError``: the network is down."""
+
+    def __init__(self, args: argparse.Namespace, notify: Callable[[str], None] | None = None):
+        notify = notify or _notifier()
+        self.downloader = VideoDownloader(
+            url_template=args.url_template, format=args.format, cookiefile=args.cookiefile,
+            retries=args.download_retries, backoff=Backoff(args.backoff_base, args.backoff_max),
+            socket_timeout=args.socket_timeout, pacer=Pacer(args.sleep_interval),
+            guard=RateLimitGuard(args.rate_limit_pause_after, args.rate_limit_pause,
+                                 args.rate_limit_pause_max, notify=notify),
+        )
+        self.max_network_failures = max(1, getattr(args, "max_consecutive_errors", 25))
+        self.network_failures_in_a_row = 0
+        if "youtube.com" in args.url_template or "youtu.be" in args.url_template:
+            warning = _js_runtime_warning()
+            if warning:
+                notify(f"WARNING: {warning}")
+
+    def fetch(self, item: str, target: str | os.PathLike) -> DownloadResult:
+        """Download ``item`` to ``target`` or raise ItemError / SystemicError."""
+        try:
+            result = self.downloader.download(item, target)
+        except DownloadFailed as exc:
+            if exc.category in ("network", "timeout"):
+                self.network_failures_in_a_row += 1
+                if self.network_failures_in_a_row >= self.max_network_failures:
+                    raise SystemicError(
+                        f"{self.network_failures_in_a_row} downloads in a row failed with network errors "
+                        f"(last: {item}: {exc.reason}); is the network (or the server) down?"
+                    ) from exc
+            else:
+                self.network_failures_in_a_row = 0
+            raise ItemError(exc.reason, transient=exc.transient, category=exc.category) from exc
+        self.network_failures_in_a_row = 0
+        return result
+
+def _js_runtime_warning() -> str | None:
+    """What is missing for yt-dlp to read YouTube's player (a JS runtime, yt-dlp-ejs)."""
+    import shutil
+
+    from yt_dlp.dependencies import yt_dlp_ejs
+
+    missing = []
+    if not any(shutil.which(name) for name in ("deno", "node", "bun")):
+        missing.append("a JavaScript runtime (deno, or node / bun)")
+    if yt_dlp_ejs is None:
+        missing.append("the yt-dlp-ejs package (pip install 'yt-dlp[default]')")
+    if not missing:
+        return None
+    return ("yt-dlp needs " + " and ".join(missing) + " to solve YouTube's player challenges; without "
+            "them some or all formats are missing and downloads fail with 'Requested format is not available'")
+
+def _notifier() -> Callable[[str], None]:
+    """Messages the user must see even without logging: through tqdm, to stderr."""
+    import sys
+
+    from tqdm import tqdm
+
+    def notify(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+
+    return notify

@@ -1,0 +1,1 @@
+"""Step 5a: per-track motion and appearance metrics."""

@@ -1,0 +1,1 @@
+"""How every stage runs: the Stage contract, the run loop, journals, the CLI, Slurm, status."""

@@ -1,0 +1,283 @@
+"""Submission through submitit: one job per rank or one job array, checkpointable jobs that
+requeue on timeout or pre-emption, and no rank submitted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, UsageError
+from utils.core.io import atomic_write_json
+from utils.core.layout import DatasetLayout
+from utils.runner.stage import (
+    ShardSummary,
+    Stage,
+    journal_dir,
+    previous_failures,
+    run_shard,
+    setup_logging,
+    shard_indices,
+)
+from utils.runner.status import format_ranges
+
+log = logging.getLogger("trackverse")
+
+
+# ------------------------------------------------------------------------------- Slurm
+
+
+try:  # submitit is a hard requirement, but keep import errors readable
+    import submitit
+    from submitit.helpers import Checkpointable
+except ImportError as _exc:  # pragma: no cover
+    raise ImportError("submitit is required: pip install -r requirements.txt") from _exc
+
+
+class ShardJob(Checkpointable):
+    """One rank of a stage as a submitit job. On timeout or pre-emption submitit calls
+    ``checkpoint`` (inherited: resubmit the same call) and requeues; the rerun skips every
+    item whose output exists, so finished work is never redone."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+
+    def __call__(self, args: argparse.Namespace, rank: int, world_size: int) -> dict:
+        setup_logging(args.log_level)
+        args.rank, args.world_size = rank, world_size
+        summary = run_shard(self.stage, args, rank, world_size)
+        print(summary.line(), file=sys.stderr, flush=True)
+        if summary.systemic_error:
+            raise RuntimeError(summary.line())
+        return asdict(summary)
+
+
+def job_name(stage: Stage, args: argparse.Namespace, world_size: int) -> str:
+    """Stable per (stage key, dataset root, world size): the queued-rank check relies on it."""
+    root = hashlib.sha1(str(Path(args.base_dir).resolve()).encode()).hexdigest()[:6]
+    return f"tv-{stage.job_key(args)}-w{world_size}-{root}"
+
+
+def slurm_log_dir(stage: Stage, args: argparse.Namespace) -> Path:
+    if args.slurm_log_dir is not None:
+        return Path(args.slurm_log_dir)
+    return DatasetLayout(args.base_dir).logs_dir("slurm") / stage.job_key(args)
+
+
+def _submissions_dir(stage: Stage, args: argparse.Namespace) -> Path:
+    return slurm_log_dir(stage, args) / "submissions"
+
+
+def _recorded_jobs(stage: Stage, args: argparse.Namespace, name: str) -> dict[str, dict]:
+    """job id -> {rank, cluster} from the submission records of this job name."""
+    jobs: dict[str, dict] = {}
+    folder = _submissions_dir(stage, args)
+    if not folder.is_dir():
+        return jobs
+    for path in sorted(folder.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            if record.get("name") != name:
+                continue
+            for job in record.get("jobs", []):
+                jobs[str(job["job_id"])] = {"rank": int(job["rank"]), "cluster": record.get("cluster")}
+    return jobs
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _slurm_active_job_ids(name: str) -> set[str] | None:
+    """Ids (``123`` or ``123_4``) of this user's pending or running jobs with ``name``;
+    None when squeue cannot be asked."""
+    if shutil.which("squeue") is None:
+        log.warning("squeue is not on PATH: cannot tell which ranks are queued")
+        return None
+    user = os.environ.get("USER") or _whoami()
+    proc = subprocess.run(
+        ["squeue", "-h", "-r", "-u", user, "-n", name, "-o", "%i %T"],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        log.warning("squeue failed (%s): cannot tell which ranks are queued", proc.stderr.strip())
+        return None
+    ids = set()
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] not in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT"):
+            ids.add(parts[0])
+    return ids
+
+
+def _whoami() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def active_ranks(stage: Stage, args: argparse.Namespace, name: str) -> dict[int, str]:
+    """rank -> job id for ranks of this job name that are queued or running."""
+    recorded = _recorded_jobs(stage, args, name)
+    active: dict[int, str] = {}
+    slurm_ids: set[str] | None = None
+    for job_id, info in recorded.items():
+        if info["cluster"] == "local":
+            if job_id.isdigit() and _pid_alive(int(job_id)):
+                active[info["rank"]] = job_id
+        elif info["cluster"] == "slurm":
+            if slurm_ids is None:
+                slurm_ids = _slurm_active_job_ids(name)
+                if slurm_ids is None:
+                    # Not knowing what is queued must not mean "nothing is": that would
+                    # submit every rank a second time.
+                    raise UsageError(
+                        f"cannot ask squeue which ranks of {name} are queued (see the warning above); "
+                        "not submitting, to avoid duplicate jobs. Retry when squeue answers."
+                    )
+            if job_id in slurm_ids:
+                active[info["rank"]] = job_id
+    return active
+
+
+def ranks_with_work(stage: Stage, args: argparse.Namespace, ranks: list[int], world_size: int) -> list[int]:
+    """Ranks that still have an item without output (cheap checks, no processing)."""
+    items = stage.list_items(args)
+    failed = previous_failures(args, stage)
+    pending = []
+    for rank in ranks:
+        for i in shard_indices(len(items), world_size, rank):
+            item = items[i]
+            try:
+                if stage.output_exists(args, item):
+                    continue
+            except Exception:
+                pass  # a malformed item still needs its failure journaled by the job
+            prev = failed.get(item)
+            if prev is not None and not args.retry_failed and not prev.get("transient"):
+                continue
+            pending.append(rank)
+            break
+    return pending
+
+
+def make_executor(stage: Stage, args: argparse.Namespace, name: str) -> tuple[submitit.Executor, str]:
+    """The submitit executor and the backend's name (``slurm``, ``local`` or ``debug``)."""
+    folder = slurm_log_dir(stage, args)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Slurm counts whole minutes; submitit signals the job this long before its limit.
+    signal_delay = 120 if args.timeout_min >= 10 else max(1, int(args.timeout_min * 60 / 4))
+    if args.slurm_cluster == "local":
+        # The local backend (tests, one workstation) takes fractional minutes and its own delay.
+        executor = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=args.max_requeues)
+        executor.update_parameters(
+            timeout_min=args.timeout_min, signal_delay_s=signal_delay, gpus_per_node=args.gpus_per_node,
+        )
+        return executor, "local"
+    executor = submitit.AutoExecutor(
+        folder=folder / "%j", cluster=args.slurm_cluster, slurm_max_num_timeout=args.max_requeues,
+    )
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": max(1, math.ceil(args.timeout_min)),
+        "cpus_per_task": args.cpus_per_task,
+        "mem_gb": args.mem_gb,
+        "slurm_array_parallelism": args.array_parallelism,
+        "slurm_signal_delay_s": signal_delay,
+    }
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    optional = {
+        "slurm_partition": args.partition, "slurm_account": args.account, "slurm_qos": args.qos,
+        "slurm_constraint": args.constraint, "slurm_exclude": args.slurm_exclude,
+    }
+    params.update({k: v for k, v in optional.items() if v})
+    executor.update_parameters(**params)
+    return executor, executor.cluster
+
+
+def submit(stage: Stage, args: argparse.Namespace) -> int:
+    """Submit one job (``--rank``) or one array of the ranks that still have work."""
+    world_size = args.world_size or 1
+    if args.rank is not None:
+        shard_indices(0, world_size, args.rank)
+        ranks = [args.rank]
+    else:
+        ranks = list(range(world_size))
+    name = job_name(stage, args, world_size)
+    queued = active_ranks(stage, args, name)
+    for rank in ranks:
+        if rank in queued:
+            print(f"rank {rank}: already queued or running as job {queued[rank]} ({name}); not submitted again")
+    ranks = [r for r in ranks if r not in queued]
+    todo = ranks_with_work(stage, args, ranks, world_size)
+    finished = sorted(set(ranks) - set(todo))
+    if finished:
+        print(f"{len(finished)} rank(s) have nothing left to do: {format_ranges(finished)}")
+    if not todo:
+        print(f"nothing to submit for {name}")
+        return EXIT_OK
+
+    executor, cluster = make_executor(stage, args, name)
+    job_fn = ShardJob(stage)
+    if len(todo) == 1 and args.rank is not None:
+        jobs = [executor.submit(job_fn, args, todo[0], world_size)]
+    else:
+        jobs = executor.map_array(job_fn, [args] * len(todo), todo, [world_size] * len(todo))
+    record = {
+        "name": name, "cluster": cluster, "time": time.time(), "world_size": world_size,
+        "jobs": [{"job_id": str(job.job_id), "rank": rank} for job, rank in zip(jobs, todo, strict=True)],
+    }
+    first = str(jobs[0].job_id).replace("/", "_")
+    atomic_write_json(_submissions_dir(stage, args) / f"{int(time.time() * 1000)}-{first}.json", record)
+    print(f"submitted {len(jobs)} job(s) named {name} on {cluster}: "
+          + ", ".join(f"rank {r} -> {j.job_id}" for j, r in zip(jobs[:8], todo, strict=False))
+          + (" ..." if len(jobs) > 8 else ""))
+    print(f"logs: {slurm_log_dir(stage, args)}/<job id>/ ; journals: {journal_dir(args, stage)}/")
+    if not args.slurm_wait:
+        return EXIT_OK
+    return wait_for_jobs(jobs, todo)
+
+
+def wait_for_jobs(jobs: list, ranks: list[int]) -> int:
+    """Wait and say how each job ended; a cancelled job is reported, never waited on forever."""
+    status = EXIT_OK
+    for job, rank in zip(jobs, ranks, strict=True):
+        try:
+            result = job.result()
+        except submitit.core.utils.UncompletedJobError as exc:
+            state = _job_state(job)
+            print(f"rank {rank} (job {job.job_id}) did not complete: {state}. "
+                  f"Re-run the same command to finish its work. ({str(exc).splitlines()[0]})")
+            status = max(status, EXIT_ITEMS_FAILED)
+            continue
+        except Exception as exc:  # the job raised: systemic stop inside it
+            print(f"rank {rank} (job {job.job_id}) failed: {str(exc).strip().splitlines()[-1]}")
+            status = EXIT_SYSTEMIC
+            continue
+        summary = ShardSummary(**result)
+        print(summary.line())
+        status = max(status, summary.exit_code)
+    return status
+
+
+def _job_state(job: Any) -> str:
+    with contextlib.suppress(Exception):
+        return str(job.state)
+    return "UNKNOWN"

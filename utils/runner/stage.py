@@ -1,0 +1,311 @@
+"""The stage contract and the run loop every stage shares.
+
+A stage is a :class:`Stage` subclass: it lists its items, says whether an item's final output
+exists, and processes one item. :func:`run_shard` does the rest: which items belong to this
+rank, skipping finished work, the journal, failures that must not stop a shard, faults that
+must, and the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from utils.core.errors import (
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    EXIT_SYSTEMIC,
+    PROGRESS_INTERVAL_S,
+    ItemError,
+    NotReady,
+    SystemicError,
+    UsageError,
+    is_systemic,
+)
+from utils.core.layout import DatasetLayout
+from utils.runner.journal import Journal, latest_item_events, read_journals
+
+log = logging.getLogger("trackverse")
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+def shard_indices(num_items: int, world_size: int, rank: int) -> range:
+    """Item ``i`` belongs to rank ``r`` iff ``i % world_size == r``."""
+    if world_size < 1:
+        raise UsageError(f"--world_size must be at least 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise UsageError(f"--rank {rank} is outside [0, --world_size {world_size})")
+    return range(rank, num_items, world_size)
+
+
+def resolve_rank(rank: int | None, world_size: int | None, environ: dict | None = None) -> tuple[int, int]:
+    """Rank and world size from the flags, else from an ``sbatch --array`` job's variables.
+
+    Inside an array job without ``--rank``, the rank is ``SLURM_ARRAY_TASK_ID`` (offset by
+    ``SLURM_ARRAY_TASK_MIN``) and the world size ``--world_size`` if given, else
+    ``SLURM_ARRAY_TASK_COUNT``.
+    """
+    env = os.environ if environ is None else environ
+    if rank is None and "SLURM_ARRAY_TASK_ID" in env:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        rank = task - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        if world_size is None:
+            world_size = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
+    if world_size is None:
+        world_size = 1
+    if rank is None:
+        if world_size != 1:
+            raise UsageError(
+                f"--world_size {world_size} without --rank: give --rank, run inside an sbatch array, "
+                "or add --slurm to submit every rank"
+            )
+        rank = 0
+    shard_indices(0, world_size, rank)  # validates
+    return rank, world_size
+
+
+def read_item_list(path: str | os.PathLike) -> list[str]:
+    """Items of a list file: one per line; blank lines and ``#`` comments are not items."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"item list {path} does not exist")
+    items = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                items.append(line)
+    if not items:
+        raise UsageError(f"item list {path} has no items (it is empty or only comments)")
+    return items
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+class Stage:
+    """A stage is a function over items. Subclasses set ``name`` and implement
+    ``list_items``, ``output_exists`` and ``process``; ``setup`` loads what every item
+    shares (a model) once per rank."""
+
+    name: str = "stage"
+    description: str = ""
+    default_slurm: dict[str, Any] = {}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Stage-specific flags."""
+
+    def validate_args(self, args: argparse.Namespace) -> None:
+        """Raise UsageError for bad flags before any work or submission."""
+
+    def job_key(self, args: argparse.Namespace) -> str:
+        """Journal folder and Slurm job name stem; include e.g. the dataset name."""
+        return self.name
+
+    def list_items(self, args: argparse.Namespace) -> list[str]:
+        raise NotImplementedError
+
+    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
+        raise NotImplementedError
+
+    def setup(self, args: argparse.Namespace) -> Any:
+        return None
+
+    def process(self, args: argparse.Namespace, item: str, resources: Any) -> dict[str, float] | None:
+        """Make the item's final output (atomically). Return optional numeric stats
+        (e.g. ``{"video_s": 12.5}``) that progress and summaries show as rates; entries
+        whose value is not a number (text, lists) are journaled with the ``done`` record
+        as ``notes`` (e.g. what was repaired) and not summed."""
+        raise NotImplementedError
+
+    def teardown(self, resources: Any) -> None:
+        """Release what ``setup`` made."""
+
+
+@dataclass
+class ShardSummary:
+    stage: str
+    rank: int
+    world_size: int
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    previously_failed: int = 0
+    failed: int = 0
+    not_ready: int = 0
+    seconds: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+    failures_by_category: dict[str, int] = field(default_factory=dict)
+    systemic_error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.systemic_error:
+            return EXIT_SYSTEMIC
+        return EXIT_ITEMS_FAILED if self.failed else EXIT_OK
+
+    def line(self) -> str:
+        rates = "".join(
+            f", {value:.1f} {name} ({value / max(self.seconds, 1e-9):.2f} {name}/s)"
+            for name, value in sorted(self.stats.items())
+        )
+        text = (
+            f"[{self.stage} rank {self.rank}/{self.world_size}] {self.total} items: {self.done} done, "
+            f"{self.skipped} skipped (already done), {self.failed} failed"
+        )
+        if self.not_ready:
+            text += f", {self.not_ready} not ready (inputs missing: re-run later)"
+        if self.previously_failed:
+            text += f", {self.previously_failed} failed before and not retried (--retry_failed)"
+        if self.failures_by_category:
+            text += " [" + ", ".join(f"{k}: {v}" for k, v in sorted(self.failures_by_category.items())) + "]"
+        text += f" in {self.seconds:.1f} s{rates}"
+        if self.systemic_error:
+            text += f"\nSTOPPED: {self.systemic_error}"
+        return text
+
+
+def journal_dir(args: argparse.Namespace, stage: Stage) -> Path:
+    return DatasetLayout(args.base_dir).logs_dir(stage.job_key(args))
+
+
+def journal_path(args: argparse.Namespace, stage: Stage, rank: int, world_size: int) -> Path:
+    return journal_dir(args, stage) / f"rank-{rank:05d}-of-{world_size:05d}.jsonl"
+
+
+def previous_failures(args: argparse.Namespace, stage: Stage) -> dict[str, dict]:
+    """Latest record per item across every journal of the stage, failures only."""
+    latest = latest_item_events(read_journals(journal_dir(args, stage)))
+    return {item: rec for item, rec in latest.items() if rec.get("event") == "failed"}
+
+
+def _is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int) -> ShardSummary:
+    """Process this rank's items: skip finished ones, journal failures, stop on systemic faults."""
+    started = time.time()
+    summary = ShardSummary(stage=stage.job_key(args), rank=rank, world_size=world_size)
+    items = stage.list_items(args)
+    mine = [items[i] for i in shard_indices(len(items), world_size, rank)]
+    summary.total = len(mine)
+    failed_before = previous_failures(args, stage)
+    max_consecutive = getattr(args, "max_consecutive_errors", 25)
+
+    with Journal(journal_path(args, stage, rank, world_size)) as journal:
+        journal.write("start", rank=rank, world_size=world_size, items=len(mine), argv=sys.argv)
+        resources = None
+        consecutive_unexpected = 0
+        try:
+            resources = stage.setup(args)
+            bar = tqdm(
+                mine,
+                desc=f"{stage.job_key(args)} {rank}/{world_size}",
+                unit="item",
+                dynamic_ncols=True,
+                mininterval=0.5 if _is_tty() else 30,
+                file=sys.stderr,
+            )
+            last_progress = time.time()
+            for item in bar:
+                if time.time() - last_progress >= PROGRESS_INTERVAL_S:
+                    # lets status.py count skipped items and see the rank alive
+                    journal.write("progress", total=summary.total, done=summary.done, skipped=summary.skipped,
+                                  failed=summary.failed, previously_failed=summary.previously_failed)
+                    last_progress = time.time()
+                try:
+                    if stage.output_exists(args, item):
+                        summary.skipped += 1
+                        continue
+                except Exception as exc:  # a malformed item id, typically
+                    _record_failure(journal, summary, item, exc, 0.0)
+                    continue
+                previous = failed_before.get(item)
+                if previous is not None and not args.retry_failed and not previous.get("transient"):
+                    summary.previously_failed += 1
+                    continue
+                item_started = time.time()
+                try:
+                    stats = stage.process(args, item, resources) or {}
+                except NotReady as exc:
+                    summary.not_ready += 1
+                    journal.write("not_ready", item, reason=exc.reason)
+                    continue
+                except Exception as exc:
+                    if is_systemic(exc):
+                        raise
+                    _record_failure(journal, summary, item, exc, time.time() - item_started)
+                    if not isinstance(exc, ItemError):
+                        consecutive_unexpected += 1
+                        if consecutive_unexpected >= max_consecutive:
+                            raise SystemicError(
+                                f"{consecutive_unexpected} items in a row failed with unexpected errors "
+                                f"(last: {item}: {type(exc).__name__}: {exc}); this looks systemic"
+                            ) from exc
+                    continue
+                consecutive_unexpected = 0
+                seconds = time.time() - item_started
+                summary.done += 1
+                notes = {k: v for k, v in stats.items() if isinstance(v, bool) or not isinstance(v, int | float)}
+                stats = {k: v for k, v in stats.items() if k not in notes}
+                for key, value in stats.items():
+                    summary.stats[key] = summary.stats.get(key, 0.0) + float(value)
+                journal.write("done", item, seconds=round(seconds, 3), stats=stats, **({"notes": notes} if notes else {}))
+                elapsed = max(time.time() - started, 1e-9)
+                postfix = {"done": summary.done, "skip": summary.skipped, "fail": summary.failed}
+                postfix.update({f"{k}/s": f"{v / elapsed:.2f}" for k, v in summary.stats.items()})
+                bar.set_postfix(postfix, refresh=False)
+            bar.close()
+        except Exception as exc:
+            if not is_systemic(exc) and not isinstance(exc, UsageError):
+                # setup() failing (model missing) is systemic by nature.
+                exc = SystemicError(f"{type(exc).__name__}: {exc}")
+            summary.systemic_error = str(exc)
+            journal.write("systemic", error=str(exc), traceback=traceback.format_exc(limit=8))
+        finally:
+            if resources is not None:
+                with contextlib.suppress(Exception):
+                    stage.teardown(resources)
+            summary.seconds = round(time.time() - started, 3)
+            journal.write("summary", **asdict(summary))
+    return summary
+
+
+def _record_failure(journal: Journal, summary: ShardSummary, item: str, exc: Exception, seconds: float) -> None:
+    if isinstance(exc, ItemError):
+        reason, transient, category = exc.reason, exc.transient, exc.category
+        tb = None
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+        transient, category = False, getattr(exc, "category", type(exc).__name__)
+        if isinstance(exc, ValueError) and "YouTube id" in str(exc):
+            category = "invalid_id"
+        tb = traceback.format_exc(limit=6)
+    summary.failed += 1
+    summary.failures_by_category[category] = summary.failures_by_category.get(category, 0) + 1
+    journal.write(
+        "failed", item, reason=reason, transient=transient, category=category,
+        seconds=round(seconds, 3), traceback=tb,
+    )
+    tqdm.write(f"FAILED {item}: {reason}", file=sys.stderr)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` (every script, sharded stage or not)."""
+    logging.basicConfig(
+        level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr, force=True,
+    )

@@ -1,0 +1,1 @@
+"""What users call from their own code: the training dataset and QA pages."""
