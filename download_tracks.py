@@ -1,5 +1,4 @@
-"""Step 7: rebuild a released TrackVerse subset from its metadata file: download each video and
-cut its tracks, keeping the released file names (see utils/clips/cut.py)."""
+"""Step 7: rebuild a released TrackVerse subset from its metadata file. What it does and every flag: ``python download_tracks.py --help`` (library: ``utils.clips.released``)."""
 
 import sys
 

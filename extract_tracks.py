@@ -1,5 +1,4 @@
-"""Step 4a: cut every track of each video into its own mp4, all tracks of a video from one
-decoding pass (see utils/clips/cut.py)."""
+"""Step 4a: cut every track into its own mp4, one decoding pass per video. What it does and every flag: ``python extract_tracks.py --help`` (library: ``utils.clips.stage``)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Step 3a: blur faces in every video of the dataset root (see utils/ingest/anonymize.py)."""
+"""Step 3a: blur faces in every video of the dataset root. What it does and every flag: ``python gdpr_blur_faces.py --help`` (library: ``utils.ingest.stage``)."""
 
 import sys
 

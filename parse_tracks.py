@@ -1,10 +1,4 @@
-"""Stage 4: detect and track objects in every scene segment of each video -> track metadata.
-
-    python parse_tracks.py --base_dir $TRACKVERSE_DB --yid_index_fn assets/trackverse-yids-all.txt \\
-        --dataset_name TrackVerseLVIS --class_prompts assets/lvis-prompts.txt --world_size 128 --rank 7
-
-The library is ``utils/detect/parse.py``; run with ``--help`` for every flag.
-"""
+"""Step 4: detect and track objects in every scene of each video. What it does and every flag: ``python parse_tracks.py --help`` (library: ``utils.detect.stage``)."""
 
 import sys
 

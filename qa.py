@@ -31,15 +31,15 @@ def main() -> int:
     layout = DatasetLayout(args.base_dir)
     if args.yid:
         records = list(read_records(layout.tracks_meta(args.dataset_name, args.yid)))
-        out = args.out or layout.base_dir / "qa" / args.yid
+        out = args.out or layout.qa_dir(args.yid)
         sheet = contact_sheet(layout.video_mp4(args.yid), records, out / f"{args.yid}.png", frames=12)
         print(f"contact sheet of {len(records)} tracks: {sheet}")
         return 0
     if not args.records:
         parser.error("give --records (a subset or index file) or --yid")
     records_file = layout.relative(args.records)
-    clips_dir = Path(args.clips_dir) if args.clips_dir else layout.base_dir / "tracks_mp4" / args.dataset_name
-    out = args.out or layout.base_dir / "qa" / records_file.name.split(".jsonl")[0]
+    clips_dir = Path(args.clips_dir) if args.clips_dir else layout.tracks_mp4_dir(args.dataset_name)
+    out = args.out or layout.qa_dir(records_file.name.split(".jsonl")[0])
     result = build_gallery(args.base_dir, records_file, out, clips_dir, args.per_class, args.max_classes, args.seed)
     print(f"gallery of {result.tracks} tracks in {result.classes} classes ({result.sheets} contact sheets, "
           f"{result.missing_clips} clips missing): open {result.page.resolve().as_uri()}")

@@ -1,4 +1,4 @@
-"""Step 5a: per-track motion (optical flow) or appearance embeddings (see utils/metrics/compute.py)."""
+"""Step 5a: per-track motion or appearance embeddings. What it does and every flag: ``python visual_metrics.py --help`` (library: ``utils.metrics.stage``)."""
 
 import sys
 

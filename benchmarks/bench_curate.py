@@ -6,14 +6,14 @@ its time is excluded. Then, in one run:
 
 - index (the CLI, ``--num_workers`` = CPUs): seconds, MB/s of gzip and of JSON in, peak memory,
   and the per-record cost of its parts (read, parse, validate, compress) on a sample;
-- sample_random and sample_class_balanced (the CLI, the issue's N and Nc): seconds, peak memory;
+- sample_random and sample_class_balanced (the CLI, the default N and Nc): seconds, peak memory;
 - selection from the Parquet companion vs re-parsing the JSON index (the original's way), same
   ranking code: seconds and ratio;
 - writing a subset by copying gzip members at stored offsets vs streaming the whole index once
   and re-compressing the selected lines: seconds and ratio;
 - optionally (``--constraints``) class-balanced sampling with ``--min_motion`` (synthetic motion
   metric) and with ``--max_spt_iou``;
-- optionally (``--min_red``) sample_max_motion and sample_min_red with the issue's Nc on synthetic
+- optionally (``--min_red``) sample_max_motion and sample_min_red with the default Nc on synthetic
   L2-normalised embeddings of ``--min_red_dim`` dimensions (2048: visual_metrics.py's ResNet-50):
   a point per class, an offset per video, noise, so that tracks of one video are near-duplicates.
 
@@ -58,7 +58,7 @@ DS = "BenchLVIS"
 INDEX = f"tracks_subsets/{DS}/{DS}-Full.jsonl.gzip"
 N_CLASSES = 1203
 TARGET = 4_000_000
-N_FULL = (82, 184, 259, 392)  # the issue's random subset sizes at 4M tracks (thousands)
+N_FULL = (82, 184, 259, 392)  # the default random subset sizes at 4M tracks (thousands)
 NC = (100, 300, 500, 1000)
 
 
@@ -158,7 +158,7 @@ def cli(*args: object) -> Run:
 
 def baseline_memory_gb() -> float:
     """Peak memory of a Python that only imported curate_db (interpreter, numpy, pyarrow)."""
-    code = "import curate_db, pyarrow.parquet; from utils.curate import peak_memory_gb; print(peak_memory_gb())"
+    code = "import curate_db, pyarrow.parquet; from utils.core.resources import peak_memory_gb; print(peak_memory_gb())"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return float(out.stdout)
 
@@ -366,7 +366,7 @@ def main() -> None:
         verified = ("--verified_list", base / "verified.txt")
         n_random = [f"{n / scale:.4g}" for n in N_FULL]
         run = cli("--action", "sample_random", "--N", *n_random, *verified, "--no_plots", *common)
-        report_sampling(f"sample_random --N {' '.join(n_random)} (the issue's sizes x {1 / scale:.3g})",
+        report_sampling(f"sample_random --N {' '.join(n_random)} (the default sizes x {1 / scale:.3g})",
                         run)
         run = cli("--action", "sample_class_balanced", "--Nc", *NC, *verified, *common)
         report_sampling(f"sample_class_balanced --Nc {' '.join(map(str, NC))} --temperature 0", run)
@@ -475,6 +475,7 @@ def bench_metric_actions(base: Path, index_path: Path, dim: int, common: tuple, 
 def report_sampling(title: str, run: Run) -> None:
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in run.phases().items())
     print(f"{title}: {run.wall:.2f} s wall, {run.cpu:.2f} CPU s ({phases}), peak {run.peak:.2f} GB")
+
 
 if __name__ == "__main__":
     main()

@@ -131,3 +131,32 @@ def test_keep_original_and_corrupt_video(tmp_path):
     assert "corrupt0001" in proc.stderr
     assert good.with_name(f"{YID}.orig.mp4").exists()
     assert layout.video_sidecar(YID, "blurred").exists()
+
+
+def test_done_check_reads_no_video_content_unless_verifying(face_db, monkeypatch):
+    """A re-run (or a --slurm submission) decides "already blurred" from the size, time and inode
+    recorded at commit: no video is read. A copied file (same size, new inode) or --verify is
+    checked by its hash; a changed file is never taken as done."""
+    import shutil
+
+    import utils.ingest.anonymize as anonymize
+
+    assert run_blur(face_db).returncode == 0
+    layout = DatasetLayout(face_db)
+    video, sidecar = layout.video_mp4(YID), layout.video_sidecar(YID, "blurred")
+    hashed = []
+    real_hash = anonymize.file_sha256
+    monkeypatch.setattr(anonymize, "file_sha256", lambda path: hashed.append(path) or real_hash(path))
+
+    assert anonymize.is_blurred(video, sidecar) and hashed == []
+    assert anonymize.is_blurred(video, sidecar, verify=True) and len(hashed) == 1
+
+    copy = video.with_name("copy.mp4")
+    shutil.copy(video, copy)
+    os.replace(copy, video)  # same bytes, new inode and time: verified by hash, still done
+    assert anonymize.is_blurred(video, sidecar) and len(hashed) == 2
+
+    data = bytearray(video.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    video.write_bytes(bytes(data))
+    assert not anonymize.is_blurred(video, sidecar)

@@ -16,6 +16,7 @@ from utils.clips.geometry import (
     smoothing_sigma,
     track_overlap,
 )
+from utils.core.errors import BadGeometryError, ZeroSizeTrackError
 
 
 def _ts(n: int, dt: float, t0: float = 0.0) -> np.ndarray:
@@ -248,8 +249,12 @@ def test_zero_size_boxes_are_skipped() -> None:
     ],
 )
 def test_plan_validation(ts: list, boxes: list, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(BadGeometryError, match=message) as raised:
         plan_clip(ts, boxes, (100, 100))
+    # the category is the error's type, whatever its message says
+    zero = message == "zero width or height"
+    assert isinstance(raised.value, ZeroSizeTrackError) == zero
+    assert raised.value.category == ("zero_size" if zero else "bad_geometry")
 
 
 def test_plan_rejects_bad_frame_and_duration() -> None:

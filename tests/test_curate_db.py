@@ -5,6 +5,8 @@ files reader of utils/records/metrics_store.py."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import errno
 import gzip
 import io
 import json
@@ -21,9 +23,11 @@ import pytest
 
 import curate_db
 from tests.conftest import SHARED_ASSETS, run_cli
+from utils.core.config import config_from_args
 from utils.core.errors import UsageError
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout, companion_path, report_path
+from utils.curate.config import CurateConfig, validate_sampling
 from utils.curate.constraints import (
     NO_VALUE,
     SamplingConstraints,
@@ -33,7 +37,7 @@ from utils.curate.constraints import (
     spt_iou,
     walk_class,
 )
-from utils.curate.subsets import read_verified_yids
+from utils.curate.subsets import read_verified_yids, run_sampling
 from utils.records.index_file import IndexMismatchError, IndexReader, load_track_table
 from utils.records.metrics_store import (
     MetricsError,
@@ -151,11 +155,15 @@ def test_index_merges_validates_and_survives_damage(tmp_path, capsys):
     clash = make_record(yid_of(2), 1, 5.0, 999)
     clash.fn = good[2][0].fn
     write_meta(base, yid_of(2), [*good[2], clash])
-    # invalid lines among valid ones: negative box width, not JSON, another video's record
+    # invalid lines among valid ones: negative box width, not JSON, another video's record, and
+    # JSON objects of the wrong shape (a number where a list belongs)
     bad = json.loads(good[3][0].to_json())
     bad["track_bbox"][0][2] = -5.0
+    span_not_list = {"yid": yid_of(3), "frame_ts": [0.0, 1.0], "track_ts": 5, "track_bbox": [[0, 0, 9, 9]] * 2}
+    desc_not_list = {"yid": yid_of(3), "track_ts": [0.0, 1.0], "track_bbox": [[0, 0, 9, 9]] * 2, "top10_desc": 5}
     lines = [good[3][0].to_json().encode() + b"\n", json.dumps(bad).encode() + b"\n", b"{not json\n",
-             good[4][0].to_json().encode() + b"\n", good[3][1].to_json().encode() + b"\n"]
+             good[4][0].to_json().encode() + b"\n", json.dumps(span_not_list).encode() + b"\n",
+             json.dumps(desc_not_list).encode() + b"\n", good[3][1].to_json().encode() + b"\n"]
     write_meta(base, yid_of(3), [], raw_lines=lines)
     # the released spelling is read and written canonically
     released = make_record(yid_of(6), 2, 1.5, 600)
@@ -194,13 +202,14 @@ def test_index_merges_validates_and_survives_damage(tmp_path, capsys):
     assert "track_mp4_filename" not in index_text and index_text.count("\n") == len(got)
 
     report = json.loads(report_path(DatasetLayout(base).relative(INDEX)).read_text())
-    assert report["duplicate_tid"] == 4 and report["duplicate_fn"] == 1 and report["invalid"] == 3
+    assert report["duplicate_tid"] == 4 and report["duplicate_fn"] == 1 and report["invalid"] == 5
     problems = {p["file"]: p for p in report["problems"]}
     assert problems[f"{yid_of(7)[:2]}/{yid_of(7)}-meta.jsonl.gzip"]["kind"] == "damaged"
     assert problems[f"{yid_of(8)[:2]}/{yid_of(8)}-meta.jsonl.gzip"]["kept_lines"] == 0
     assert problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["kind"] == "invalid lines"
     assert any("negative width" in m for m in problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["messages"])
     assert any("of video" in m for m in problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["messages"])
+    assert sum("malformed track record" in m for m in problems[f"{yid_of(3)[:2]}/{yid_of(3)}-meta.jsonl.gzip"]["messages"]) == 2
     for name in (f"{yid_of(7)}-meta", f"{yid_of(8)}-meta", f"{yid_of(3)}-meta"):
         assert name in out
 
@@ -222,6 +231,85 @@ def test_index_does_not_depend_on_workers(tmp_path):
     two = (target.read_bytes(), pq.read_table(companion_path(target)))
     assert one[0] == two[0] and one[1].equals(two[1])
     assert len(read_records(target)) == 30 * 3 + 1
+
+
+def _index_files(base: Path) -> dict[str, bytes]:
+    """The index, its companion and report, and every file under the metadata folder."""
+    target = DatasetLayout(base).relative(INDEX)
+    meta = DatasetLayout(base).tracks_meta_dir(DS)
+    files = [target, companion_path(target), report_path(target), *meta.rglob("*")]
+    return {str(p): p.read_bytes() for p in files if p.is_file()}
+
+
+def _fail_on_video(monkeypatch, exc: BaseException, yid: str) -> None:
+    """Make the index's record parsing raise ``exc`` for the records of ``yid`` only."""
+    import utils.curate.index as index_module
+
+    original = TrackRecord.from_dict
+
+    def from_dict(data, validate=True):
+        if data.get("yid") == yid:
+            raise exc
+        return original(data, validate)
+
+    monkeypatch.setattr(index_module.TrackRecord, "from_dict", from_dict)
+
+
+def test_index_stops_on_a_systemic_fault_instead_of_dropping_lines(tmp_path, monkeypatch, capsys):
+    """MemoryError while reading one line is not a bad line: the run stops with exit 3 and one
+    line, and the previous index, its companion and report and the metadata are left as they were."""
+    build_db(tmp_path, videos=6, per_video=2)
+    assert index(tmp_path) == 0
+    before = _index_files(tmp_path)
+    capsys.readouterr()
+    _fail_on_video(monkeypatch, MemoryError("cannot allocate"), yid_of(3))
+    assert index(tmp_path) == 3
+    assert capsys.readouterr().err.splitlines()[-1] == "STOPPED: MemoryError: cannot allocate"
+    assert _index_files(tmp_path) == before
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), AttributeError("a bug"), KeyError("a bug")])
+def test_index_does_not_count_a_bug_as_an_invalid_line(tmp_path, monkeypatch, error):
+    """A programming error while validating a record propagates (a traceback, not exit 1 with
+    the line reported as invalid) and nothing is written or deleted."""
+    build_db(tmp_path, videos=6, per_video=2)
+    assert index(tmp_path) == 0
+    before = _index_files(tmp_path)
+    _fail_on_video(monkeypatch, error, yid_of(3))
+    with pytest.raises(type(error), match="a bug"):
+        index(tmp_path)
+    assert _index_files(tmp_path) == before
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [(errno.EACCES, 1), (errno.EIO, 1), (errno.EMFILE, 3)])
+def test_index_unreadable_file_is_reported_unless_systemic(tmp_path, monkeypatch, capsys, code, exit_code):
+    """An OSError on one metadata file names the file and the run goes on; one that no file
+    would survive (too many open files) stops it."""
+    import utils.curate.index as index_module
+
+    build_db(tmp_path, videos=4, per_video=2)
+    bad = str(DatasetLayout(tmp_path).tracks_meta(DS, yid_of(2)))
+    original = index_module.gzip.open
+
+    def gzip_open(path, *args, **kwargs):
+        if str(path) == bad:
+            raise OSError(code, os.strerror(code))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(index_module.gzip, "open", gzip_open)
+    assert index(tmp_path) == exit_code
+    monkeypatch.undo()
+    if exit_code == 1:
+        report = json.loads(report_path(DatasetLayout(tmp_path).relative(INDEX)).read_text())
+        assert [(p["file"], p["kind"]) for p in report["problems"]] == [
+            (f"{yid_of(2)[:2]}/{yid_of(2)}-meta.jsonl.gzip", "damaged")]
+        assert "unreadable" in report["problems"][0]["messages"][0]
+        assert {r.yid for r in read_records(DatasetLayout(tmp_path).relative(INDEX))} == {
+            yid_of(v) for v in (0, 1, 3)}
+    else:
+        assert capsys.readouterr().err.splitlines()[-1] == "STOPPED: OSError: [Errno 24] Too many open files"
+        assert not DatasetLayout(tmp_path).relative(INDEX).exists()
 
 
 def test_index_without_metadata_is_a_usage_error(tmp_path, capsys):
@@ -334,6 +422,34 @@ def test_sampling_through_the_command_line(db, tmp_path):
     bad = run_cli("curate_db.py", "--action", "sample_class_balanced", "--base_dir", copy, "--index_file",
                   "tracks_subsets/none.jsonl.gzip", "--verified_list", verified)
     assert bad.returncode == 2 and "--action index" in bad.stderr
+
+
+def test_one_frozen_config_makes_the_flags_and_drives_the_library(db, tmp_path):
+    """Every flag is a field of CurateConfig (and back); validation returns a new config and
+    leaves the given one as it was; run_sampling runs from a config built without argparse."""
+    base, _, verified = db
+    parser = curate_db.build_parser()
+    flags = {action.dest for action in parser._actions if action.dest != "help"}
+    assert flags == {f.name for f in dataclasses.fields(CurateConfig)} - {"progress"}
+    parsed = config_from_args(CurateConfig, parser.parse_args(
+        ["--action", "sample_random", "--base_dir", str(base), "--index_file", INDEX, "--N", "0.02", "0.01", "0.02",
+         "--verified_list", str(verified), "--no_plots"]))
+    given = CurateConfig(action="sample_random", base_dir=base, index_file=INDEX, N=(0.02, 0.01, 0.02),
+                         verified_list=str(verified), no_plots=True)
+    assert parsed == given
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        given.seed = 1  # type: ignore[misc]
+    checked = validate_sampling(given)
+    assert checked.N == (0.02, 0.01) and given.N == (0.02, 0.01, 0.02)
+    with pytest.raises(UsageError, match="--max_swaps"):
+        validate_sampling(dataclasses.replace(given, max_swaps=3))
+
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    summary = run_sampling(dataclasses.replace(given, base_dir=copy, progress=False))
+    assert [s["subset"] for s in summary.subsets] == [f"{DS}-0.02K-RND.jsonl.gzip", f"{DS}-0.01K-RND.jsonl.gzip"]
+    assert [s["tracks"] for s in summary.subsets] == [20, 10]
+    assert len(subset_records(copy, f"{DS}-0.02K-RND.jsonl.gzip")) == 20
 
 
 def test_pinned_verified_list_is_the_default(tmp_path, monkeypatch):

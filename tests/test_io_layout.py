@@ -1,14 +1,25 @@
-"""Crash-safe writes, journals and the dataset layout."""
+"""Crash-safe writes, what a killed writer leaves (torn lines, gzip or not), journals and the
+dataset layout."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import pytest
 
-from utils.core.io import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temps
-from utils.core.layout import DatasetLayout, InvalidItemError, default_base_dir, inside, validate_yid
+from utils.core.errors import InvalidItemError
+from utils.core.io import (
+    GZIP_STREAM_ERRORS,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    is_gzip,
+    iter_json_lines,
+    open_maybe_gzip,
+)
+from utils.core.layout import DatasetLayout, default_base_dir, inside, validate_yid
 from utils.runner.journal import Journal, latest_item_events, read_journal
 
 
@@ -32,7 +43,6 @@ def test_leftover_temporaries_are_removed_before_the_next_write(tmp_path):
     unrelated.write_text("another item's, being written")
     atomic_write_text(target, "whole")
     assert not stale.exists() and unrelated.exists()
-    assert remove_stale_temps(tmp_path, older_than_s=-1) == 1 and not unrelated.exists()
 
 
 def test_journal_survives_a_torn_last_line(tmp_path):
@@ -46,6 +56,48 @@ def test_journal_survives_a_torn_last_line(tmp_path):
     records = list(read_journal(path))
     assert [r["event"] for r in records] == ["failed", "done"]
     assert latest_item_events(records)["abc"]["event"] == "done"
+
+
+def test_gzip_is_told_by_its_magic_bytes_not_its_name(tmp_path):
+    packed, plain, empty = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gzip", tmp_path / "c.gz"
+    packed.write_bytes(gzip.compress(b'{"a": 1}\n'))
+    plain.write_bytes(b'{"b": 2}\n')
+    empty.write_bytes(b"")
+    assert is_gzip(packed) and not is_gzip(plain) and not is_gzip(empty)
+    for path, text in ((packed, b'{"a": 1}\n'), (plain, b'{"b": 2}\n'), (empty, b"")):
+        with open_maybe_gzip(path) as f:
+            assert f.read() == text
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(gzip.compress(b"x" * 1000)[:20])
+    with pytest.raises(GZIP_STREAM_ERRORS), open_maybe_gzip(cut) as f:
+        f.read()
+
+
+def test_gzip_is_sniffed_in_one_place():
+    root = Path(__file__).resolve().parents[1]
+    sniffers = sorted(
+        str(path.relative_to(root))
+        for path in (root / "utils").rglob("*.py")
+        if "\\x1f\\x8b" in path.read_text(encoding="utf-8")
+    )
+    assert sniffers == ["utils/core/io.py"]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_json_lines_tell_a_torn_last_line_from_a_bad_line(tmp_path, binary):
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \nnot json\n[2, 3]\n{"b": "\xc3\xa8"}\n{"c": "\xc3')
+    with open(path, "rb") if binary else open(path, encoding="utf-8", errors="replace") as f:
+        lines = list(iter_json_lines(f))
+    assert [line.lineno for line in lines] == [1, 4, 5, 6, 7]  # blank lines skipped, still counted
+    assert [line.value for line in lines[:1] + lines[2:4]] == [{"a": 1}, [2, 3], {"b": "\u00e8"}]
+    bad, torn = lines[1], lines[4]
+    assert isinstance(bad.error, ValueError) and not bad.torn and bad.text == (b"not json" if binary else "not json")
+    assert isinstance(torn.error, ValueError) and torn.torn and torn.value is None  # cut inside a character
+    assert all(line.error is None and not line.torn for line in lines[:1] + lines[2:4])
+    # a complete last line without its newline is a line, not a torn one
+    whole = list(iter_json_lines([b'{"a": 1}\n', b'{"b": 2}']))
+    assert [(line.value, line.torn) for line in whole] == [({"a": 1}, False), ({"b": 2}, False)]
 
 
 def test_yid_validation():

@@ -161,6 +161,44 @@ def test_many_unexpected_errors_in_a_row_stop_as_systemic(tmp_path):
     assert not output_path(tmp_path / "db", "ok1").exists()
 
 
+def test_output_check_errors_count_like_processing_errors(tmp_path):
+    """An error while asking whether an item is done is that item's failure (the rest run), counts
+    towards the unexpected-errors-in-a-row limit, and a disk-full error there stops the rank."""
+    proc = toy(tmp_path, items=["lookcrash1", "ok1"])
+    assert proc.returncode == EXIT_ITEMS_FAILED
+    (failed,) = journal_records(tmp_path, "failed")
+    assert failed["item"] == "lookcrash1" and failed["category"] == "KeyError" and "no record" in failed["reason"]
+    assert output_path(tmp_path / "db", "ok1").exists()
+
+    proc = toy(tmp_path, "--max_consecutive_errors", "2", items=["lookcrash2", "crash3", "ok2"])
+    assert proc.returncode == EXIT_SYSTEMIC and "2 items in a row failed" in proc.stderr
+    assert not output_path(tmp_path / "db", "ok2").exists()
+
+    proc = toy(tmp_path, items=["looknospace1", "ok3"])
+    assert proc.returncode == EXIT_SYSTEMIC and "No space left on device" in proc.stderr
+    assert not output_path(tmp_path / "db", "ok3").exists()
+
+
+def test_teardown_failure_is_logged_and_results_stand(tmp_path):
+    proc = toy(tmp_path, "--teardown_fails", items=["ok1"])
+    assert proc.returncode == EXIT_OK
+    assert "teardown failed: RuntimeError: could not release the GPU (simulated)" in proc.stderr
+    (record,) = journal_records(tmp_path, "teardown_failed")
+    assert "could not release the GPU" in record["error"]
+    assert output_path(tmp_path / "db", "ok1").exists()
+
+
+def test_invalid_ids_are_typed_not_recognised_by_message(tmp_path):
+    """The category comes from the error's type, whatever its text says."""
+    from utils.core.errors import InvalidItemError, ItemError
+
+    err = InvalidItemError("'../x' is not an 11-character id")
+    assert isinstance(err, ItemError) and isinstance(err, ValueError) and err.category == "invalid_id"
+    assert toy(tmp_path, items=["Bad Name", "ok1"]).returncode == EXIT_ITEMS_FAILED
+    (failed,) = journal_records(tmp_path, "failed")
+    assert failed["category"] == "invalid_id" and failed["traceback"] is None
+
+
 def test_sigkill_mid_write_leaves_nothing_a_rerun_trusts(tmp_path):
     items = [f"big{i}" for i in range(6)]
     write_items(tmp_path / "items.txt", items)
@@ -284,11 +322,11 @@ def test_unanswered_squeue_refuses_to_submit_duplicates(tmp_path):
     items = ["it0", "it1"]
     write_items(tmp_path / "items.txt", items)
     from tests.toy_stage import STAGE
-    from utils.runner.cli import build_parser
+    from utils.runner.cli import parse_config
     from utils.runner.slurm import job_name
 
-    args = build_parser(STAGE).parse_args(["--base_dir", str(tmp_path / "db"), "--item_list", "x"])
-    name = job_name(STAGE, args, 1)
+    config, _ = parse_config(STAGE, ["--base_dir", str(tmp_path / "db"), "--item_list", "x"])
+    name = job_name(STAGE, config, 1)
     record_dir = tmp_path / "db" / "logs" / "slurm" / "toy" / "submissions"
     record_dir.mkdir(parents=True)
     (record_dir / "1-100.json").write_text(json.dumps(

@@ -32,7 +32,7 @@ from utils.detect.stage import PARSE_TRACKS_STAGE, detector_options
 from utils.detect.tracking import TrackHistory, iou_matrix
 from utils.records.prompts import read_prompts
 from utils.records.tracks import TrackRecord, read_records
-from utils.runner.cli import build_parser, main
+from utils.runner.cli import main, parse_config
 from utils.runner.journal import read_journals
 from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
@@ -452,7 +452,7 @@ def test_detector_options(prompts_file):
     vocab = read_prompts(prompts_file)
 
     def parse(*flags: str):
-        return build_parser(PARSE_TRACKS_STAGE).parse_args(["--yid_index_fn", "x", *flags])
+        return parse_config(PARSE_TRACKS_STAGE, ["--yid_index_fn", "x", *flags])[0]
 
     owl = detector_options(parse("--model", "/models/owl", "--nms_threshold", "0.3"), vocab)
     assert owl == {"prompts": PROMPTS, "device": "auto", "batch_size": 8, "nms_threshold": 0.3,
@@ -468,9 +468,9 @@ def test_detector_options(prompts_file):
 
 
 def test_config_from_flags():
-    args = build_parser(PARSE_TRACKS_STAGE).parse_args(["--yid_index_fn", "x"])
-    config = ParseConfig.from_args(args)
+    config = parse_config(PARSE_TRACKS_STAGE, ["--yid_index_fn", "x"])[0].parse
     assert config == ParseConfig()  # flag defaults and library defaults agree
+    assert parse_config(PARSE_TRACKS_STAGE, ["--yid_index_fn", "x", "--max_side", "0"])[0].parse.max_side is None
     tracker = config.make_tracker()
     assert (tracker.track_thresh, tracker.low_thresh, tracker.match_thresh, tracker.motion_weight) == (
         0.55, 0.1, 0.45, 0.4)

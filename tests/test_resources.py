@@ -1,11 +1,18 @@
-"""What a process may use: CPUs (affinity, Slurm's share) and memory (MemAvailable, cgroup limits)."""
+"""What a process may use: CPUs (affinity, Slurm's share), memory (MemAvailable, cgroup
+limits) and the torch device (one policy for every model)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+import torch
+
+from utils.core.models import resolve_device, torch_device
 from utils.core.resources import available_cpus, available_memory_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GiB = 1 << 30
 
@@ -47,3 +54,30 @@ def test_memory_is_the_least_of_mem_available_and_the_cgroups_headroom(tmp_path)
     assert available_memory_bytes(proc, cgroup) == 2 * GiB - 123
     # nothing readable
     assert available_memory_bytes(tmp_path / "none", tmp_path / "none") is None
+
+
+# ---------------------------------------------------------------------------- the torch device
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_auto_device_follows_cuda_availability(monkeypatch, gpu):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    want = "cuda" if gpu else "cpu"
+    for auto in ("auto", "", None):
+        assert resolve_device(auto) == want
+        assert torch_device(auto) == torch.device(want)
+    # an explicit choice is kept as asked, GPU or not
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device(torch.device("cuda", 2)) == "cuda:2"
+    assert torch_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_cuda_availability_is_asked_in_one_place():
+    """Every model (filters, OWLv2, DETIC, visual metrics) resolves ``auto`` through
+    utils.core.models; a second copy of the policy would drift from it."""
+    askers = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "utils").rglob("*.py")
+        if "cuda.is_available(" in path.read_text(encoding="utf-8")
+    )
+    assert askers == ["utils/core/models.py"]

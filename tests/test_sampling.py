@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from numpy.typing import ArrayLike
 
-from utils.curate.constraints import SamplingConstraints
+from utils.curate.constraints import NO_VALUE, RELAX_ROUNDS, SamplingConstraints, motion_levels
 from utils.curate.report import motion_name, subset_name
 from utils.curate.sampling import (
     MIN_RED_SWAPS_PER_TRACK,
@@ -15,9 +16,18 @@ from utils.curate.sampling import (
     format_number,
     min_redundancy,
     rank_within_class,
-    sample_class_balanced,
     sample_random,
 )
+
+
+def sample_class_balanced(labels: ArrayLike, scores: ArrayLike | None, Nc: int, temperature: float,
+                          seed: int = 0, eligible_mask: ArrayLike | None = None) -> np.ndarray:
+    """Sorted rows of at most ``Nc`` eligible rows per class: what a class-balanced subset
+    takes from :func:`rank_within_class` (as ``utils.curate.subsets`` does)."""
+    if Nc < 0:
+        raise ValueError(f"Nc must be >= 0, got {Nc}")
+    ranks = rank_within_class(labels, scores, temperature, seed=seed, eligible_mask=eligible_mask)
+    return np.flatnonzero((ranks >= 0) & (ranks < Nc))
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,33 +237,28 @@ def test_million_rows_runs() -> None:
 # --------------------------------------------------------------------------------------------
 # constraints
 # --------------------------------------------------------------------------------------------
-def test_min_motion_mask() -> None:
+def test_min_motion_levels() -> None:
+    """Round 0 passes min_motion itself, each later round x0.8, the last drops it; no value: never."""
     motion = np.array([0.5, 1.0, 2.0, np.nan, 0.99])
-    c = SamplingConstraints(min_motion=1.0)
-    assert c.mask(5, motion).tolist() == [False, True, True, False, False]
-    assert c.suffix() == "-MM1"
-    with pytest.raises(ValueError, match="motion"):
-        c.mask(5)
-    with pytest.raises(ValueError, match="rows"):
-        c.mask(4, motion)
+    assert motion_levels(motion, 1.0).tolist() == [RELAX_ROUNDS - 1, 0, 0, NO_VALUE, 1]
+    assert SamplingConstraints(min_motion=1.0).suffix() == "-MM1"
 
 
 def test_neutral_constraints_are_off() -> None:
     for c in (SamplingConstraints(), SamplingConstraints(min_motion=0, min_nn_dist=0, max_spt_iou=1)):
         assert c.suffix() == ""
-        assert c.mask(3).tolist() == [True, True, True]
+        assert not (c.uses_motion or c.uses_diversity or c.uses_overlap)
 
 
-def test_constraint_suffixes_and_unimplemented_ones() -> None:
+def test_constraint_suffixes_and_validation() -> None:
     c = SamplingConstraints(min_motion=0.5, min_nn_dist=0.25, max_spt_iou=0.5, iou_tbuff=2.0)
     assert c.suffix() == "-MM0.5-NN0.25-IoU0.5B2"
+    assert c.uses_motion and c.uses_diversity and c.uses_overlap
     assert SamplingConstraints(max_spt_iou=0.3).suffix() == "-IoU0.3"
-    with pytest.raises(NotImplementedError, match="diversity"):
-        SamplingConstraints(min_nn_dist=0.1).mask(3)
-    with pytest.raises(NotImplementedError):
-        SamplingConstraints(max_spt_iou=0.5).mask(3)
     with pytest.raises(ValueError, match="NaN"):
         SamplingConstraints(min_motion=float("nan"))
+    with pytest.raises(ValueError, match="iou_tbuff"):
+        SamplingConstraints(max_spt_iou=0.5, iou_tbuff=0)
 
 
 # --------------------------------------------------------------------------------------------

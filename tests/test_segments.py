@@ -123,3 +123,34 @@ def test_corrupt_or_truncated_video_is_a_segmentation_error(synthetic_video, tmp
         detect_scenes(truncated)
     with pytest.raises(SegmentationError, match="missing or empty"):
         detect_scenes(tmp_path / "absent.mp4")
+
+
+@pytest.mark.parametrize("fault, exit_code", [(MemoryError(), 3), (TypeError("a library bug"), 1)])
+def test_scene_detection_faults_that_are_not_the_videos_keep_the_video(synthetic_video, tmp_path, monkeypatch,
+                                                                         fault, exit_code):
+    """Only a decoder's error makes a video "corrupt" (and deleted for a fresh download). Running
+    out of memory stops the rank; a bug fails the item; the good video stays either way."""
+    import shutil
+
+    import scenedetect
+
+    from utils.core.layout import DatasetLayout
+    from utils.ingest.stage import DOWNLOAD_VIDEOS_STAGE
+    from utils.runner.cli import main
+
+    yid = "segmfault01"
+    base = tmp_path / "db"
+    video = DatasetLayout(base).video_mp4(yid)
+    video.parent.mkdir(parents=True)
+    shutil.copy(synthetic_video.path, video)
+    (tmp_path / "ids.txt").write_text(yid + "\n")
+
+    def failing(self, *args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(scenedetect.SceneManager, "detect_scenes", failing)
+    argv = ["--base_dir", str(base), "--yid_index_fn", str(tmp_path / "ids.txt"), "--url_template",
+            "http://127.0.0.1:9/{yid}.mp4", "--skip_cartoon_filter", "--skip_aesthetics_filter"]
+    assert main(DOWNLOAD_VIDEOS_STAGE, argv) == exit_code
+    assert video.exists() and video.stat().st_size == synthetic_video.path.stat().st_size
+    assert not DatasetLayout(base).video_segments(yid).exists()

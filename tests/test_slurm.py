@@ -1,4 +1,4 @@
-"""Stages submitted to a real Slurm cluster (issue 7).
+"""Stages submitted to a real Slurm cluster.
 
 These tests run against the private single-node cluster of ``tests/slurm/start_cluster.sh``
 (with accounting: slurmdbd + MariaDB) and skip, with the reason, when it is not up. They only

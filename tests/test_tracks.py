@@ -323,3 +323,24 @@ def test_bad_line_names_file_and_line(tmp_path):
         read_records(torn)
     got = read_records(torn, tolerant=True)
     assert len(got) == 1 and got.truncated
+
+
+def test_torn_last_line_cut_inside_a_character(tmp_path):
+    """Records keep non-ASCII class names as UTF-8; a writer killed in the middle of one
+    leaves a torn line, not an undecodable file."""
+    names = ["crème brûlée", "café au lait", "cat", "dog", "jalapeño"]
+    rec = TrackRecord.from_history(YID, *_history(seed=2), names, (480, 854))
+    line = rec.to_json().encode("utf-8")
+    cut = line.index("è".encode()) + 1  # between the two bytes of "è"
+    path = tmp_path / "meta.jsonl.gzip"  # the name says gzip, the bytes say plain: the bytes win
+    path.write_bytes(line + b"\n" + line[:cut])
+    got = read_records(path, tolerant=True)
+    assert list(got) == [rec] and got.truncated and "torn" in got.error
+    with pytest.raises(RecordsFileError, match=r"meta.jsonl.gzip:2: torn"):
+        read_records(path)
+    with pytest.raises(RecordsFileError, match=r"meta.jsonl.gzip:2: torn"):
+        list(iter_records(path))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(line + b"\n" + line[:cut] + b"\n" + line + b"\n")  # the same bytes, mid-file
+    with pytest.raises(RecordsFileError, match=r"bad.jsonl:2: not a JSON line"):
+        read_records(bad, tolerant=True)

@@ -1,26 +1,28 @@
 """A tiny stage for testing the launcher: items are names, outputs are text files.
 
 Item names steer behaviour: ``fail*`` fails permanently, ``flaky*`` fails transiently on
-its first attempt, ``crash*`` raises an unexpected error, ``nospace*`` a disk-full error.
+its first attempt, ``crash*`` raises an unexpected error, ``nospace*`` a disk-full error;
+``lookcrash*`` and ``looknospace*`` do the same when asked whether their output exists.
 Every attempt leaves a marker file so tests can count how often an item was processed.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import re
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from utils.core.errors import ItemError, UsageError
+from utils.core.config import option
+from utils.core.errors import InvalidItemError, ItemError, UsageError
 from utils.core.io import atomic_path
-from utils.core.layout import InvalidItemError, inside
+from utils.core.layout import inside
 from utils.runner.cli import main
-from utils.runner.stage import Stage, read_item_list
+from utils.runner.stage import Stage, StageConfig, read_item_list
 
 NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
 
@@ -40,50 +42,63 @@ def attempts(base_dir: Path, item: str, kind: str = "start") -> int:
     return len(list(folder.glob(f"{item}.{kind}.*"))) if folder.is_dir() else 0
 
 
-class ToyStage(Stage):
+@dataclass(frozen=True, kw_only=True)
+class ToyConfig(StageConfig):
+    item_list: str = option()
+    sleep: float = option(0.0, help="seconds per chunk written")
+    chunks: int = option(1)
+    setup_fails: bool = option(False)
+    teardown_fails: bool = option(False)
+
+
+class ToyStage(Stage[ToyConfig]):
     name = "toy"
     description = "test stage"
+    config_class = ToyConfig
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--item_list", required=True)
-        parser.add_argument("--sleep", type=float, default=0.0, help="seconds per chunk written")
-        parser.add_argument("--chunks", type=int, default=1)
-        parser.add_argument("--setup_fails", action="store_true")
-
-    def validate_args(self, args: argparse.Namespace) -> None:
-        if args.chunks < 1:
+    def validate(self, config: ToyConfig) -> ToyConfig:
+        if config.chunks < 1:
             raise UsageError("--chunks must be positive")
+        return config
 
-    def list_items(self, args: argparse.Namespace) -> list[str]:
-        return read_item_list(args.item_list)
+    def list_items(self, config: ToyConfig) -> list[str]:
+        return read_item_list(config.item_list)
 
-    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
-        return output_path(args.base_dir, item).exists()
+    def output_exists(self, config: ToyConfig, item: str) -> bool:
+        if item.startswith("lookcrash"):
+            raise KeyError(f"no record of {item}")
+        if item.startswith("looknospace"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return output_path(config.base_dir, item).exists()
 
-    def setup(self, args: argparse.Namespace) -> object:
-        if args.setup_fails:
+    def setup(self, config: ToyConfig) -> ToyConfig:
+        if config.setup_fails:
             raise FileNotFoundError("model weights /nowhere/model.pt not found")
-        return object()
+        return config
 
-    def process(self, args: argparse.Namespace, item: str, resources: object) -> dict[str, float]:
-        marker_dir = Path(args.base_dir) / "toy_attempts"
+    def teardown(self, resources: ToyConfig) -> None:
+        if resources.teardown_fails:
+            raise RuntimeError("could not release the GPU (simulated)")
+
+    def process(self, config: ToyConfig, item: str, resources: ToyConfig) -> dict[str, float]:
+        marker_dir = Path(config.base_dir) / "toy_attempts"
         marker_dir.mkdir(parents=True, exist_ok=True)
         (marker_dir / f"{item}.start.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
         if item.startswith("fail"):
             raise ItemError(f"{item} is private", category="private")
-        if item.startswith("flaky") and attempts(args.base_dir, item) == 1:
+        if item.startswith("flaky") and attempts(config.base_dir, item) == 1:
             raise ItemError("HTTP 429 Too Many Requests", transient=True, category="rate_limited")
         if item.startswith("crash"):
             raise ValueError(f"unexpected content in {item}")
         if item.startswith("nospace"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        with atomic_path(output_path(args.base_dir, item)) as tmp, open(tmp, "wb") as f:
-            content = expected_content(item, args.chunks)
-            step = max(1, len(content) // args.chunks)
+        with atomic_path(output_path(config.base_dir, item)) as tmp, open(tmp, "wb") as f:
+            content = expected_content(item, config.chunks)
+            step = max(1, len(content) // config.chunks)
             for i in range(0, len(content), step):
                 f.write(content[i:i + step])
                 f.flush()
-                time.sleep(args.sleep)
+                time.sleep(config.sleep)
         (marker_dir / f"{item}.done.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
         return {"units": 1.0}
 

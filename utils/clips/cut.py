@@ -34,8 +34,8 @@ from utils.clips.geometry import (
     plan_clip,
     track_overlap,
 )
+from utils.core.errors import BadGeometryError, InvalidItemError
 from utils.core.io import atomic_write_json
-from utils.core.layout import InvalidItemError
 from utils.core.resources import available_cpus
 from utils.core.video import (
     ColorTags,
@@ -221,9 +221,8 @@ def plan_tasks(
             continue
         try:
             plan = plan_clip(ts, boxes, (frame_h, frame_w), max_duration=max_track_len)
-        except ValueError as exc:
-            category = "zero_size" if "zero width or height" in str(exc) else "bad_geometry"
-            out.problems.append(TrackProblem(name, f"cannot be cut: {exc}", category))
+        except BadGeometryError as exc:
+            out.problems.append(TrackProblem(name, f"cannot be cut: {exc}", exc.category))
             continue
         if plan.duration == 0:
             out.note("single_timestamp_one_frame", name)

@@ -21,7 +21,7 @@ Edge cases (decided here, the original crashed or produced invalid crops on them
 * Boxes with zero width or height are treated as missing samples: they are dropped before
   smoothing and ``box_at`` interpolates across them. A track whose boxes are all zero-sized is
   rejected. Negative sizes, NaN/inf values, empty tracks, mismatched lengths and
-  decreasing timestamps raise ``ValueError``. Repeated timestamps are allowed.
+  decreasing timestamps raise ``BadGeometryError`` (a ``ValueError``). Repeated timestamps are allowed.
 * Boxes partly (or wholly) outside the frame are shifted inside (and shrunk if larger than the
   frame, aspect kept), as in the original: the crop window always lies inside the frame.
 * A box both taller and wider than the frame is fitted by its binding side (the original could
@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 from numpy.typing import ArrayLike
+
+from utils.core.errors import BadGeometryError, ZeroSizeTrackError
 
 SMOOTH_SECONDS = 0.66
 MIN_ASPECT = 2.0 / 3.0
@@ -77,28 +79,28 @@ def _as_track(ts: ArrayLike, boxes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     ts_arr = np.asarray(ts, dtype=np.float64)
     box_arr = np.asarray(boxes, dtype=np.float64)
     if ts_arr.ndim != 1:
-        raise ValueError(f"timestamps must be 1-D, got shape {ts_arr.shape}")
+        raise BadGeometryError(f"timestamps must be 1-D, got shape {ts_arr.shape}")
     if ts_arr.size == 0:
-        raise ValueError("empty track: no timestamps")
+        raise BadGeometryError("empty track: no timestamps")
     if box_arr.ndim != 2 or box_arr.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (T, 4) [x, y, w, h], got {box_arr.shape}")
+        raise BadGeometryError(f"boxes must have shape (T, 4) [x, y, w, h], got {box_arr.shape}")
     if box_arr.shape[0] != ts_arr.shape[0]:
-        raise ValueError(f"mismatched lengths: {ts_arr.shape[0]} timestamps but {box_arr.shape[0]} boxes")
+        raise BadGeometryError(f"mismatched lengths: {ts_arr.shape[0]} timestamps but {box_arr.shape[0]} boxes")
     if not np.all(np.isfinite(ts_arr)):
-        raise ValueError("timestamps contain NaN or inf")
+        raise BadGeometryError("timestamps contain NaN or inf")
     if not np.all(np.isfinite(box_arr)):
-        raise ValueError("boxes contain NaN or inf")
+        raise BadGeometryError("boxes contain NaN or inf")
     if np.any(np.diff(ts_arr) < 0):
-        raise ValueError("timestamps must be non-decreasing")
+        raise BadGeometryError("timestamps must be non-decreasing")
     return ts_arr, box_arr
 
 
 def _as_frame_hw(frame_hw: Sequence[int]) -> tuple[int, int]:
     if len(frame_hw) != 2:
-        raise ValueError(f"frame_hw must be (height, width), got {frame_hw!r}")
+        raise BadGeometryError(f"frame_hw must be (height, width), got {frame_hw!r}")
     fh, fw = (int(v) for v in frame_hw)
     if fh <= 0 or fw <= 0:
-        raise ValueError(f"frame size must be positive, got (h={fh}, w={fw})")
+        raise BadGeometryError(f"frame size must be positive, got (h={fh}, w={fw})")
     return fh, fw
 
 
@@ -138,13 +140,13 @@ def hold_aspect(boxes: ArrayLike, frame_hw: Sequence[int]) -> tuple[np.ndarray, 
     """
     box_arr = np.array(boxes, dtype=np.float64)
     if box_arr.ndim != 2 or box_arr.shape[1] != 4 or box_arr.shape[0] == 0:
-        raise ValueError(f"boxes must have shape (T, 4) with T >= 1, got {box_arr.shape}")
+        raise BadGeometryError(f"boxes must have shape (T, 4) with T >= 1, got {box_arr.shape}")
     if not np.all(np.isfinite(box_arr)):
-        raise ValueError("boxes contain NaN or inf")
+        raise BadGeometryError("boxes contain NaN or inf")
     frame_h, frame_w = _as_frame_hw(frame_hw)
     x, y, w, h = box_arr.T.copy()
     if np.any(w <= 0) or np.any(h <= 0):
-        raise ValueError("boxes must have positive width and height")
+        raise BadGeometryError("boxes must have positive width and height")
 
     cx, cy, ar = x + w / 2, y + h / 2, w / h
     target = float(np.clip(ar.mean(), MIN_ASPECT, MAX_ASPECT))
@@ -171,7 +173,7 @@ def output_size(boxes: ArrayLike) -> tuple[int, int]:
     """Clip frame size (w, h): mean box width and height rounded down to even, at least 2."""
     box_arr = np.asarray(boxes, dtype=np.float64)
     if box_arr.ndim != 2 or box_arr.shape[1] != 4 or box_arr.shape[0] == 0:
-        raise ValueError(f"boxes must have shape (T, 4) with T >= 1, got {box_arr.shape}")
+        raise BadGeometryError(f"boxes must have shape (T, 4) with T >= 1, got {box_arr.shape}")
     out_w = int(box_arr[:, 2].mean()) // 2 * 2
     out_h = int(box_arr[:, 3].mean()) // 2 * 2
     return max(out_w, 2), max(out_h, 2)
@@ -207,7 +209,7 @@ class ClipPlan:
         """Float [x, y, w, h] boxes at ``times`` (N,): linear between neighbours, clamped at ends."""
         t = np.asarray(times, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(t)):
-            raise ValueError("times contain NaN or inf")
+            raise BadGeometryError("times contain NaN or inf")
         n = self.ts.shape[0]
         nxt = np.searchsorted(self.ts, t, side="right")  # first timestamp strictly after t
         lo = np.clip(nxt - 1, 0, n - 1)
@@ -237,7 +239,7 @@ class ClipPlan:
         overhead on 4 numbers cost more than the arithmetic)."""
         t = float(t)
         if not math.isfinite(t):
-            raise ValueError("times contain NaN or inf")
+            raise BadGeometryError("times contain NaN or inf")
         ts, boxes = self._lists
         last = len(ts) - 1
         nxt = bisect.bisect_right(ts, t)
@@ -266,12 +268,12 @@ def plan_clip(
     ts_arr, box_arr = _as_track(ts, boxes)
     frame_hw = _as_frame_hw(frame_hw)
     if not max_duration > 0:
-        raise ValueError(f"max_duration must be positive, got {max_duration}")
+        raise BadGeometryError(f"max_duration must be positive, got {max_duration}")
     if np.any(box_arr[:, 2:] < 0):
-        raise ValueError("boxes have negative width or height")
+        raise BadGeometryError("boxes have negative width or height")
     valid = (box_arr[:, 2] > 0) & (box_arr[:, 3] > 0)
     if not valid.any():
-        raise ValueError("every box of the track has zero width or height")
+        raise ZeroSizeTrackError("every box of the track has zero width or height")
 
     vts, vboxes = ts_arr[valid], box_arr[valid]
     sigma = smoothing_sigma(vts)

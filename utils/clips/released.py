@@ -4,8 +4,8 @@ each video with ingest's downloader, cut its tracks, scale boxes when the video'
 
 from __future__ import annotations
 
-import argparse
-import gzip
+import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -23,26 +23,19 @@ from utils.clips.cut import (
     validated_records,
     write_done_marker,
 )
-from utils.clips.geometry import (
-    DEFAULT_MAX_DURATION,
-)
-from utils.clips.stage import (
-    add_threads_argument,
-    bad_tracks_error,
-    cut_with_progress,
-    result_stats,
-    validate_extraction_args,
-)
-from utils.core.errors import ItemError, UsageError
-from utils.core.layout import DatasetLayout, InvalidItemError, validate_yid
+from utils.clips.stage import ClipOptions, bad_tracks_error, cut_with_progress, result_stats
+from utils.core.config import nested, option
+from utils.core.errors import InvalidItemError, ItemError, UsageError
+from utils.core.io import GZIP_STREAM_ERRORS, open_maybe_gzip
+from utils.core.layout import DatasetLayout, validate_yid
 from utils.core.video import (
     VideoError,
     VideoInfo,
     probe_video,
 )
-from utils.ingest.download import DownloadSession, add_download_arguments, validate_download_args
+from utils.ingest.download import DownloadOptions, DownloadSession
 from utils.records.tracks import TrackRecord, TrackRecordError
-from utils.runner.stage import Stage
+from utils.runner.stage import Stage, StageConfig
 
 # ---------------------------------------------------------------- download_tracks (released subsets)
 
@@ -76,7 +69,7 @@ class SubsetIndex:
 
         lineno = 0
         try:
-            with gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb") as f:
+            with open_maybe_gzip(path) as f:
                 for lineno, raw in enumerate(f, start=1):  # noqa: B007 (reported on errors)
                     line = raw.strip()
                     if not line:
@@ -98,7 +91,7 @@ class SubsetIndex:
                             flush()
                             run_item, run_lines = yid, []
                         run_lines.append(line + b"\n")
-        except (EOFError, OSError, zlib.error) as exc:
+        except (*GZIP_STREAM_ERRORS, OSError) as exc:
             raise UsageError(f"--db_meta_file {path}: damaged or truncated after line {lineno}: {exc}") from None
         flush()
         index.digests = {yid: h.hexdigest() for yid, h in hashes.items()}
@@ -107,11 +100,6 @@ class SubsetIndex:
     def lines(self, item: str) -> list[bytes]:
         """The record lines of ``item`` (a video this rank keeps), in file order."""
         return [line for chunk in self.chunks.get(item, []) for line in zlib.decompress(chunk).splitlines() if line]
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
 
 
 def _yid_of(line: bytes) -> str | None:
@@ -149,7 +137,32 @@ def resolve_meta_file(value: str | Path, base_dir: Path) -> Path:
         raise UsageError(f"--db_meta_file: {exc}") from None
 
 
-class DownloadTracksStage(Stage):
+@dataclass(frozen=True, kw_only=True)
+class DownloadTracksConfig(StageConfig):
+    db_meta_file: Path = option(group="download_tracks",
+                                help="released subset metadata (gzip JSON lines); absolute, from the working folder, "
+                                     "or inside --base_dir")
+    remove_video_mp4: bool = option(False, group="download_tracks",
+                                    help="delete each source video once all of its tracks' clips exist")
+    clips: ClipOptions = nested(ClipOptions, group="download_tracks")
+    download: DownloadOptions = nested(DownloadOptions)
+
+
+@functools.lru_cache(maxsize=2)
+def _scan(path: str, size: int, mtime_ns: int, rank: int | None, world_size: int) -> SubsetIndex:
+    keep = None if rank is None else (lambda i: i % world_size == rank)
+    return SubsetIndex.scan(Path(path), keep)
+
+
+def subset_index(config: DownloadTracksConfig) -> SubsetIndex:
+    """The subset file scanned once per process and file version, keeping this rank's videos.
+    Cached here, not on the stage: submitit pickles the stage into every job."""
+    path = Path(config.db_meta_file)
+    st = path.stat()
+    return _scan(str(path.resolve()), st.st_size, st.st_mtime_ns, config.rank, config.world_size or 1)
+
+
+class DownloadTracksStage(Stage[DownloadTracksConfig]):
     """Rebuild a released subset: download each video, cut its listed tracks, keep their names."""
 
     name = "download_tracks"
@@ -163,72 +176,46 @@ class DownloadTracksStage(Stage):
     )
     default_slurm = {"cpus_per_task": 4, "mem_gb": 16}
 
-    def __init__(self) -> None:
-        self._index: tuple[tuple, SubsetIndex] | None = None
+    config_class = DownloadTracksConfig
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_index": None}  # submitit pickles the stage: each job scans the file itself
+    def validate(self, config: DownloadTracksConfig) -> DownloadTracksConfig:
+        config.clips.validate()
+        meta = resolve_meta_file(config.db_meta_file, config.base_dir)
+        if not meta.is_file():
+            raise UsageError(f"--db_meta_file {meta} does not exist")
+        config.download.validate()
+        return dataclasses.replace(config, db_meta_file=meta)
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("download_tracks")
-        g.add_argument("--db_meta_file", required=True,
-                       help="released subset metadata (gzip JSON lines); absolute, from the working folder, "
-                            "or inside --base_dir")
-        g.add_argument("--remove_video_mp4", action="store_true",
-                       help="delete each source video once all of its tracks' clips exist")
-        g.add_argument("--max_track_len", type=float, default=DEFAULT_MAX_DURATION,
-                       help="clips keep at most this many seconds from the track's start")
-        add_threads_argument(g)
-        add_download_arguments(parser)
-
-    def validate_args(self, args: argparse.Namespace) -> None:
-        validate_extraction_args(args)
-        args.db_meta_file = resolve_meta_file(args.db_meta_file, args.base_dir)
-        if not args.db_meta_file.is_file():
-            raise UsageError(f"--db_meta_file {args.db_meta_file} does not exist")
-        validate_download_args(args)
-
-    def job_key(self, args: argparse.Namespace) -> str:
-        stem = Path(args.db_meta_file).name.split(".")[0]
+    def job_key(self, config: DownloadTracksConfig) -> str:
+        stem = Path(config.db_meta_file).name.split(".")[0]
         return f"{self.name}-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._-") or "subset")[:80]
 
-    def index(self, args: argparse.Namespace) -> SubsetIndex:
-        """The subset file scanned once per process (kept for this rank's videos)."""
-        path = Path(args.db_meta_file)
-        st = path.stat()
-        rank, world = getattr(args, "rank", None), getattr(args, "world_size", None) or 1
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, rank, world)
-        if self._index is None or self._index[0] != key:
-            keep = None if rank is None else (lambda i: i % world == rank)
-            self._index = (key, SubsetIndex.scan(path, keep))
-        return self._index[1]
-
-    def list_items(self, args: argparse.Namespace) -> list[str]:
-        index = self.index(args)
+    def list_items(self, config: DownloadTracksConfig) -> list[str]:
+        index = subset_index(config)
         if not index.items:
-            raise UsageError(f"--db_meta_file {args.db_meta_file} lists no tracks")
+            raise UsageError(f"--db_meta_file {config.db_meta_file} lists no tracks")
         return index.items
 
-    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
-        index = self.index(args)
+    def output_exists(self, config: DownloadTracksConfig, item: str) -> bool:
+        index = subset_index(config)
         if item in index.bad_lines:
             return False  # process() journals it, once
-        marker = read_done_marker(DatasetLayout(args.base_dir).tracks_done_marker(None, item))
+        marker = read_done_marker(DatasetLayout(config.base_dir).tracks_done_marker(None, item))
         return marker is not None and marker.get("tracks_digest") == index.digests.get(item)
 
-    def setup(self, args: argparse.Namespace) -> DownloadSession:
-        return DownloadSession(args)
+    def setup(self, config: DownloadTracksConfig) -> DownloadSession:
+        return DownloadSession(config.download, config.max_consecutive_errors)
 
-    def process(self, args: argparse.Namespace, item: str, res: DownloadSession) -> dict[str, Any]:
-        index = self.index(args)
+    def process(self, config: DownloadTracksConfig, item: str, res: DownloadSession) -> dict[str, Any]:
+        index = subset_index(config)
         if item in index.bad_lines:
             raise ItemError(index.bad_lines[item], category="bad_record")
         validate_yid(item)
-        layout = DatasetLayout(args.base_dir)
+        layout = DatasetLayout(config.base_dir)
         lines = index.lines(item)
         if not lines:  # the index was built for another rank: never cut (or mark done) from nothing
             raise ItemError(f"no records of {item} were kept by this rank's index", category="internal")
-        records, problems = parse_lines(lines, item, Path(args.db_meta_file).name)
+        records, problems = parse_lines(lines, item, Path(config.db_meta_file).name)
         total = len(records) + len(problems)
         selection = select_tracks(records, lambda r: layout.track_mp4(None, r.fn), deduplicate=False)
         problems += selection.problems
@@ -236,7 +223,7 @@ class DownloadTracksStage(Stage):
         notes: dict[str, Any] = {}
         info = None
         if any(not path.exists() for _, path in selection.tracks):
-            info = self._video(args, item, video, res, notes)
+            info = self._video(config, item, video, res, notes)
             sizes = {tuple(r.video_size) for r, _ in selection.tracks if r.video_size}
             for size in sorted(sizes):
                 factors = scale_factors(size, (info.height, info.width))
@@ -246,23 +233,23 @@ class DownloadTracksStage(Stage):
                         f"boxes scaled by {factors[0]:.4g} x {factors[1]:.4g}")
             if any(not r.video_size for r, _ in selection.tracks):
                 notes["unscaled_boxes"] = "some records have no video_size: their boxes are used as they are"
-        result = cut_with_progress(video, selection.tracks, args, item, info=info)
+        result = cut_with_progress(video, selection.tracks, config.clips, item, info=info)
         problems += result.problems
         if problems:
             kept = f"; {video} is kept" if video.exists() else ""
             scaled = f"; {'; '.join(notes['scaled_boxes'])}" if notes.get("scaled_boxes") else ""
             raise bad_tracks_error(problems, total, result, extra=scaled + kept)
         write_done_marker(layout.tracks_done_marker(None, item), item, [r.fn for r, _ in selection.tracks],
-                          tracks_digest=index.digests[item], db_meta_file=str(args.db_meta_file),
+                          tracks_digest=index.digests[item], db_meta_file=str(config.db_meta_file),
                           video_hw=list(result.video_hw) if result.video_hw else None)
-        if args.remove_video_mp4 and video.exists():
+        if config.remove_video_mp4 and video.exists():
             video.unlink()
             notes["removed"] = str(video)
         stats = result_stats(result, selection.duplicates)
         stats.update({k: "; ".join(v) if isinstance(v, list) else v for k, v in notes.items()})
         return stats
 
-    def _video(self, args: argparse.Namespace, item: str, video: Path, res: DownloadSession,
+    def _video(self, config: DownloadTracksConfig, item: str, video: Path, res: DownloadSession,
                notes: dict[str, Any]) -> VideoInfo:
         """The source video: the one on disk if it decodes, else a fresh download."""
         if video.exists():

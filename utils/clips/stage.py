@@ -4,13 +4,10 @@ pass per video; a video is done when its done marker lists every clip.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from utils.clips.cut import (
     TrackProblem,
@@ -26,26 +23,19 @@ from utils.clips.cut import (
 from utils.clips.geometry import (
     DEFAULT_MAX_DURATION,
 )
+from utils.core.config import nested, option
 from utils.core.errors import ItemError, NotReady, UsageError
-from utils.core.layout import DatasetLayout, InvalidItemError, validate_name, validate_yid
+from utils.core.io import file_signature
+from utils.core.layout import DatasetLayout, validate_yid
+from utils.core.progress import progress_bar
 from utils.core.video import (
     VideoError,
     VideoInfo,
 )
 from utils.records.tracks import RecordsFileError, TrackRecord, read_records
-from utils.runner.stage import Stage, read_item_list
+from utils.runner.stage import Stage, StageConfig, check_dataset_name, read_item_list
 
 # ---------------------------------------------------------------------------- the stages
-
-
-def file_signature(path: Path) -> dict[str, int] | None:
-    """Size and modification time of a file (None when absent): a rewritten metadata file
-    (always replaced atomically, so a new inode and time) gets a new signature."""
-    try:
-        st = Path(path).stat()
-    except FileNotFoundError:
-        return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def result_stats(result: VideoResult, duplicates: dict[str, str]) -> dict[str, Any]:
@@ -72,7 +62,36 @@ def bad_tracks_error(problems: Sequence[TrackProblem], total: int, result: Video
     )
 
 
-class ExtractTracksStage(Stage):
+EXTRACT_GROUP = "extract_tracks"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipOptions:
+    """How clips are cut (extract_tracks.py, download_tracks.py)."""
+
+    max_track_len: float = option(DEFAULT_MAX_DURATION, group=EXTRACT_GROUP,
+                                  help="clips keep at most this many seconds from the track's start")
+    threads: int | None = option(None, group=EXTRACT_GROUP,
+                                 help="worker threads cutting and encoding clips (default: the CPUs this process may "
+                                      "use, i.e. --cpus_per_task under Slurm; lower it when several ranks share a "
+                                      "machine)")
+
+    def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if not self.max_track_len > 0:
+            raise UsageError(f"--max_track_len must be positive, got {self.max_track_len}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractTracksConfig(StageConfig):
+    yid_index_fn: Path = option(group=EXTRACT_GROUP, help="YouTube ids, one per line")
+    dataset_name: str = option("TrackVerseLVIS", group=EXTRACT_GROUP,
+                               help="reads tracks_meta/<dataset_name>/, writes tracks_mp4/<dataset_name>/")
+    clips: ClipOptions = nested(ClipOptions)
+
+
+class ExtractTracksStage(Stage[ExtractTracksConfig]):
     """Cut every track listed in a video's metadata into its own mp4, in one decoding pass."""
 
     name = "extract_tracks"
@@ -86,33 +105,28 @@ class ExtractTracksStage(Stage):
     )
     default_slurm = {"cpus_per_task": 4, "mem_gb": 16}
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("extract_tracks")
-        g.add_argument("--yid_index_fn", type=Path, required=True, help="YouTube ids, one per line")
-        g.add_argument("--dataset_name", default="TrackVerseLVIS",
-                       help="reads tracks_meta/<dataset_name>/, writes tracks_mp4/<dataset_name>/")
-        g.add_argument("--max_track_len", type=float, default=DEFAULT_MAX_DURATION,
-                       help="clips keep at most this many seconds from the track's start")
-        add_threads_argument(g)
+    config_class = ExtractTracksConfig
 
-    def validate_args(self, args: argparse.Namespace) -> None:
-        validate_extraction_args(args)
+    def validate(self, config: ExtractTracksConfig) -> ExtractTracksConfig:
+        check_dataset_name(config.dataset_name)
+        config.clips.validate()
+        return config
 
-    def job_key(self, args: argparse.Namespace) -> str:
-        return f"{self.name}-{args.dataset_name}"
+    def job_key(self, config: ExtractTracksConfig) -> str:
+        return f"{self.name}-{config.dataset_name}"
 
-    def list_items(self, args: argparse.Namespace) -> list[str]:
-        return read_item_list(args.yid_index_fn)
+    def list_items(self, config: ExtractTracksConfig) -> list[str]:
+        return read_item_list(config.yid_index_fn)
 
-    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
-        layout = DatasetLayout(args.base_dir)
-        marker = read_done_marker(layout.tracks_done_marker(args.dataset_name, item))
-        return marker is not None and marker.get("meta") == file_signature(layout.tracks_meta(args.dataset_name, item))
+    def output_exists(self, config: ExtractTracksConfig, item: str) -> bool:
+        layout = DatasetLayout(config.base_dir)
+        marker = read_done_marker(layout.tracks_done_marker(config.dataset_name, item))
+        return marker is not None and marker.get("meta") == file_signature(layout.tracks_meta(config.dataset_name, item))
 
-    def process(self, args: argparse.Namespace, item: str, resources: Any) -> dict[str, Any]:
+    def process(self, config: ExtractTracksConfig, item: str, resources: Any) -> dict[str, Any]:
         validate_yid(item)
-        layout = DatasetLayout(args.base_dir)
-        meta = layout.tracks_meta(args.dataset_name, item)
+        layout = DatasetLayout(config.base_dir)
+        meta = layout.tracks_meta(config.dataset_name, item)
         signature = file_signature(meta)
         if signature is None:
             raise NotReady(f"no track metadata {meta} yet (parse_tracks.py has not finished this video)")
@@ -121,48 +135,28 @@ class ExtractTracksStage(Stage):
         except (RecordsFileError, OSError) as exc:
             raise ItemError(f"unreadable track metadata: {exc}", category="bad_metadata") from None
         records, problems = validated_records(raw, item, f"{meta.name}: ")
-        selection = select_tracks(records, lambda r: layout.track_mp4(args.dataset_name, r.fn), deduplicate=True)
+        selection = select_tracks(records, lambda r: layout.track_mp4(config.dataset_name, r.fn), deduplicate=True)
         problems += selection.problems
         video = layout.video_mp4(item)
         if not video.exists() and any(not path.exists() for _, path in selection.tracks):
             raise ItemError(f"{video}: the video is missing (its track metadata exists)", category="missing_video")
-        result = cut_with_progress(video, selection.tracks, args, item)
+        result = cut_with_progress(video, selection.tracks, config.clips, item)
         problems += result.problems
         if problems:
             raise bad_tracks_error(problems, len(raw), result)
-        write_done_marker(layout.tracks_done_marker(args.dataset_name, item), item,
+        write_done_marker(layout.tracks_done_marker(config.dataset_name, item), item,
                           [r.fn for r, _ in selection.tracks], meta=signature, duplicates=selection.duplicates)
         return result_stats(result, selection.duplicates)
 
 
-def add_threads_argument(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--threads", type=int, default=None,
-                       help="worker threads cutting and encoding clips (default: the CPUs this process may "
-                            "use, i.e. --cpus_per_task under Slurm; lower it when several ranks share a machine)")
-
-
-def validate_extraction_args(args: argparse.Namespace) -> None:
-    """Flags both stages share: ``--max_track_len``, ``--threads`` and (when present) ``--dataset_name``."""
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if getattr(args, "dataset_name", None) is not None:
-        try:
-            validate_name(args.dataset_name)
-        except InvalidItemError as exc:
-            raise UsageError(f"--dataset_name: {exc}") from None
-    if not args.max_track_len > 0:
-        raise UsageError(f"--max_track_len must be positive, got {args.max_track_len}")
-
-
-def cut_with_progress(video: Path, tracks: Sequence[tuple[TrackRecord, Path]], args: argparse.Namespace,
+def cut_with_progress(video: Path, tracks: Sequence[tuple[TrackRecord, Path]], options: ClipOptions,
                       item: str, info: VideoInfo | None = None) -> VideoResult:
-    """:func:`cut_missing_clips` with the stage's flags, a progress bar (on a terminal) and a
+    """:func:`cut_missing_clips` with the stage's options, a progress bar (on a terminal) and a
     corrupt video as an ItemError."""
-    with tqdm(unit="frame", desc=f"{item} frames", leave=False, dynamic_ncols=True,
-              disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+    with progress_bar(unit="frame", desc=f"{item} frames", inner=True) as bar:
         try:
-            return cut_missing_clips(video, tracks, args.max_track_len, info=info, on_frames=bar.update,
-                                     threads=args.threads)
+            return cut_missing_clips(video, tracks, options.max_track_len, info=info, on_frames=bar.update,
+                                     threads=options.threads)
         except VideoError as exc:
             raise ItemError(f"corrupt video: {exc}", category="corrupt_video") from None
 

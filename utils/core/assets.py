@@ -49,9 +49,13 @@ class AssetError(RuntimeError):
     """An asset could not be fetched or failed its checksum."""
 
 
-def cache_dir() -> Path:
-    """``$TRACKVERSE_CACHE``, else ``~/.cache/trackverse``."""
-    return Path(os.environ.get("TRACKVERSE_CACHE") or Path.home() / ".cache" / "trackverse")
+def cache_root() -> Path:
+    """The root of every cache of the project (assets, filter weights, OWLv2 prompt
+    embeddings): ``$TRACKVERSE_CACHE``, else ``$XDG_CACHE_HOME/trackverse``, else
+    ``~/.cache/trackverse``. Each cache is a folder under it; nothing builds its own root."""
+    if os.environ.get("TRACKVERSE_CACHE"):
+        return Path(os.environ["TRACKVERSE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trackverse"
 
 
 def fetch_verified(urls: Sequence[str], target: Path, check: Callable[[bytes], None], what: str,
@@ -82,7 +86,7 @@ def asset_path(name: str, base_url: str | None = None, timeout: float = 60.0) ->
     if name not in ASSETS:
         raise AssetError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}")
     asset = ASSETS[name]
-    target = cache_dir() / "assets" / TRACKVERSE_COMMIT[:12] / name
+    target = cache_root() / "assets" / TRACKVERSE_COMMIT[:12] / name
     if target.exists() and file_sha256(target) == asset.sha256:
         return target
     url = (base_url or os.environ.get("TRACKVERSE_ASSETS_URL") or BASE_URL).rstrip("/") + "/" + name

@@ -13,13 +13,16 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from utils.core.layout import default_base_dir
 
 C = TypeVar("C")
 
 _SPEC = "trackverse.flag"
+_NESTED = "trackverse.nested"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,13 @@ def option(default: Any = dataclasses.MISSING, *, help: str | None = None, group
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata={_SPEC: spec})
     return dataclasses.field(default=default, metadata={_SPEC: spec})
+
+
+def nested(cls: type, group: str | None = None) -> Any:
+    """A field holding another config (e.g. the download options two stages share): its flags
+    are added with the outer config's, flat (``--url_template``, not ``--download.url_template``),
+    in ``group`` when given, else in the groups the nested config names."""
+    return dataclasses.field(default_factory=cls, metadata={_NESTED: (cls, group)})
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -85,42 +95,74 @@ def _argparse_kwargs(field: dataclasses.Field, tp: Any, spec: FlagSpec) -> dict[
 
 
 def config_fields(cls: type) -> list[tuple[dataclasses.Field, Any, FlagSpec]]:
-    """(field, resolved type, flag spec) of every flag field of a config class, in order."""
+    """(field, resolved type, flag spec) of every flag of a config class, nested configs'
+    flags in place of the nested field, in field order."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        spec = f.metadata.get(_SPEC)
-        if spec is not None:
-            out.append((f, hints[f.name], spec))
+        if _NESTED in f.metadata:
+            inner, group = f.metadata[_NESTED]
+            for field, tp, spec in config_fields(inner):
+                out.append((field, tp, spec if group is None else dataclasses.replace(spec, group=group)))
+            continue
+        if _SPEC in f.metadata:
+            out.append((f, hints[f.name], f.metadata[_SPEC]))
     return out
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
                          groups: dict[str, argparse._ArgumentGroup] | None = None,
                          only_groups: Sequence[str | None] | None = None,
-                         skip_groups: Sequence[str | None] = ()) -> dict[str, argparse._ArgumentGroup]:
+                         skip_groups: Sequence[str | None] = (),
+                         defaults: Mapping[str, Any] | None = None) -> dict[str, argparse._ArgumentGroup]:
     """Add a flag per field of ``cls`` to ``parser``, in field order, in the field's group
-    (created on first use; ``groups`` shares them between classes)."""
+    (created on first use; ``groups`` shares them between classes). ``defaults`` overrides
+    field defaults by name (e.g. a stage's Slurm resources)."""
     groups = {} if groups is None else groups
+    defaults = defaults or {}
     for field, tp, spec in config_fields(cls):
         if spec.group in skip_groups or (only_groups is not None and spec.group not in only_groups):
             continue
+        kwargs = _argparse_kwargs(field, tp, spec)
+        if field.name in defaults:
+            kwargs["default"] = defaults[field.name]
         target: Any = parser
         if spec.group is not None:
             if spec.group not in groups:
                 groups[spec.group] = parser.add_argument_group(spec.group)
             target = groups[spec.group]
-        target.add_argument(f"--{field.name}", *(f"--{a}" for a in spec.aliases),
-                            **_argparse_kwargs(field, tp, spec))
+        target.add_argument(f"--{field.name}", *(f"--{a}" for a in spec.aliases), **kwargs)
     return groups
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
-    """``cls`` with every flag field taken from ``args`` (lists become tuples: configs are frozen)."""
-    values = {}
-    for field, _tp, _spec in config_fields(cls):  # type: ignore[arg-type]
-        if hasattr(args, field.name):
-            value = getattr(args, field.name)
-            values[field.name] = tuple(value) if isinstance(value, list) else value
+    """``cls`` with every flag field (nested configs included) taken from ``args``; lists
+    become tuples, since configs are frozen."""
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if _NESTED in f.metadata:
+            values[f.name] = config_from_args(f.metadata[_NESTED][0], args)
+        elif _SPEC in f.metadata and hasattr(args, f.name):
+            value = getattr(args, f.name)
+            if isinstance(value, list):
+                value = tuple(value)
+            elif value is not None and _unwrap_optional(hints[f.name])[0] is Path and not isinstance(value, Path):
+                value = Path(value)
+            values[f.name] = value
     values.update(overrides)
     return cls(**values)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def base_dir_option(group: str | None = None) -> Any:
+    """``--base_dir`` as every script takes it."""
+    return option(default_factory=default_base_dir, group=group,
+                  help="dataset root ($TRACKVERSE_DB, else ./TrackVerseDB)")
+
+
+def log_level_option(group: str | None = None) -> Any:
+    """``--log_level`` as every script takes it."""
+    return option("INFO", group=group, choices=LOG_LEVELS)

@@ -8,19 +8,12 @@ by the text of a message.
 from __future__ import annotations
 
 import errno
-import logging
-
-log = logging.getLogger("trackverse")
-
+import sys
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SYSTEMIC = 3
-PROGRESS_INTERVAL_S = 60.0
-
-
-# ------------------------------------------------------------------------------ errors
 
 
 class ItemError(Exception):
@@ -33,6 +26,33 @@ class ItemError(Exception):
         self.reason = reason
         self.transient = transient
         self.category = category
+
+
+class InvalidItemError(ItemError, ValueError):
+    """An id or relative path that must not become a path under the dataset root (a malformed
+    YouTube id, a file name escaping its folder). Permanent; category ``invalid_id``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, category="invalid_id")
+
+
+class DataError(ValueError):
+    """An input's content cannot be used (a malformed track, say): the data's fault, not a bug.
+    Pure code raises it where it has no item to fail; ``category`` names the kind."""
+
+    category = "bad_input"
+
+
+class BadGeometryError(DataError):
+    """Track timestamps or boxes that no clip can be cut from."""
+
+    category = "bad_geometry"
+
+
+class ZeroSizeTrackError(BadGeometryError):
+    """Every box of the track has zero width or height."""
+
+    category = "zero_size"
 
 
 class NotReady(Exception):
@@ -56,12 +76,14 @@ _SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno
 
 
 def is_systemic(exc: BaseException) -> bool:
-    """Faults that no other item would survive either."""
+    """Faults that no other item would survive either: our SystemicError, out of memory, a full
+    or read-only disk, no file descriptors left, and the accelerator failing (torch's typed
+    CUDA errors, checked only when torch is loaded)."""
     if isinstance(exc, SystemicError | MemoryError):
         return True
     if isinstance(exc, OSError) and exc.errno in _SYSTEMIC_ERRNOS:
         return True
-    message = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        message.startswith("CUDA error") or "CUDA driver" in message or "no CUDA-capable device" in message
-    )
+    torch = sys.modules.get("torch")
+    accelerator_errors = tuple(getattr(torch, name) for name in ("AcceleratorError", "OutOfMemoryError")
+                               if torch is not None and hasattr(torch, name))
+    return bool(accelerator_errors) and isinstance(exc, accelerator_errors)

@@ -1,19 +1,26 @@
-"""Crash-safe outputs: write under a temporary name in the target's folder, fsync, rename.
+"""Crash-safe outputs, and the readers of what a killed writer may leave.
 
-A kill at any instant leaves either nothing or a whole file. Temporary names carry a fixed
-marker (``.tmp-``) so the next run recognises and removes what a killed run left behind.
+Writes go under a temporary name in the target's folder, are fsync'd and renamed: a kill at
+any instant leaves either nothing or a whole file. Temporary names carry a fixed marker
+(``.tmp-``) so the next run recognises and removes what a killed run left behind. Files
+written by appending (journals, JSON lines) may still end in a torn line:
+:func:`iter_json_lines` tells it apart from a bad line; gzip or plain files are told apart by
+their magic bytes (:func:`is_gzip`), never by their name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import os
 import socket
-import time
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +57,6 @@ def remove_temps_of(target: Path) -> int:
     return removed
 
 
-def remove_stale_temps(folder: Path, older_than_s: float = 24 * 3600) -> int:
-    """Sweep a folder tree for temporaries older than ``older_than_s`` (any writer)."""
-    removed = 0
-    now = time.time()
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            if name.startswith(".") and TMP_MARKER in name:
-                path = os.path.join(dirpath, name)
-                with contextlib.suppress(FileNotFoundError):
-                    if now - os.stat(path).st_mtime > older_than_s:
-                        os.unlink(path)
-                        removed += 1
-    return removed
-
-
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -86,7 +78,7 @@ def commit_temp(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target``, on any
     exception it is removed and ``target`` is left untouched."""
     target = Path(target)
@@ -113,6 +105,20 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def file_signature(path: Path | str, inode: bool = False) -> dict[str, int] | None:
+    """Size and modification time of a file (and its inode when asked), None when absent: a
+    cheap stand-in for its content. A file replaced atomically gets a new inode and time;
+    ``os.replace`` keeps both, so a temporary's signature is the committed file's."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    signature = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if inode:
+        signature["inode"] = st.st_ino
+    return signature
+
+
 def atomic_write_bytes(target: Path | str, data: bytes) -> None:
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         f.write(data)
@@ -124,3 +130,51 @@ def atomic_write_text(target: Path | str, text: str) -> None:
 
 def atomic_write_json(target: Path | str, obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------- reading
+
+GZIP_MAGIC = b"\x1f\x8b"
+# What a cut or damaged gzip stream raises while it is read.
+GZIP_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+    """Whether the file starts with the gzip magic bytes (an empty file is not gzip)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def open_maybe_gzip(path: str | os.PathLike) -> io.BufferedIOBase:
+    """The file's bytes, decompressed when it is gzip (by its magic, whatever its name)."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")  # noqa: SIM115 (the caller closes it)
+
+
+@dataclass(frozen=True)
+class JsonLine:
+    """One non-blank line of a JSON-lines stream: its parsed ``value``, or the ``error`` that
+    parsing raised. ``torn``: the line is the last one, has no newline and does not parse (a
+    writer killed in the middle of it), as opposed to a bad line."""
+
+    lineno: int
+    text: bytes | str  # the line without surrounding whitespace
+    value: Any = None
+    error: ValueError | None = None
+    torn: bool = False
+
+
+def iter_json_lines(lines: Iterable[bytes | str]) -> Iterator[JsonLine]:
+    """Parse each non-blank line of ``lines`` (a file opened in binary or text mode),
+    numbered from 1. Never raises on content: what to do with a bad or torn line is the
+    caller's decision; errors of the stream itself (I/O, gzip) propagate."""
+    for lineno, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes
+            ended = raw.endswith(b"\n") if isinstance(raw, bytes) else raw.endswith("\n")
+            yield JsonLine(lineno, text, error=exc, torn=not ended)
+            continue
+        yield JsonLine(lineno, text, value)

@@ -1,4 +1,4 @@
-"""Every path under the dataset root, in one place (DESIGN.md "Dataset root").
+"""Every path under the dataset root, in one place.
 
 All ids are validated before they become paths, and every path is checked to stay inside
 the root, so a malformed id or a hostile ``fn`` in a metadata file cannot write elsewhere.
@@ -12,16 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.core.errors import InvalidItemError
+
 log = logging.getLogger("trackverse.curation")
 
 
 YID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{11}$")
 DATASET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class InvalidItemError(ValueError):
-    """An id or relative path that must not become a path under the dataset root."""
 
 
 def validate_yid(yid: str) -> str:
@@ -65,6 +63,9 @@ class DatasetLayout:
         object.__setattr__(self, "base_dir", Path(self.base_dir))
 
     # stage 1-3: videos and segments
+    def videos_dir(self) -> Path:
+        return self.base_dir / "videos_mp4"
+
     def video_mp4(self, yid: str) -> Path:
         validate_yid(yid)
         return self.base_dir / "videos_mp4" / yid[:2] / f"{yid}.mp4"
@@ -88,12 +89,15 @@ class DatasetLayout:
         validate_name(dataset_name)
         return self.base_dir / "tracks_meta" / dataset_name
 
+    def tracks_mp4_dir(self, dataset_name: str | None) -> Path:
+        """``tracks_mp4/<dataset_name>``; without a dataset name, ``tracks_mp4`` (released subsets)."""
+        root = self.base_dir / "tracks_mp4"
+        return root if dataset_name is None else root / validate_name(dataset_name)
+
     def track_mp4(self, dataset_name: str | None, fn: str) -> Path:
         """``tracks_mp4/<dataset_name>/<fn>``; without a dataset name, ``tracks_mp4/<fn>``
         (released subsets keep their file names)."""
-        root = self.base_dir / "tracks_mp4"
-        if dataset_name is not None:
-            root = root / validate_name(dataset_name)
+        root = self.tracks_mp4_dir(dataset_name)
         if not str(fn).endswith(".mp4"):
             raise InvalidItemError(f"track file name {fn!r} does not end in .mp4")
         return inside(root, fn)
@@ -102,10 +106,7 @@ class DatasetLayout:
         """``tracks_mp4[/<dataset_name>]/<yid[:2]>/<yid>.done.json``: written last, once every
         clip of the video exists (extract_tracks, download_tracks)."""
         validate_yid(yid)
-        root = self.base_dir / "tracks_mp4"
-        if dataset_name is not None:
-            root = root / validate_name(dataset_name)
-        return root / yid[:2] / f"{yid}.done.json"
+        return self.tracks_mp4_dir(dataset_name) / yid[:2] / f"{yid}.done.json"
 
     # stage 5: subsets and index
     def subsets_dir(self) -> Path:
@@ -128,11 +129,18 @@ class DatasetLayout:
             return Path(relative)
         return inside(self.base_dir, relative)
 
+    def qa_dir(self, name: str) -> Path:
+        """``qa/<name>``: QA pages of a subset or a video (qa.py)."""
+        return inside(self.base_dir / "qa", validate_name(name, "QA page name"))
+
     # logs
+    def logs_root(self) -> Path:
+        return self.base_dir / "logs"
+
     def logs_dir(self, stage: str) -> Path:
         if not STAGE_NAME_PATTERN.match(stage) or ".." in stage:
             raise InvalidItemError(f"{stage!r} is not a valid stage name")
-        return self.base_dir / "logs" / stage
+        return self.logs_root() / stage
 
 # ------------------------------------------------------------------------------------ names
 

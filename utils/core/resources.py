@@ -6,21 +6,22 @@ import contextlib
 import logging
 import os
 import resource
+from collections.abc import Mapping
 from pathlib import Path
 
-log = logging.getLogger("trackverse.curation")
+log = logging.getLogger("trackverse.resources")
 
 
-def available_cpus(environ: dict[str, str] | None = None) -> int:
+def available_cpus(environ: Mapping[str, str] | None = None) -> int:
     """CPUs this process may run on: its affinity mask, and no more than a Slurm task's
     ``SLURM_CPUS_PER_TASK`` (clusters without CPU binding show every CPU of the node)."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     with contextlib.suppress(KeyError, ValueError):
-        cpus = min(cpus, int(environ["SLURM_CPUS_PER_TASK"]))
+        cpus = min(cpus, int(env["SLURM_CPUS_PER_TASK"]))
     return max(cpus, 1)
 
 

@@ -116,7 +116,7 @@ class Yuv420Image:
 
 def _plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
     """A uint8 plane as a (height, width) view of the frame's memory (rows are ``line_size`` apart)."""
-    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
+    return np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
@@ -503,9 +503,6 @@ def keyframe_times(path: str | os.PathLike) -> list[float]:
     """Timestamps of keyframes (from packets, no decoding)."""
     with _open(path) as container:
         stream = _video_stream(container, path)
-        times = [
-            float(p.pts * stream.time_base)
-            for p in container.demux(stream)
-            if p.pts is not None and p.is_keyframe
-        ]
+        base = stream.time_base or 1
+        times = [float(p.pts * base) for p in container.demux(stream) if p.pts is not None and p.is_keyframe]
     return sorted(times)

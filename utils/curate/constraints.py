@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike
 
+from utils.core.boxes import paired_iou_xywh
 from utils.curate.sampling import (
     format_number,
     rank_within_class,
@@ -35,17 +35,6 @@ RELAX_FACTOR = 0.8
 NO_VALUE = RELAX_ROUNDS  # relaxation level of a track without the metric value
 
 # --------------------------------------------------------------------------- constraints
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of paired ``[x, y, w, h]`` boxes, (n, 4) each."""
-    x1 = np.maximum(a[:, 0], b[:, 0])
-    y1 = np.maximum(a[:, 1], b[:, 1])
-    x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
-    y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def spt_iou(ts_a: np.ndarray, box_a: np.ndarray, ts_b: np.ndarray, box_b: np.ndarray,
@@ -78,7 +67,7 @@ def spt_iou(ts_a: np.ndarray, box_a: np.ndarray, ts_b: np.ndarray, box_b: np.nda
             m = min(ia.size, ib.size)
             ia = ia[np.linspace(0, ia.size - 1, m).astype(np.int64)]
             ib = ib[np.linspace(0, ib.size - 1, m).astype(np.int64)]
-    iou = _box_iou(box_a[ia], box_b[ib])
+    iou = paired_iou_xywh(box_a[ia], box_b[ib])
     if math.isfinite(tbuff):
         iou = iou / np.maximum(np.sqrt(np.abs(ts_a[ia] - ts_b[ib]) / tbuff), 1.0)
     return float(iou.mean())
@@ -256,17 +245,20 @@ def walk_class(candidates: np.ndarray, nc_max: int, inputs: WalkInputs) -> tuple
                 return accepted, rounds
     return accepted, rounds
 
+
 # --------------------------------------------------------------------------------------------
 # optional constraints
 # --------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class SamplingConstraints:
     """Optional subset constraints; a value at its neutral setting (None, 0, 1) is off.
 
-    ``min_motion``: keep tracks whose motion value (e.g. the q90 optical-flow magnitude of
-    visual_metrics.py) is >= this; tracks without a value (NaN) are dropped.
-    ``min_nn_dist`` / ``max_spt_iou`` (+ ``iou_tbuff``): diversity and overlap, applied by the
-    sequential walk of ``utils.curate`` (``mask`` refuses them).
+    ``min_motion``: tracks whose motion value (e.g. the q90 optical-flow magnitude of
+    visual_metrics.py) is >= this (:func:`motion_levels`, :func:`picks_by_level`); tracks
+    without a value are never picked. ``min_nn_dist`` / ``max_spt_iou`` (+ ``iou_tbuff``):
+    diversity and overlap, applied by :func:`walk_class`.
     """
 
     min_motion: float | None = None
@@ -305,24 +297,3 @@ class SamplingConstraints:
             buf = "" if math.isinf(self.iou_tbuff) else f"B{format_number(self.iou_tbuff)}"
             parts.append(f"-IoU{format_number(self.max_spt_iou)}{buf}")
         return "".join(parts)
-
-    def mask(self, n_total: int, motion: ArrayLike | None = None) -> np.ndarray:
-        """Boolean mask (n_total,) of rows passing the mask-type constraints (min_motion).
-
-        Combine it with the video eligibility mask (``&``) before sampling.
-        """
-        if self.uses_diversity or self.uses_overlap:
-            raise NotImplementedError(
-                "diversity (min_nn_dist) and overlap (max_spt_iou) constraints need a sequential "
-                "pass over rank_within_class; not implemented yet"
-            )
-        keep = np.ones(n_total, dtype=bool)
-        if self.uses_motion:
-            if motion is None:
-                raise ValueError("min_motion needs the per-track motion values (run visual_metrics.py)")
-            mot = np.asarray(motion, dtype=np.float64).reshape(-1)
-            if mot.shape[0] != n_total:
-                raise ValueError(f"motion has {mot.shape[0]} rows, expected {n_total}")
-            with np.errstate(invalid="ignore"):
-                keep &= mot >= self.min_motion
-        return keep

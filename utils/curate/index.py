@@ -3,35 +3,39 @@
 Files are read sorted by path, records in file order; every record is validated and its
 ``yid`` must be the file's; the first occurrence of a ``tid`` or ``fn`` wins. A damaged or
 truncated file keeps the lines before the damage and is named in the report; an invalid line
-is reported and dropped; nothing stops the run. Work is spread over ``num_workers`` processes
-and the output does not depend on how many.
+is reported and dropped. Anything else (out of memory, a bug) stops the run and leaves the
+previous index as it was. Work is spread over ``num_workers`` processes and the output does not
+depend on how many.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import math
 import multiprocessing
 import os
-import sys
 import time
-import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from utils.core.errors import UsageError, is_systemic
-from utils.core.io import atomic_path, atomic_write_json, is_temp_file
+from utils.core.io import (
+    GZIP_STREAM_ERRORS,
+    JsonLine,
+    atomic_path,
+    atomic_write_json,
+    is_temp_file,
+    iter_json_lines,
+)
 from utils.core.layout import YID_PATTERN, DatasetLayout, companion_path, report_path, validate_name
-from utils.core.progress import progress_interval
+from utils.core.progress import progress_bar
 from utils.core.resources import peak_memory_gb
 from utils.records.index_file import COMPANION_SCHEMA, companion_table, write_companion
-from utils.records.tracks import TrackRecord
+from utils.records.tracks import TrackRecord, TrackRecordError
 
 log = logging.getLogger("trackverse.curation")
 
@@ -51,7 +55,7 @@ class MetaFileResult:
     """What one worker made of one metadata file."""
 
     rel: str
-    rows: list[tuple] = field(default_factory=list)  # _RECORD_COLUMNS values per kept record
+    rows: list[tuple] = field(default_factory=list)  # per kept record: its companion columns from yid on
     members: list[bytes] = field(default_factory=list)  # one gzip member per kept record
     lines: int = 0
     bytes_in: int = 0
@@ -89,55 +93,57 @@ def _record_scalars(rec: TrackRecord) -> tuple:
     )
 
 
-def _index_line(raw: bytes, lineno: int, expected_yid: str | None, result: MetaFileResult) -> None:
-    stripped = raw.strip()
-    if not stripped:
-        return
-    try:
-        data = json.loads(stripped)
-    except ValueError as exc:
+def _index_line(line: JsonLine, expected_yid: str | None, result: MetaFileResult) -> None:
+    if line.error is not None:
         result.invalid += 1
-        if raw.endswith(b"\n"):
-            result.problem(f"line {lineno}: not JSON: {exc}")
+        if line.torn:
+            result.problem(f"line {line.lineno}: torn last line")
+            result.damaged = result.damaged or f"torn last line {line.lineno}"
         else:
-            result.problem(f"line {lineno}: torn last line")
-            result.damaged = result.damaged or f"torn last line {lineno}"
+            result.problem(f"line {line.lineno}: not JSON: {line.error}")
         return
     try:
-        rec = TrackRecord.from_dict(data)
+        rec = TrackRecord.from_dict(line.value)
         if expected_yid is not None and rec.yid != expected_yid:
-            raise ValueError(f"record of video {rec.yid} in the metadata file of {expected_yid}")
+            raise TrackRecordError(f"record of video {rec.yid} in the metadata file of {expected_yid}")
         # as read when already canonical (no re-serialisation), else canonical
-        line = stripped if data == rec.to_dict() else rec.to_json().encode("utf-8")
-        scalars = _record_scalars(rec)
-    except Exception as exc:  # untrusted input: any failure drops the line, never the run
+        text = line.text if line.value == rec.to_dict() else rec.to_json().encode("utf-8")
+    except ValueError as exc:  # TrackRecordError, or a value JSON cannot write (NaN): a bad line
         result.invalid += 1
-        result.problem(f"line {lineno}: {exc}")
+        result.problem(f"line {line.lineno}: {exc}")
         return
-    line += b"\n"
-    result.bytes_raw += len(line)
-    result.members.append(gzip.compress(line, compresslevel=INDEX_COMPRESSLEVEL, mtime=0))
+    scalars = _record_scalars(rec)
+    data = bytes(text) + b"\n"
+    result.bytes_raw += len(data)
+    result.members.append(gzip.compress(data, compresslevel=INDEX_COMPRESSLEVEL, mtime=0))
     result.rows.append(scalars)
 
 
 def index_meta_file(task: tuple[str, str]) -> MetaFileResult:
-    """Read, validate and compress one metadata file (runs in a worker process)."""
+    """Read, validate and compress one metadata file (runs in a worker process). Bad lines
+    and a damaged or unreadable file are reported in the result; anything else raises."""
     path, rel = task
     result = MetaFileResult(rel=rel)
     expected = _yid_of_meta_file(Path(path).name)
     try:
         result.bytes_in = os.path.getsize(path)
         with gzip.open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                result.lines = lineno
-                _index_line(raw, lineno, expected, result)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            for line in iter_json_lines(_counted(f, result)):
+                _index_line(line, expected, result)
+    except GZIP_STREAM_ERRORS as exc:
         result.damaged = f"damaged or truncated after line {result.lines}: {type(exc).__name__}: {exc}"
     except OSError as exc:
         if is_systemic(exc):
             raise
         result.damaged = f"unreadable: {type(exc).__name__}: {exc}"
     return result
+
+
+def _counted(lines: Iterable[bytes], result: MetaFileResult) -> Iterator[bytes]:
+    """``lines``, counting every line read (blank ones too) in ``result.lines``."""
+    for raw in lines:
+        result.lines += 1
+        yield raw
 
 
 def _map_files(tasks: list[tuple[str, str]], num_workers: int) -> Iterator[MetaFileResult]:
@@ -222,6 +228,7 @@ class _Columns:
         self.flush()
         return pa.Table.from_batches(self.batches, schema=COMPANION_SCHEMA)
 
+
 def list_meta_files(base_dir: str | os.PathLike, dataset_name: str) -> tuple[Path, list[tuple[str, str]]]:
     """(the metadata folder, sorted (path, relative path) of its ``*/*-meta.jsonl.gzip``)."""
     folder = DatasetLayout(Path(base_dir)).tracks_meta_dir(dataset_name)
@@ -248,10 +255,9 @@ def build_index(
     seen_tid: set[str] = set()
     seen_fn: set[str] = set()
     columns = _Columns()
-    bar = tqdm(total=len(tasks), desc=f"index {dataset_name}", unit="file", disable=not progress,
-               dynamic_ncols=True, mininterval=progress_interval(), file=sys.stderr)
+    bar = progress_bar(total=len(tasks), desc=f"index {dataset_name}", unit="file", enabled=progress)
     with atomic_path(summary.companion_path) as companion_tmp:
-        with atomic_path(index_path) as index_tmp, open(index_tmp, "wb") as out:
+        with bar, atomic_path(index_path) as index_tmp, open(index_tmp, "wb") as out:
             offset = 0
             for result in _map_files(tasks, num_workers):
                 summary.lines += result.lines
@@ -292,7 +298,6 @@ def build_index(
                 bar.set_postfix({"tracks": summary.written, "MB/s": f"{summary.bytes_in / 1e6 / elapsed:.1f}"},
                                 refresh=False)
             summary.bytes_out = offset
-        bar.close()
         write_companion(companion_table(columns.table(), dataset_name, index_path, summary.bytes_out,
                                         meta_files=len(tasks)), companion_tmp)
     summary.seconds = round(time.time() - started, 3)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
 from pathlib import Path
 
@@ -42,20 +41,10 @@ import numpy as np
 from utils.core.io import atomic_path, atomic_write_text
 from utils.core.layout import SUBSET_EXT
 from utils.curate.constraints import RELAX_FACTOR, RELAX_ROUNDS, SamplingConstraints
-from utils.curate.sampling import (
-    _check_temperature,
-    format_number,
-)
-
-log = logging.getLogger("trackverse.curation")
-
-
-
+from utils.curate.sampling import check_temperature, format_number
 
 ROUND_NAMES = {r: f"x{format_number(round(RELAX_FACTOR**r, 6))}" for r in range(1, RELAX_ROUNDS - 1)}
 ROUND_NAMES[RELAX_ROUNDS - 1] = "off"
-
-
 
 
 def write_class_table(path: Path, rows: list[tuple[str, int, int, int]]) -> None:
@@ -66,13 +55,9 @@ def write_class_table(path: Path, rows: list[tuple[str, int, int, int]]) -> None
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_class_distribution(path: Path, rows: list[tuple[str, int, int, int]], title: str) -> bool:
-    """Tracks per class, most first (relaxed classes in orange); False when matplotlib is missing."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.warning("matplotlib is not installed: no class-distribution plot for %s", path.name)
-        return False
+def plot_class_distribution(path: Path, rows: list[tuple[str, int, int, int]], title: str) -> None:
+    """Tracks per class, most first (relaxed classes in orange)."""
+    from matplotlib.figure import Figure  # imported here: it takes a while and only plots need it
     counts = np.array([r[1] for r in rows], dtype=np.float64)
     relaxed = np.array([r[3] > 0 for r in rows], dtype=bool)
     fig = Figure(figsize=(11, 4.2), dpi=100)
@@ -95,9 +80,10 @@ def plot_class_distribution(path: Path, rows: list[tuple[str, int, int, int]], t
     fig.subplots_adjust(bottom=0.3 if len(rows) <= 40 else 0.12, left=0.07, right=0.98)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    return True
 
-def _subset_line(report: dict) -> str:
+
+def subset_line(report: dict) -> str:
+    """The summary line of one written subset (from its report)."""
     text = f"  {report['subset']}: {report['tracks']} tracks, {report['classes']} classes"
     if report["relaxed_classes"]:
         parts = ", ".join(f"{k}: {v}" for k, v in report["relaxed_classes"].items())
@@ -148,7 +134,7 @@ def subset_name(
             return f"{dataset_name}-MinRed-{size}{SUBSET_EXT}"
         if temperature is None:
             raise ValueError("a class-balanced subset name needs Nc, total and temperature")
-        temp = format_number(_check_temperature(temperature))
+        temp = format_number(check_temperature(temperature))
         return f"{dataset_name}-{size}-T{temp}{suffix}{SUBSET_EXT}"
     raise ValueError(
         f"unknown subset kind {kind!r}: expected 'random', 'class_balanced', 'max_motion' or 'min_red'"

@@ -1,15 +1,16 @@
 """Pure sampling logic behind ``curate_db.py``: which rows of the track index go into a subset.
 
-Every function works on numpy columns of the index (one entry per track) and returns row indices,
-sorted ascending, so that a subset is written in index order. Nothing here reads files.
+Everything works on numpy columns of the index (one entry per track); selections are row
+indices sorted ascending, so that a subset is written in index order. Nothing here reads files.
 
 * ``sample_random``: a seeded uniform sample without replacement among eligible rows. With the
   same seed and mask, smaller subsets are contained in larger ones (82K in 184K in ...).
-* ``sample_class_balanced``: at most ``Nc`` rows per class, ranked within each class by score:
-  ``T=0`` takes the highest scores (ties: lower row first), ``T=inf`` a uniform random sample,
-  finite ``T>0`` a sample without replacement with probabilities ``softmax(score / T)``
-  (Gumbel-top-k: sort by ``score / T + Gumbel noise``, which needs no exponentials). The ranking
-  is shared by every ``Nc``, so with the same seed CB100 is contained in CB300, etc.
+* ``rank_within_class``: the order in which a class-balanced subset takes each class's rows (it
+  keeps the first ``Nc``): ``T=0`` the highest scores first (ties: lower row first), ``T=inf``
+  uniformly random, finite ``T>0`` sampling without replacement with probabilities
+  ``softmax(score / T)`` (Gumbel-top-k: sort by ``score / T + Gumbel noise``, which needs no
+  exponentials). The ranking is shared by every ``Nc``, so with the same seed CB100 is
+  contained in CB300, etc.
 * ``min_redundancy``: per class, ``Nc`` tracks whose minimum pairwise embedding distance is as
   large as possible (``sample_min_red``): start from the top ``Nc`` of the T=0 ranking, then
   swap greedily (see the function). Deterministic: no seed is involved.
@@ -41,7 +42,7 @@ def _eligible(n_total: int, eligible_mask: ArrayLike | None) -> np.ndarray:
     return mask
 
 
-def _check_temperature(temperature: float) -> float:
+def check_temperature(temperature: float) -> float:
     t = float(temperature)
     if math.isnan(t) or t < 0:
         raise ValueError(f"temperature must be >= 0 (or inf), got {temperature!r}")
@@ -136,7 +137,7 @@ def rank_within_class(
     lab = np.asarray(labels).reshape(-1)
     n = lab.shape[0]
     mask = _eligible(n, eligible_mask)
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
 
     rows = np.flatnonzero(mask)
     ranks = np.full(n, -1, dtype=np.int64)
@@ -168,24 +169,6 @@ def rank_within_class(
     rank_sorted = np.arange(sorted_codes.size) - np.repeat(starts, group_len)
     ranks[rows[order]] = rank_sorted
     return ranks
-
-
-def sample_class_balanced(
-    labels: ArrayLike,
-    scores: ArrayLike | None,
-    Nc: int,
-    temperature: float,
-    seed: int = 0,
-    eligible_mask: ArrayLike | None = None,
-) -> np.ndarray:
-    """Sorted row indices with at most ``Nc`` eligible rows per class (see ``rank_within_class``)."""
-    if Nc < 0:
-        raise ValueError(f"Nc must be >= 0, got {Nc}")
-    ranks = rank_within_class(labels, scores, temperature, seed=seed, eligible_mask=eligible_mask)
-    return np.flatnonzero((ranks >= 0) & (ranks < Nc))
-
-
-
 
 
 # --------------------------------------------------------------------------------------------

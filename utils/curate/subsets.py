@@ -10,9 +10,7 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,9 @@ from utils.core.layout import (
     report_path,
     validate_name,
 )
-from utils.core.progress import progress_interval
+from utils.core.progress import progress_bar
 from utils.core.resources import available_memory_bytes, peak_memory_gb
+from utils.curate.config import CurateConfig, validate_sampling
 from utils.curate.constraints import (
     NO_VALUE,
     RELAX_ROUNDS,
@@ -46,8 +45,8 @@ from utils.curate.constraints import (
 )
 from utils.curate.report import (
     ROUND_NAMES,
-    _subset_line,
     plot_class_distribution,
+    subset_line,
     subset_name,
     write_class_table,
 )
@@ -64,8 +63,6 @@ from utils.records.metrics_store import EMBEDDINGS, MOTION, MetricsError, Vector
 
 log = logging.getLogger("trackverse.curation")
 
-
-VERIFIED_ASSET = "trackverse-verified-6perclass.txt"
 
 # ------------------------------------------------------------------------ verified videos
 
@@ -88,25 +85,6 @@ def read_verified_yids(path: str | os.PathLike) -> set[str]:
     return yids
 
 # ------------------------------------------------------------------------------ sampling
-
-
-@dataclass
-class SamplingOptions:
-    action: str
-    N: Sequence[float] = (82, 184, 259, 392)
-    Nc: Sequence[int] = (100, 300, 500, 1000)
-    temperatures: Sequence[float] = (0.0,)
-    seed: int = 0
-    constraints: SamplingConstraints = field(default_factory=SamplingConstraints)
-    motion_column: str = "q90"
-    embedding_column: str = "embedding"
-    max_swaps: int | None = None  # sample_min_red: swaps per class (None: MIN_RED_SWAPS_PER_TRACK x Nc)
-    max_embedding_gb: float | None = None  # embeddings held at once (None: half the memory available)
-    dataset_name: str | None = None
-    verified_yids: set[str] = field(default_factory=set)
-    verified_source: str = ""
-    plots: bool = True
-    progress: bool = True
 
 
 @dataclass
@@ -138,15 +116,15 @@ _SAMPLING_COLUMNS = ["yid", "label", "offset", "length", "crc32", "ulen"]
 class _Sampler:
     """Shared state of one sampling run: the companion, eligibility, exclusions."""
 
-    def __init__(self, base_dir: Path, table: TrackTable, opts: SamplingOptions, lines: list[str]):
-        self.base_dir = base_dir
+    def __init__(self, opts: CurateConfig, table: TrackTable, verified_yids: set[str], lines: list[str]):
+        self.base_dir = Path(opts.base_dir)
         self.table = table
         self.opts = opts
         self.lines = lines
         self.n = len(table)
         self.codes, self.class_names = table.labels
         self.video_codes, video_names = table.videos
-        verified = eligible_by_video(np.asarray(video_names, dtype=object), opts.verified_yids)
+        verified = eligible_by_video(np.asarray(video_names, dtype=object), verified_yids)
         self.not_verified = verified[self.video_codes] if self.n else np.ones(0, dtype=bool)
         self.exclusions: dict[str, int] = {"verified_videos": int(self.n - self.not_verified.sum())}
         self.dataset_name = opts.dataset_name or table.meta.get("dataset_name")
@@ -218,7 +196,7 @@ class _Sampler:
                     return np.asarray(rec.track_ts, np.float64), np.asarray(rec.track_bbox, np.float64)
 
                 inputs.geometry = geometry
-            for temperature in opts.temperatures:
+            for temperature in opts.temperature:
                 eligible = ranked
                 if not math.isinf(temperature):
                     eligible = ranked & np.isfinite(score)
@@ -251,8 +229,7 @@ class _Sampler:
         return self.not_verified & (self.codes >= 0)
 
     def _progress(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="class", disable=not self.opts.progress, dynamic_ncols=True,
-                    mininterval=progress_interval(), file=sys.stderr)
+        return progress_bar(total=total, desc=desc, unit="class", enabled=self.opts.progress)
 
     def max_motion(self) -> list[SubsetPlan]:
         opts = self.opts
@@ -364,15 +341,15 @@ class _Sampler:
         pick = np.full(self.n, -1, dtype=np.int64)
         rounds = np.zeros(self.n, dtype=np.int8)
         classes = range(bounds.size - 1)
-        for c in tqdm(classes, desc=f"constraints T={format_number(temperature)}", unit="class",
-                      disable=not self.opts.progress, dynamic_ncols=True, mininterval=progress_interval(),
-                      file=sys.stderr):
+        for c in progress_bar(classes, desc=f"constraints T={format_number(temperature)}", unit="class",
+                              enabled=self.opts.progress):
             if inputs.vectors is not None and bounds[c] < codes.size:
                 inputs.vectors.select_class(int(codes[bounds[c]]))
             accepted, acc_rounds = walk_class(order[bounds[c]:bounds[c + 1]], nc_max, inputs)
             pick[accepted] = np.arange(len(accepted))
             rounds[accepted] = acc_rounds
         return pick, rounds
+
 
 def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, source: dict,
                  timings: dict[str, float] | None = None) -> dict:
@@ -392,27 +369,29 @@ def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, sourc
     relaxed = {ROUND_NAMES[r]: int(per_round[r]) for r in range(1, RELAX_ROUNDS) if per_round[r]}
     nc = plan.params.get("Nc")
     short = int(((plan.available > 0) & (plan.available < nc)).sum()) if nc else 0
-    plotted = False
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
-    if sampler.opts.plots:
+    if not sampler.opts.no_plots:
         started = time.perf_counter()
         title = f"{plan.name.removesuffix(SUBSET_EXT)}: {plan.rows.size} tracks, {len(rows)} classes"
-        plotted = plot_class_distribution(class_plot_path(target), rows, title)
+        plot_class_distribution(class_plot_path(target), rows, title)
         timings["plots"] = timings.get("plots", 0.0) + time.perf_counter() - started
     report = {
         "subset": plan.name, "file": str(target), "bytes": size, "tracks": int(plan.rows.size),
         "classes": len(rows), "relaxed_classes": dict(relaxed), "classes_short": short,
         "action": sampler.opts.action, "dataset_name": sampler.dataset_name, **plan.params,
         "exclusions": dict(sampler.exclusions), "warnings": plan.warnings, "notes": plan.notes, **source,
-        "class_table": str(class_table_path(target)), "plot": str(class_plot_path(target)) if plotted else None,
+        "class_table": str(class_table_path(target)),
+        "plot": None if sampler.opts.no_plots else str(class_plot_path(target)),
     }
     atomic_write_json(report_path(target), report)
     return report
 
-def run_sampling(base_dir: str | os.PathLike, index_path: str | os.PathLike, opts: SamplingOptions) -> SamplingSummary:
-    """Select and write the subsets of ``opts.action``."""
+
+def run_sampling(config: CurateConfig) -> SamplingSummary:
+    """Select and write the subsets of ``config.action`` from the index ``config.index_path``."""
     started = time.perf_counter()
-    base_dir = Path(base_dir)
+    opts = validate_sampling(config)
+    verified_yids = read_verified_yids(opts.verified_list)
     summary = SamplingSummary()
     timings = summary.timings
     columns = list(_SAMPLING_COLUMNS)
@@ -424,36 +403,29 @@ def run_sampling(base_dir: str | os.PathLike, index_path: str | os.PathLike, opt
         columns += ["tid", "fn"]
     elif opts.action == "sample_min_red":
         columns += ["score", "tid", "fn"]
-    table = load_track_table(index_path, columns=columns)
-    sampler = _Sampler(base_dir, table, opts, summary.lines)
+    table = load_track_table(opts.index_path, columns=columns)
+    sampler = _Sampler(opts, table, verified_yids, summary.lines)
     timings["read"] = time.perf_counter() - started
     summary.lines.insert(0, f"{opts.action}: {len(table)} indexed tracks, {sampler.class_count()} classes")
+    select = {"sample_random": sampler.random, "sample_class_balanced": sampler.class_balanced,
+              "sample_max_motion": sampler.max_motion, "sample_min_red": sampler.min_red}[opts.action]
     try:
-        if opts.action == "sample_random":
-            plans = sampler.random()
-        elif opts.action == "sample_class_balanced":
-            plans = sampler.class_balanced()
-        elif opts.action == "sample_max_motion":
-            plans = sampler.max_motion()
-        elif opts.action == "sample_min_red":
-            plans = sampler.min_red()
-        else:
-            raise UsageError(f"unknown sampling action {opts.action!r}")
+        plans = select()
     except MetricsError as exc:
         raise UsageError(str(exc)) from exc
     timings["select"] = time.perf_counter() - started - timings["read"]
     excl = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sampler.exclusions.items())
-    summary.lines.append(f"  excluded: {excl} (verified list: {opts.verified_source}, "
-                         f"{len(opts.verified_yids)} videos)")
-    source = {"index_file": str(table.index_path), "verified_list": opts.verified_source}
+    summary.lines.append(f"  excluded: {excl} (verified list: {opts.verified_list}, "
+                         f"{len(verified_yids)} videos)")
+    source = {"index_file": str(table.index_path), "verified_list": opts.verified_list}
     with IndexReader(table) as reader:
         for plan in plans:
             report = write_subset(reader, sampler, plan, source, timings)
             summary.subsets.append(report)
-            summary.lines.append(_subset_line(report))
+            summary.lines.append(subset_line(report))
     summary.seconds = round(time.perf_counter() - started, 3)
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
-    summary.lines.append(f"  {len(plans)} subsets in {DatasetLayout(base_dir).subsets_dir()} in {summary.seconds:.1f} s "
+    summary.lines.append(f"  {len(plans)} subsets in {DatasetLayout(opts.base_dir).subsets_dir()} in {summary.seconds:.1f} s "
                          f"({phases}); peak memory {peak_memory_gb():.2f} GB")
     return summary
 
@@ -475,7 +447,7 @@ def _class_rows(plan: SubsetPlan, codes: np.ndarray, names: list[str]) -> list[t
     return out
 
 
-def _constraints_dict(cons: SamplingConstraints, opts: SamplingOptions) -> dict:
+def _constraints_dict(cons: SamplingConstraints, opts: CurateConfig) -> dict:
     out: dict[str, Any] = {}
     if cons.uses_motion:
         out["min_motion"] = cons.min_motion

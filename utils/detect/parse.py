@@ -10,8 +10,6 @@ writes no file; :mod:`utils.detect.stage` does.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import queue
 import threading
@@ -23,10 +21,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from utils.core.config import option
 from utils.core.errors import SystemicError
 from utils.core.video import Frame, probe_video, read_frames
 from utils.detect.detectors import Detector
 from utils.detect.tracking import ByteTracker, TrackHistory
+from utils.detect.tracking.bytetrack import DEFAULTS as TRACKER_DEFAULTS
 from utils.records.tracks import TrackRecord
 
 log = logging.getLogger(__name__)
@@ -38,20 +38,39 @@ DEFAULT_PROMPTS_ASSET = "lvis-prompts.txt"
 # ---------------------------------------------------------------------------- settings
 
 
-@dataclass(frozen=True)
-class ParseConfig:
-    """Sampling, batching, tracking and filtering settings (the stage's flags)."""
+TRACKER_GROUP = "tracker (ByteTrack)"
+PARSE_GROUP = "parse_tracks"
 
-    fps: float = 16.0
-    max_side: int | None = 480
-    batch_size: int = 8
-    min_track_len: float = 3.0
-    min_track_area: float = 0.1
-    track_thresh: float = 0.55
-    low_thresh: float = 0.1
-    match_thresh: float = 0.45
-    track_buffer: int = 24
-    motion_weight: float = 0.4
+
+@dataclass(frozen=True, kw_only=True)
+class ParseConfig:
+    """How a video is parsed: detector batching and NMS, frame sampling, tracking, track filtering
+    (flags of parse_tracks.py)."""
+
+    batch_size: int = option(8, group=PARSE_GROUP,
+                             help="frames per detector call (OWLv2 halves it on CUDA out-of-memory)")
+    nms_threshold: float | None = option(
+        None, group=PARSE_GROUP,
+        help="detector NMS IoU threshold (default: the backend's, OWLv2 0.5, DETIC 0.7)")
+    fps: float = option(16.0, group=PARSE_GROUP, help="frames sampled per second of video")
+    max_side: int | None = option(480, group=PARSE_GROUP, help="longer side of sampled frames (0: source size)")
+    min_track_len: float = option(3.0, group=PARSE_GROUP, help="minimum track duration, seconds")
+    min_track_area: float = option(0.1, group=PARSE_GROUP,
+                                   help="minimum mean box area, as a fraction of the frame")
+    track_thresh: float = option(TRACKER_DEFAULTS.track_thresh, group=TRACKER_GROUP,
+                                 help="high-score detection threshold")
+    low_thresh: float = option(TRACKER_DEFAULTS.low_thresh, group=TRACKER_GROUP,
+                               help="low-score detections below are ignored")
+    match_thresh: float = option(TRACKER_DEFAULTS.match_thresh, group=TRACKER_GROUP,
+                                 help="maximum fused cost of a match")
+    track_buffer: int = option(TRACKER_DEFAULTS.track_buffer, group=TRACKER_GROUP,
+                               help="lost-track patience (30-fps frames)")
+    motion_weight: float = option(TRACKER_DEFAULTS.motion_weight, group=TRACKER_GROUP,
+                                  help="weight of motion (1 - IoU) against appearance in the matching cost")
+
+    def __post_init__(self) -> None:
+        if self.max_side == 0:  # the flag's "source size"
+            object.__setattr__(self, "max_side", None)
 
     def make_tracker(self) -> ByteTracker:
         return ByteTracker(
@@ -62,13 +81,6 @@ class ParseConfig:
             frame_rate=self.fps,
             motion_weight=self.motion_weight,
         )
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ParseConfig:
-        """Every field from the flag of the same name (``--max_side 0``: source size)."""
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-        values["max_side"] = values["max_side"] or None
-        return cls(**values)
 
 
 # ---------------------------------------------------------------------------- tracking

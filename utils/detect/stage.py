@@ -6,30 +6,30 @@ with no tracks.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import inspect
 import logging
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from utils.core.assets import AssetError, resolve_asset
+from utils.core.config import nested, option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError
 from utils.core.io import atomic_write_bytes
-from utils.core.layout import DatasetLayout, InvalidItemError, validate_name
+from utils.core.layout import DatasetLayout
+from utils.core.models import DEVICE_HELP
+from utils.core.progress import progress_bar
 from utils.core.video import VideoError
 from utils.detect.detectors import DEFAULT_DETECTOR, Detector, DetectorError, make_detector
 from utils.detect.detectors.base import detector_factory
-from utils.detect.parse import DEFAULT_PROMPTS_ASSET, ParseConfig, parse_video
+from utils.detect.parse import DEFAULT_PROMPTS_ASSET, PARSE_GROUP, ParseConfig, parse_video
 from utils.records.prompts import Vocabulary, read_prompts
 from utils.records.segments import read_segments
 from utils.records.tracks import records_to_jsonl_gz_bytes
-from utils.runner.stage import Stage, read_item_list
+from utils.runner.stage import Stage, StageConfig, check_dataset_name, read_item_list
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +48,34 @@ def _accepts(factory: Callable[..., Any]) -> Callable[[str], bool]:
     return names.__contains__
 
 
-def detector_options(args: argparse.Namespace, vocab: Vocabulary) -> dict[str, Any]:
+def detector_options(config: ParseTracksConfig, vocab: Vocabulary) -> dict[str, Any]:
     """Keyword options for the ``--detector`` factory: every flag it accepts (``prompts``,
     ``device``, ``batch_size``, ``nms_threshold``, and ``--model`` as OWLv2's ``model_id``,
     DETIC's ``weights``, or a custom factory's ``model_id``)."""
-    accepts = _accepts(detector_factory(args.detector))
-    wanted: dict[str, Any] = {"prompts": list(vocab.lines), "device": args.device, "batch_size": args.batch_size}
-    if args.nms_threshold is not None:
-        wanted["nms_threshold"] = args.nms_threshold
+    accepts = _accepts(detector_factory(config.detector))
+    wanted: dict[str, Any] = {"prompts": list(vocab.lines), "device": config.device, "batch_size": config.parse.batch_size}
+    if config.parse.nms_threshold is not None:
+        wanted["nms_threshold"] = config.parse.nms_threshold
     options = {k: v for k, v in wanted.items() if accepts(k)}
-    if args.model is not None:
-        key = "weights" if args.detector == "detic" else "model_id"
+    if config.model is not None:
+        key = "weights" if config.detector == "detic" else "model_id"
         if not accepts(key):
-            raise UsageError(f"--model: detector {args.detector!r} takes no {key!r} option")
-        options[key] = str(args.model)
+            raise UsageError(f"--model: detector {config.detector!r} takes no {key!r} option")
+        options[key] = str(config.model)
     return options
 
 
-def build_detector(args: argparse.Namespace, vocab: Vocabulary) -> Detector:
+def build_detector(config: ParseTracksConfig, vocab: Vocabulary) -> Detector:
     """The ``--detector`` over the vocabulary's labels; a failure to build it (weights
     missing, offline, backend not installed) is a :class:`~utils.core.errors.SystemicError`."""
-    options = detector_options(args, vocab)
+    options = detector_options(config, vocab)
     try:
-        return make_detector(args.detector, list(vocab.labels), **options)
+        return make_detector(config.detector, list(vocab.labels), **options)
     except (DetectorError, ImportError, OSError, ValueError) as exc:
         hint = ""
-        if args.detector == "owlv2" and "hf download" not in str(exc):
+        if config.detector == "owlv2" and "hf download" not in str(exc):
             hint = " (pass --model with a local folder of the model and processor to run offline)"
-        raise SystemicError(f"cannot build detector {args.detector!r}: {exc}{hint}") from exc
+        raise SystemicError(f"cannot build detector {config.detector!r}: {exc}{hint}") from exc
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -94,7 +94,24 @@ def _check_range(name: str, value: float, low: float, high: float | None = None)
         raise UsageError(f"--{name} must be {bounds}, got {value}")
 
 
-class ParseTracksStage(Stage):
+@dataclass(frozen=True, kw_only=True)
+class ParseTracksConfig(StageConfig):
+    yid_index_fn: Path = option(group=PARSE_GROUP, help="YouTube ids, one per line")
+    dataset_name: str = option("TrackVerseLVIS", group=PARSE_GROUP, help="tracks_meta/<dataset_name>/ subfolder")
+    class_prompts: Path | None = option(
+        None, group=PARSE_GROUP,
+        help=f"class prompts file, one 'name (also known as ...)' per line (default: the "
+             f"pinned {DEFAULT_PROMPTS_ASSET} of TrackVerse, fetched on first use)")
+    detector: str = option(DEFAULT_DETECTOR, group=PARSE_GROUP,
+                           help="owlv2, detic, ground_truth or 'package.module:callable'")
+    device: str = option("auto", group=PARSE_GROUP, help=DEVICE_HELP)
+    model: str | None = option(None, group=PARSE_GROUP,
+                               help="OWLv2 hub id or local folder (default google/owlv2-base-patch16-ensemble); "
+                                    "DETIC weights path or URL")
+    parse: ParseConfig = nested(ParseConfig)
+
+
+class ParseTracksStage(Stage[ParseTracksConfig]):
     """Detect + track every segment of every video of the list -> per-video track metadata."""
 
     name = "parse_tracks"
@@ -104,84 +121,54 @@ class ParseTracksStage(Stage):
     )
     default_slurm = {"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32}
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("parse_tracks")
-        g.add_argument("--yid_index_fn", type=Path, required=True, help="YouTube ids, one per line")
-        g.add_argument("--dataset_name", default="TrackVerseLVIS", help="tracks_meta/<dataset_name>/ subfolder")
-        g.add_argument("--class_prompts", default=None,
-                       help=f"class prompts file, one 'name (also known as ...)' per line (default: the "
-                            f"pinned {DEFAULT_PROMPTS_ASSET} of TrackVerse, fetched on first use)")
-        g.add_argument("--detector", default=DEFAULT_DETECTOR,
-                       help="owlv2, detic, ground_truth or 'package.module:callable'")
-        g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-        g.add_argument("--model", default=None,
-                       help="OWLv2 hub id or local folder (default google/owlv2-base-patch16-ensemble); "
-                            "DETIC weights path or URL")
-        g.add_argument("--batch_size", type=int, default=8,
-                       help="frames per detector call (OWLv2 halves it on CUDA out-of-memory)")
-        g.add_argument("--nms_threshold", type=float, default=None,
-                       help="detector NMS IoU threshold (default: the backend's, OWLv2 0.5, DETIC 0.7)")
-        g.add_argument("--fps", type=float, default=16.0, help="frames sampled per second of video")
-        g.add_argument("--max_side", type=int, default=480, help="longer side of sampled frames (0: source size)")
-        g.add_argument("--min_track_len", type=float, default=3.0, help="minimum track duration, seconds")
-        g.add_argument("--min_track_area", type=float, default=0.1,
-                       help="minimum mean box area, as a fraction of the frame")
-        t = parser.add_argument_group("tracker (ByteTrack)")
-        t.add_argument("--track_thresh", type=float, default=0.55, help="high-score detection threshold")
-        t.add_argument("--low_thresh", type=float, default=0.1, help="low-score detections below are ignored")
-        t.add_argument("--match_thresh", type=float, default=0.45, help="maximum fused cost of a match")
-        t.add_argument("--track_buffer", type=int, default=24, help="lost-track patience (30-fps frames)")
-        t.add_argument("--motion_weight", type=float, default=0.4,
-                       help="weight of motion (1 - IoU) against appearance in the matching cost")
+    config_class = ParseTracksConfig
 
-    def validate_args(self, args: argparse.Namespace) -> None:
-        try:
-            validate_name(args.dataset_name)
-        except InvalidItemError as exc:
-            raise UsageError(f"--dataset_name: {exc}") from None
-        _check_range("fps", args.fps, 1e-3)
-        if args.max_side < 0:
-            raise UsageError(f"--max_side must be >= 0, got {args.max_side}")
-        if args.batch_size < 1:
-            raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
-        if args.nms_threshold is not None:
-            _check_range("nms_threshold", args.nms_threshold, 0.0, 1.0)
-        _check_range("min_track_len", args.min_track_len, 0.0)
-        _check_range("min_track_area", args.min_track_area, 0.0, 1.0)
+    def validate(self, config: ParseTracksConfig) -> ParseTracksConfig:
+        check_dataset_name(config.dataset_name)
+        _check_range("fps", config.parse.fps, 1e-3)
+        if config.parse.max_side is not None and config.parse.max_side < 0:
+            raise UsageError(f"--max_side must be >= 0, got {config.parse.max_side}")
+        if config.parse.batch_size < 1:
+            raise UsageError(f"--batch_size must be >= 1, got {config.parse.batch_size}")
+        if config.parse.nms_threshold is not None:
+            _check_range("nms_threshold", config.parse.nms_threshold, 0.0, 1.0)
+        _check_range("min_track_len", config.parse.min_track_len, 0.0)
+        _check_range("min_track_area", config.parse.min_track_area, 0.0, 1.0)
         for name in ("track_thresh", "low_thresh", "match_thresh", "motion_weight"):
-            _check_range(name, getattr(args, name), 0.0, 1.0)
-        if args.track_buffer < 0:
-            raise UsageError(f"--track_buffer must be >= 0, got {args.track_buffer}")
+            _check_range(name, getattr(config.parse, name), 0.0, 1.0)
+        if config.parse.track_buffer < 0:
+            raise UsageError(f"--track_buffer must be >= 0, got {config.parse.track_buffer}")
         try:
-            detector_factory(args.detector)
+            detector_factory(config.detector)
         except (ValueError, DetectorError) as exc:
             raise UsageError(f"--detector: {exc}") from None
         try:
-            args.class_prompts = resolve_asset(args.class_prompts, DEFAULT_PROMPTS_ASSET)
-            read_prompts(args.class_prompts)
+            prompts = resolve_asset(config.class_prompts, DEFAULT_PROMPTS_ASSET)
+            read_prompts(prompts)
         except (AssetError, OSError, ValueError) as exc:
             raise UsageError(f"--class_prompts: {exc}") from None
+        return dataclasses.replace(config, class_prompts=prompts)
 
-    def job_key(self, args: argparse.Namespace) -> str:
-        return f"{self.name}-{args.dataset_name}"
+    def job_key(self, config: ParseTracksConfig) -> str:
+        return f"{self.name}-{config.dataset_name}"
 
-    def list_items(self, args: argparse.Namespace) -> list[str]:
-        return read_item_list(args.yid_index_fn)
+    def list_items(self, config: ParseTracksConfig) -> list[str]:
+        return read_item_list(config.yid_index_fn)
 
-    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
-        return DatasetLayout(args.base_dir).tracks_meta(args.dataset_name, item).exists()
+    def output_exists(self, config: ParseTracksConfig, item: str) -> bool:
+        return DatasetLayout(config.base_dir).tracks_meta(config.dataset_name, item).exists()
 
-    def setup(self, args: argparse.Namespace) -> _Resources:
-        vocab = read_prompts(args.class_prompts)
-        detector = build_detector(args, vocab)
+    def setup(self, config: ParseTracksConfig) -> _Resources:
+        vocab = read_prompts(config.class_prompts)
+        detector = build_detector(config, vocab)
         log.info("parse_tracks: detector %s (%s), %d classes, vocabulary %s",
-                 args.detector, getattr(detector, "weights_id", None), len(vocab), vocab.hash[:12])
-        return _Resources(detector, vocab, ParseConfig.from_args(args))
+                 config.detector, getattr(detector, "weights_id", None), len(vocab), vocab.hash[:12])
+        return _Resources(detector, vocab, config.parse)
 
-    def process(self, args: argparse.Namespace, item: str, resources: _Resources) -> dict[str, float]:
-        layout = DatasetLayout(args.base_dir)
+    def process(self, config: ParseTracksConfig, item: str, resources: _Resources) -> dict[str, float]:
+        layout = DatasetLayout(config.base_dir)
         segm_path = layout.video_segments(item)
-        out_path = layout.tracks_meta(args.dataset_name, item)
+        out_path = layout.tracks_meta(config.dataset_name, item)
         try:
             segments = read_segments(segm_path)
         except FileNotFoundError:
@@ -195,9 +182,8 @@ class ParseTracksStage(Stage):
         if not video_path.exists():
             raise ItemError(f"{video_path}: the video is missing (its segment file exists)", category="missing_video")
         total = sum(end - start for start, end in segments)
-        with tqdm(total=round(total, 2), unit="s", desc=f"{item} video", leave=False, dynamic_ncols=True,
-                  disable=not sys.stderr.isatty(), file=sys.stderr,
-                  bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}, {rate_fmt}]") as bar:
+        with progress_bar(total=round(total, 2), unit="s", desc=f"{item} video", inner=True,
+                          bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}, {rate_fmt}]") as bar:
             try:
                 result = parse_video(
                     video_path, item, segments, resources.detector, resources.vocab.labels, resources.config,

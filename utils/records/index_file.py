@@ -63,12 +63,11 @@ COMPANION_SCHEMA = pa.schema([
     ("video_h", pa.int32()),
     ("video_w", pa.int32()),
 ])
-# columns a worker fills per record, in schema order after crc32/ulen
-_RECORD_COLUMNS = COMPANION_SCHEMA.names[5:]
 
 
 class IndexMismatchError(UsageError):
     """The companion does not describe the index file next to it."""
+
 
 def companion_table(columns: pa.Table, dataset_name: str, index_path: str | os.PathLike, index_size: int,
                     **extra: Any) -> pa.Table:
@@ -83,6 +82,7 @@ def companion_table(columns: pa.Table, dataset_name: str, index_path: str | os.P
 def write_companion(table: pa.Table, path: str | os.PathLike) -> None:
     """Write a :func:`companion_table` to ``path`` (give it the temporary of ``atomic_path``)."""
     pq.write_table(table, path, compression="zstd", use_dictionary=["yid", "label"], row_group_size=1 << 20)
+
 
 # ------------------------------------------------------------------------------- companion
 

@@ -357,7 +357,7 @@ class VectorSource:
             for path in self.keys.files:
                 for arr in _vector_batches(path, self.column):
                     _, has, dim = _vector_block(arr, self.column, path, None)
-                    if has.any():
+                    if has.any() and dim is not None:
                         self._dim = int(dim)
                         return self._dim
         return self._dim
@@ -391,7 +391,7 @@ class VectorSource:
                 present[target[use]] = np.isfinite(block[use]).all(axis=1)
                 if keep_vectors:
                     if vectors is None:
-                        vectors = np.zeros((want.size, dim), dtype=np.float32)
+                        vectors = np.zeros((want.size, int(dim or 0)), dtype=np.float32)
                     vectors[target[use]] = block[use]
             if lo != int(keys.starts[i + 1]):
                 raise MetricsError(f"{path}: changed while being read (row count differs)")

@@ -1,4 +1,4 @@
-"""THE metadata record: one JSON line per track (DESIGN.md "The metadata record").
+"""THE metadata record: one JSON line per track.
 
 :class:`TrackRecord` owns the schema; every stage imports it. Keys (released TrackVerse):
 
@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +41,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from utils.core.boxes import xywh_to_xyxy, xyxy_to_xywh
+from utils.core.io import GZIP_STREAM_ERRORS, JsonLine, iter_json_lines, open_maybe_gzip
 from utils.core.layout import validate_yid
 from utils.records.prompts import label_of, label_with_dashes
 
@@ -283,8 +284,7 @@ class TrackRecord:
 
     def bboxes_xyxy(self) -> np.ndarray:
         """(T, 4) float64 ``[x1, y1, x2, y2]``."""
-        b = np.asarray(self.track_bbox, dtype=np.float64).reshape(-1, 4)
-        return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+        return xywh_to_xyxy(np.asarray(self.track_bbox, dtype=np.float64).reshape(-1, 4))
 
     def expected_tid(self) -> str:
         """:func:`compute_tid` of this record's yid, timestamps and boxes."""
@@ -345,8 +345,7 @@ class TrackRecord:
             return [round(float(v), _STAT_DECIMALS) for v in a[order]]
 
         track_ts = [round(float(v), TS_DECIMALS) for v in ts]
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        track_bbox = [[round(float(v), BBOX_DECIMALS) for v in row] for row in xywh]
+        track_bbox = [[round(float(v), BBOX_DECIMALS) for v in row] for row in xyxy_to_xywh(boxes)]
         tid = compute_tid(yid, track_ts, track_bbox)
         names = [str(class_names[i]) for i in order]
         return cls(
@@ -403,36 +402,39 @@ class TrackRecord:
                     return rest.pop(alias)
             return None
 
-        # Per-frame timestamps: released subsets call them frame_ts and use track_ts for the span.
-        if "frame_ts" in rest:
-            values["track_ts"] = rest.pop("frame_ts")
-            span = rest.pop("track_ts", None)
-            if span is not None and list(span) != list(values["track_ts"]):
-                ts = values["track_ts"]
-                if not (len(span) == 2 and ts and span[0] == ts[0] and span[-1] == ts[-1]):
-                    rest["track_span"] = span
-        else:
-            values["track_ts"] = rest.pop("track_ts", None)
-        for name in _CANONICAL:
-            if name != "track_ts":
-                values[name] = take(name)
-        # The original pipeline stored [mu, std] pairs.
-        for old, (mu, std) in (("top10_cls", ("top10_logit_mu", "top10_logit_std")),
-                               ("top10_wcls", ("top10_wlogit_mu", "top10_wlogit_std"))):
-            pair = rest.get(old)
-            if values[mu] is None and isinstance(pair, (list, tuple)) and len(pair) == 2:
-                values[mu], values[std] = pair[0], pair[1]
-                del rest[old]
+        try:  # the object's shape (wrong types where lists are expected) is the data's fault
+            # Per-frame timestamps: released subsets call them frame_ts and use track_ts for the span.
+            if "frame_ts" in rest:
+                values["track_ts"] = rest.pop("frame_ts")
+                span = rest.pop("track_ts", None)
+                if span is not None and list(span) != list(values["track_ts"]):
+                    ts = values["track_ts"]
+                    if not (len(span) == 2 and ts and span[0] == ts[0] and span[-1] == ts[-1]):
+                        rest["track_span"] = span
+            else:
+                values["track_ts"] = rest.pop("track_ts", None)
+            for name in _CANONICAL:
+                if name != "track_ts":
+                    values[name] = take(name)
+            # The original pipeline stored [mu, std] pairs.
+            for old, (mu, std) in (("top10_cls", ("top10_logit_mu", "top10_logit_std")),
+                                   ("top10_wcls", ("top10_wlogit_mu", "top10_wlogit_std"))):
+                pair = rest.get(old)
+                if values[mu] is None and isinstance(pair, (list, tuple)) and len(pair) == 2:
+                    values[mu], values[std] = pair[0], pair[1]
+                    del rest[old]
 
-        missing = [k for k in ("yid", "track_ts", "track_bbox") if values[k] is None]
-        if missing:
-            raise TrackRecordError(f"track record misses {missing} (keys: {sorted(data)})")
-        if values["tid"] is None:
-            values["tid"] = compute_tid(str(values["yid"]), values["track_ts"], values["track_bbox"])
-        if values["fn"] is None:
-            if not values["top10_desc"]:
-                raise TrackRecordError(f"track {values['yid']}/{values['tid']}: no fn and no top10_desc to name it")
-            values["fn"] = track_filename(str(values["yid"]), values["top10_desc"][0], str(values["tid"]))
+            missing = [k for k in ("yid", "track_ts", "track_bbox") if values[k] is None]
+            if missing:
+                raise TrackRecordError(f"track record misses {missing} (keys: {sorted(data)})")
+            if values["tid"] is None:
+                values["tid"] = compute_tid(str(values["yid"]), values["track_ts"], values["track_bbox"])
+            if values["fn"] is None:
+                if not values["top10_desc"]:
+                    raise TrackRecordError(f"track {values['yid']}/{values['tid']}: no fn and no top10_desc to name it")
+                values["fn"] = track_filename(str(values["yid"]), values["top10_desc"][0], str(values["tid"]))
+        except (TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise TrackRecordError(f"malformed track record ({type(exc).__name__}: {exc}; keys: {sorted(data)})") from None
         if validate:
             return cls(**values, extra=rest)
         record = cls.__new__(cls)
@@ -490,31 +492,16 @@ class RecordsRead(list):
         self.lines = 0
 
 
-def _open_lines(path: str | os.PathLike) -> IO[bytes]:
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
-
-
 def iter_records(path: str | os.PathLike, validate: bool = True) -> Iterator[TrackRecord]:
     """Records of a gzip (or plain) JSONL file, one by one; raises :class:`RecordsFileError`
     on a truncated stream or a bad line (naming the file and line)."""
     lineno = 0
     try:
-        with _open_lines(path) as f:
-            for lineno, raw in enumerate(f, start=1):  # noqa: B007 (lineno is reported on errors)
-                if not raw.strip():
-                    continue
-                try:
-                    yield TrackRecord.from_json(raw, validate)
-                except TrackRecordError as exc:
-                    raise RecordsFileError(f"{path}:{lineno}: {exc}") from None
-    except _STREAM_ERRORS as exc:
+        with open_maybe_gzip(path) as f:
+            for line in iter_json_lines(f):
+                lineno = line.lineno
+                yield _record_of(path, line, validate)
+    except GZIP_STREAM_ERRORS as exc:
         raise RecordsFileError(f"{path}: damaged or truncated after line {lineno}: {exc}") from exc
 
 
@@ -522,34 +509,33 @@ def read_records(path: str | os.PathLike, tolerant: bool = False, validate: bool
     """All records of a gzip (or plain) JSONL file.
 
     With ``tolerant=True`` a truncated or damaged gzip stream (a killed writer, a cut copy)
-    ends the reading instead of raising: the complete lines before it are returned and the
-    result's ``truncated``/``error`` say what happened. Invalid records always raise
-    :class:`RecordsFileError`.
+    or a torn last line ends the reading instead of raising: the complete lines before it are
+    returned and the result's ``truncated``/``error`` say what happened. Invalid records
+    always raise :class:`RecordsFileError`.
     """
     out = RecordsRead(str(path))
-    lineno = 0
     try:
-        with _open_lines(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                out.lines = lineno
-                if not raw.strip():
-                    continue
-                if not raw.endswith(b"\n"):
-                    # A final line without newline: complete if it parses, torn otherwise.
-                    try:
-                        json.loads(raw)
-                    except json.JSONDecodeError:
-                        if not tolerant:
-                            raise RecordsFileError(f"{path}:{lineno}: torn last line") from None
-                        out.truncated, out.error = True, f"torn last line {lineno}"
-                        break
-                try:
-                    out.append(TrackRecord.from_json(raw, validate))
-                except TrackRecordError as exc:
-                    raise RecordsFileError(f"{path}:{lineno}: {exc}") from None
-    except _STREAM_ERRORS as exc:
-        message = f"damaged or truncated after line {lineno}: {type(exc).__name__}: {exc}"
+        with open_maybe_gzip(path) as f:
+            for line in iter_json_lines(f):
+                out.lines = line.lineno
+                if line.torn and tolerant:
+                    out.truncated, out.error = True, f"torn last line {line.lineno}"
+                    break
+                out.append(_record_of(path, line, validate))
+    except GZIP_STREAM_ERRORS as exc:
+        message = f"damaged or truncated after line {out.lines}: {type(exc).__name__}: {exc}"
         if not tolerant:
             raise RecordsFileError(f"{path}: {message}") from exc
         out.truncated, out.error = True, message
     return out
+
+
+def _record_of(path: str | os.PathLike, line: JsonLine, validate: bool) -> TrackRecord:
+    if line.torn:
+        raise RecordsFileError(f"{path}:{line.lineno}: torn last line")
+    if line.error is not None:
+        raise RecordsFileError(f"{path}:{line.lineno}: not a JSON line: {line.error}")
+    try:
+        return TrackRecord.from_dict(line.value, validate)
+    except TrackRecordError as exc:
+        raise RecordsFileError(f"{path}:{line.lineno}: {exc}") from None

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from utils.core.io import iter_json_lines
+
 # ---------------------------------------------------------------------------- journals
 
 
@@ -55,16 +57,9 @@ class Journal:
 def read_journal(path: Path | str) -> Iterator[dict]:
     """Records of one journal file; malformed (torn) lines are skipped."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
+        for line in iter_json_lines(f):
+            if line.error is None and isinstance(line.value, dict):
+                yield line.value
 
 
 def read_journals(folder: Path | str, pattern: str = "*.jsonl") -> Iterator[dict]:

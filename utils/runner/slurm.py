@@ -4,8 +4,8 @@ requeue on timeout or pre-emption, and no rank submitted twice.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,16 +15,21 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import submitit
+from submitit.helpers import Checkpointable
+
+from utils.core.config import option
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, UsageError
 from utils.core.io import atomic_write_json
 from utils.core.layout import DatasetLayout
 from utils.runner.stage import (
     ShardSummary,
     Stage,
+    StageConfig,
     journal_dir,
     previous_failures,
     run_shard,
@@ -39,11 +44,32 @@ log = logging.getLogger("trackverse")
 # ------------------------------------------------------------------------------- Slurm
 
 
-try:  # submitit is a hard requirement, but keep import errors readable
-    import submitit
-    from submitit.helpers import Checkpointable
-except ImportError as _exc:  # pragma: no cover
-    raise ImportError("submitit is required: pip install -r requirements.txt") from _exc
+SLURM_GROUP = "Slurm (with --slurm)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmOptions:
+    """Where and how ``--slurm`` submits (a stage may change the resource defaults)."""
+
+    slurm: bool = option(False, group=SLURM_GROUP,
+                         help="submit through submitit: with --rank one job, else all ranks as one job array")
+    partition: str | None = option(None, group=SLURM_GROUP, help="Slurm partition")
+    account: str | None = option(None, group=SLURM_GROUP, help="Slurm account")
+    qos: str | None = option(None, group=SLURM_GROUP, help="Slurm QOS")
+    constraint: str | None = option(None, group=SLURM_GROUP, help="Slurm node constraint")
+    cpus_per_task: int = option(4, group=SLURM_GROUP)
+    gpus_per_node: int = option(0, group=SLURM_GROUP)
+    mem_gb: float = option(16, group=SLURM_GROUP)
+    timeout_min: float = option(24 * 60, group=SLURM_GROUP,
+                                help="job time limit; on expiry the job checkpoints and is requeued")
+    slurm_exclude: str | None = option(None, group=SLURM_GROUP, help="nodes to avoid (Slurm --exclude syntax)")
+    array_parallelism: int = option(256, group=SLURM_GROUP, help="max array tasks running at once")
+    max_requeues: int = option(10, group=SLURM_GROUP, help="requeues allowed per job on timeout")
+    slurm_log_dir: Path | None = option(None, group=SLURM_GROUP,
+                                        help="submitit logs (default <base_dir>/logs/slurm/<stage>)")
+    slurm_wait: bool = option(False, group=SLURM_GROUP, help="wait for the submitted jobs and report how each ended")
+    # submitit's backend; tests use 'local'
+    slurm_cluster: str | None = option(None, group=SLURM_GROUP, choices=["slurm", "local", "debug"], hidden=True)
 
 
 class ShardJob(Checkpointable):
@@ -54,36 +80,35 @@ class ShardJob(Checkpointable):
     def __init__(self, stage: Stage):
         self.stage = stage
 
-    def __call__(self, args: argparse.Namespace, rank: int, world_size: int) -> dict:
-        setup_logging(args.log_level)
-        args.rank, args.world_size = rank, world_size
-        summary = run_shard(self.stage, args, rank, world_size)
+    def __call__(self, config: StageConfig, rank: int, world_size: int) -> dict:
+        setup_logging(config.log_level)
+        summary = run_shard(self.stage, dataclasses.replace(config, rank=rank, world_size=world_size))
         print(summary.line(), file=sys.stderr, flush=True)
         if summary.systemic_error:
             raise RuntimeError(summary.line())
         return asdict(summary)
 
 
-def job_name(stage: Stage, args: argparse.Namespace, world_size: int) -> str:
+def job_name(stage: Stage, config: StageConfig, world_size: int) -> str:
     """Stable per (stage key, dataset root, world size): the queued-rank check relies on it."""
-    root = hashlib.sha1(str(Path(args.base_dir).resolve()).encode()).hexdigest()[:6]
-    return f"tv-{stage.job_key(args)}-w{world_size}-{root}"
+    root = hashlib.sha1(str(Path(config.base_dir).resolve()).encode()).hexdigest()[:6]
+    return f"tv-{stage.job_key(config)}-w{world_size}-{root}"
 
 
-def slurm_log_dir(stage: Stage, args: argparse.Namespace) -> Path:
-    if args.slurm_log_dir is not None:
-        return Path(args.slurm_log_dir)
-    return DatasetLayout(args.base_dir).logs_dir("slurm") / stage.job_key(args)
+def slurm_log_dir(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> Path:
+    if slurm.slurm_log_dir is not None:
+        return Path(slurm.slurm_log_dir)
+    return DatasetLayout(config.base_dir).logs_dir("slurm") / stage.job_key(config)
 
 
-def _submissions_dir(stage: Stage, args: argparse.Namespace) -> Path:
-    return slurm_log_dir(stage, args) / "submissions"
+def _submissions_dir(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> Path:
+    return slurm_log_dir(stage, config, slurm) / "submissions"
 
 
-def _recorded_jobs(stage: Stage, args: argparse.Namespace, name: str) -> dict[str, dict]:
+def _recorded_jobs(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: str) -> dict[str, dict]:
     """job id -> {rank, cluster} from the submission records of this job name."""
     jobs: dict[str, dict] = {}
-    folder = _submissions_dir(stage, args)
+    folder = _submissions_dir(stage, config, slurm)
     if not folder.is_dir():
         return jobs
     for path in sorted(folder.glob("*.json")):
@@ -132,9 +157,9 @@ def _whoami() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def active_ranks(stage: Stage, args: argparse.Namespace, name: str) -> dict[int, str]:
+def active_ranks(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: str) -> dict[int, str]:
     """rank -> job id for ranks of this job name that are queued or running."""
-    recorded = _recorded_jobs(stage, args, name)
+    recorded = _recorded_jobs(stage, config, slurm, name)
     active: dict[int, str] = {}
     slurm_ids: set[str] | None = None
     for job_id, info in recorded.items():
@@ -156,77 +181,77 @@ def active_ranks(stage: Stage, args: argparse.Namespace, name: str) -> dict[int,
     return active
 
 
-def ranks_with_work(stage: Stage, args: argparse.Namespace, ranks: list[int], world_size: int) -> list[int]:
+def ranks_with_work(stage: Stage, config: StageConfig, ranks: list[int], world_size: int) -> list[int]:
     """Ranks that still have an item without output (cheap checks, no processing)."""
-    items = stage.list_items(args)
-    failed = previous_failures(args, stage)
+    items = stage.list_items(config)
+    failed = previous_failures(config, stage)
     pending = []
     for rank in ranks:
         for i in shard_indices(len(items), world_size, rank):
             item = items[i]
             try:
-                if stage.output_exists(args, item):
+                if stage.output_exists(config, item):
                     continue
             except Exception:
                 pass  # a malformed item still needs its failure journaled by the job
             prev = failed.get(item)
-            if prev is not None and not args.retry_failed and not prev.get("transient"):
+            if prev is not None and not config.retry_failed and not prev.get("transient"):
                 continue
             pending.append(rank)
             break
     return pending
 
 
-def make_executor(stage: Stage, args: argparse.Namespace, name: str) -> tuple[submitit.Executor, str]:
+def make_executor(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: str) -> tuple[submitit.Executor, str]:
     """The submitit executor and the backend's name (``slurm``, ``local`` or ``debug``)."""
-    folder = slurm_log_dir(stage, args)
+    folder = slurm_log_dir(stage, config, slurm)
     folder.mkdir(parents=True, exist_ok=True)
     # Slurm counts whole minutes; submitit signals the job this long before its limit.
-    signal_delay = 120 if args.timeout_min >= 10 else max(1, int(args.timeout_min * 60 / 4))
-    if args.slurm_cluster == "local":
+    signal_delay = 120 if slurm.timeout_min >= 10 else max(1, int(slurm.timeout_min * 60 / 4))
+    if slurm.slurm_cluster == "local":
         # The local backend (tests, one workstation) takes fractional minutes and its own delay.
-        executor = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=args.max_requeues)
+        executor = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=slurm.max_requeues)
         executor.update_parameters(
-            timeout_min=args.timeout_min, signal_delay_s=signal_delay, gpus_per_node=args.gpus_per_node,
+            timeout_min=slurm.timeout_min, signal_delay_s=signal_delay, gpus_per_node=slurm.gpus_per_node,
         )
         return executor, "local"
-    executor = submitit.AutoExecutor(
-        folder=folder / "%j", cluster=args.slurm_cluster, slurm_max_num_timeout=args.max_requeues,
+    auto = submitit.AutoExecutor(
+        folder=folder / "%j", cluster=slurm.slurm_cluster, slurm_max_num_timeout=slurm.max_requeues,
     )
     params: dict[str, Any] = {
         "name": name,
-        "timeout_min": max(1, math.ceil(args.timeout_min)),
-        "cpus_per_task": args.cpus_per_task,
-        "mem_gb": args.mem_gb,
-        "slurm_array_parallelism": args.array_parallelism,
+        "timeout_min": max(1, math.ceil(slurm.timeout_min)),
+        "cpus_per_task": slurm.cpus_per_task,
+        "mem_gb": slurm.mem_gb,
+        "slurm_array_parallelism": slurm.array_parallelism,
         "slurm_signal_delay_s": signal_delay,
     }
-    if args.gpus_per_node:
-        params["gpus_per_node"] = args.gpus_per_node
+    if slurm.gpus_per_node:
+        params["gpus_per_node"] = slurm.gpus_per_node
     optional = {
-        "slurm_partition": args.partition, "slurm_account": args.account, "slurm_qos": args.qos,
-        "slurm_constraint": args.constraint, "slurm_exclude": args.slurm_exclude,
+        "slurm_partition": slurm.partition, "slurm_account": slurm.account, "slurm_qos": slurm.qos,
+        "slurm_constraint": slurm.constraint, "slurm_exclude": slurm.slurm_exclude,
     }
     params.update({k: v for k, v in optional.items() if v})
-    executor.update_parameters(**params)
-    return executor, executor.cluster
+    auto.update_parameters(**params)
+    return auto, auto.cluster
 
 
-def submit(stage: Stage, args: argparse.Namespace) -> int:
+def submit(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> int:
     """Submit one job (``--rank``) or one array of the ranks that still have work."""
-    world_size = args.world_size or 1
-    if args.rank is not None:
-        shard_indices(0, world_size, args.rank)
-        ranks = [args.rank]
+    world_size = config.world_size or 1
+    if config.rank is not None:
+        shard_indices(0, world_size, config.rank)
+        ranks = [config.rank]
     else:
         ranks = list(range(world_size))
-    name = job_name(stage, args, world_size)
-    queued = active_ranks(stage, args, name)
+    name = job_name(stage, config, world_size)
+    queued = active_ranks(stage, config, slurm, name)
     for rank in ranks:
         if rank in queued:
             print(f"rank {rank}: already queued or running as job {queued[rank]} ({name}); not submitted again")
     ranks = [r for r in ranks if r not in queued]
-    todo = ranks_with_work(stage, args, ranks, world_size)
+    todo = ranks_with_work(stage, config, ranks, world_size)
     finished = sorted(set(ranks) - set(todo))
     if finished:
         print(f"{len(finished)} rank(s) have nothing left to do: {format_ranges(finished)}")
@@ -234,23 +259,23 @@ def submit(stage: Stage, args: argparse.Namespace) -> int:
         print(f"nothing to submit for {name}")
         return EXIT_OK
 
-    executor, cluster = make_executor(stage, args, name)
+    executor, cluster = make_executor(stage, config, slurm, name)
     job_fn = ShardJob(stage)
-    if len(todo) == 1 and args.rank is not None:
-        jobs = [executor.submit(job_fn, args, todo[0], world_size)]
+    if len(todo) == 1 and config.rank is not None:
+        jobs = [executor.submit(job_fn, config, todo[0], world_size)]
     else:
-        jobs = executor.map_array(job_fn, [args] * len(todo), todo, [world_size] * len(todo))
+        jobs = executor.map_array(job_fn, [config] * len(todo), todo, [world_size] * len(todo))
     record = {
         "name": name, "cluster": cluster, "time": time.time(), "world_size": world_size,
         "jobs": [{"job_id": str(job.job_id), "rank": rank} for job, rank in zip(jobs, todo, strict=True)],
     }
     first = str(jobs[0].job_id).replace("/", "_")
-    atomic_write_json(_submissions_dir(stage, args) / f"{int(time.time() * 1000)}-{first}.json", record)
+    atomic_write_json(_submissions_dir(stage, config, slurm) / f"{int(time.time() * 1000)}-{first}.json", record)
     print(f"submitted {len(jobs)} job(s) named {name} on {cluster}: "
           + ", ".join(f"rank {r} -> {j.job_id}" for j, r in zip(jobs[:8], todo, strict=False))
           + (" ..." if len(jobs) > 8 else ""))
-    print(f"logs: {slurm_log_dir(stage, args)}/<job id>/ ; journals: {journal_dir(args, stage)}/")
-    if not args.slurm_wait:
+    print(f"logs: {slurm_log_dir(stage, config, slurm)}/<job id>/ ; journals: {journal_dir(config, stage)}/")
+    if not slurm.slurm_wait:
         return EXIT_OK
     return wait_for_jobs(jobs, todo)
 

@@ -8,8 +8,6 @@ must, and the summary.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -17,25 +15,31 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tqdm import tqdm
 
+from utils.core.config import base_dir_option, log_level_option, option
 from utils.core.errors import (
     EXIT_ITEMS_FAILED,
     EXIT_OK,
     EXIT_SYSTEMIC,
-    PROGRESS_INTERVAL_S,
+    DataError,
+    InvalidItemError,
     ItemError,
     NotReady,
     SystemicError,
     UsageError,
     is_systemic,
 )
-from utils.core.layout import DatasetLayout
+from utils.core.layout import DatasetLayout, validate_name
+from utils.core.progress import progress_bar
 from utils.runner.journal import Journal, latest_item_events, read_journals
 
 log = logging.getLogger("trackverse")
+
+ConfigT = TypeVar("ConfigT", bound="StageConfig")
+PROGRESS_INTERVAL_S = 60.0  # between the "progress" journal lines status.py reads
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -76,6 +80,14 @@ def resolve_rank(rank: int | None, world_size: int | None, environ: dict | None 
     return rank, world_size
 
 
+def check_dataset_name(name: str) -> None:
+    """UsageError for a ``--dataset_name`` that cannot be a folder name under the root."""
+    try:
+        validate_name(name)
+    except InvalidItemError as exc:
+        raise UsageError(f"--dataset_name: {exc}") from None
+
+
 def read_item_list(path: str | os.PathLike) -> list[str]:
     """Items of a list file: one per line; blank lines and ``#`` comments are not items."""
     path = Path(path)
@@ -95,35 +107,56 @@ def read_item_list(path: str | os.PathLike) -> list[str]:
 # ------------------------------------------------------------------------------ stages
 
 
-class Stage:
-    """A stage is a function over items. Subclasses set ``name`` and implement
-    ``list_items``, ``output_exists`` and ``process``; ``setup`` loads what every item
-    shares (a model) once per rank."""
+COMMON_GROUP = "dataset and sharding (every stage)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """What every stage's config has: the dataset root and how a shard runs. A stage's
+    config subclasses it; its fields are the stage's flags (:mod:`utils.core.config`)."""
+
+    base_dir: Path = base_dir_option(COMMON_GROUP)
+    world_size: int | None = option(None, group=COMMON_GROUP,
+                                    help="number of ranks (default 1, or SLURM_ARRAY_TASK_COUNT in an sbatch array)")
+    rank: int | None = option(None, group=COMMON_GROUP,
+                              help="this rank (default 0, or SLURM_ARRAY_TASK_ID in an sbatch array)")
+    retry_failed: bool = option(False, group=COMMON_GROUP,
+                                help="re-run items that failed permanently before (transient failures are always retried)")
+    max_consecutive_errors: int = option(25, group=COMMON_GROUP,
+                                         help="stop the rank after this many unexpected item errors in a row")
+    log_level: str = log_level_option(COMMON_GROUP)
+
+
+class Stage(Generic[ConfigT]):
+    """A stage is a function over items. Subclasses set ``name`` and ``config_class`` and
+    implement ``list_items``, ``output_exists`` and ``process``; ``setup`` loads what every
+    item shares (a model) once per rank. Stages hold no state: submitit pickles them into
+    every job, and what a rank caches belongs in ``setup``'s resources."""
 
     name: str = "stage"
     description: str = ""
     default_slurm: dict[str, Any] = {}
+    config_class: type[ConfigT]
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Stage-specific flags."""
+    def validate(self, config: ConfigT) -> ConfigT:
+        """Raise UsageError for bad settings before any work or submission; return the
+        config to run with (e.g. with an asset resolved to its local path)."""
+        return config
 
-    def validate_args(self, args: argparse.Namespace) -> None:
-        """Raise UsageError for bad flags before any work or submission."""
-
-    def job_key(self, args: argparse.Namespace) -> str:
+    def job_key(self, config: ConfigT) -> str:
         """Journal folder and Slurm job name stem; include e.g. the dataset name."""
         return self.name
 
-    def list_items(self, args: argparse.Namespace) -> list[str]:
+    def list_items(self, config: ConfigT) -> list[str]:
         raise NotImplementedError
 
-    def output_exists(self, args: argparse.Namespace, item: str) -> bool:
+    def output_exists(self, config: ConfigT, item: str) -> bool:
         raise NotImplementedError
 
-    def setup(self, args: argparse.Namespace) -> Any:
+    def setup(self, config: ConfigT) -> Any:
         return None
 
-    def process(self, args: argparse.Namespace, item: str, resources: Any) -> dict[str, float] | None:
+    def process(self, config: ConfigT, item: str, resources: Any) -> dict[str, float] | None:
         """Make the item's final output (atomically). Return optional numeric stats
         (e.g. ``{"video_s": 12.5}``) that progress and summaries show as rates; entries
         whose value is not a number (text, lists) are journaled with the ``done`` record
@@ -177,48 +210,39 @@ class ShardSummary:
         return text
 
 
-def journal_dir(args: argparse.Namespace, stage: Stage) -> Path:
-    return DatasetLayout(args.base_dir).logs_dir(stage.job_key(args))
+def journal_dir(config: StageConfig, stage: Stage) -> Path:
+    return DatasetLayout(config.base_dir).logs_dir(stage.job_key(config))
 
 
-def journal_path(args: argparse.Namespace, stage: Stage, rank: int, world_size: int) -> Path:
-    return journal_dir(args, stage) / f"rank-{rank:05d}-of-{world_size:05d}.jsonl"
+def journal_path(config: StageConfig, stage: Stage, rank: int, world_size: int) -> Path:
+    return journal_dir(config, stage) / f"rank-{rank:05d}-of-{world_size:05d}.jsonl"
 
 
-def previous_failures(args: argparse.Namespace, stage: Stage) -> dict[str, dict]:
+def previous_failures(config: StageConfig, stage: Stage) -> dict[str, dict]:
     """Latest record per item across every journal of the stage, failures only."""
-    latest = latest_item_events(read_journals(journal_dir(args, stage)))
+    latest = latest_item_events(read_journals(journal_dir(config, stage)))
     return {item: rec for item, rec in latest.items() if rec.get("event") == "failed"}
 
 
-def _is_tty() -> bool:
-    return sys.stderr.isatty()
-
-
-def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int) -> ShardSummary:
-    """Process this rank's items: skip finished ones, journal failures, stop on systemic faults."""
+def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
+    """Process this rank's items (``config.rank`` of ``config.world_size``, resolved): skip
+    finished ones, journal failures, stop on systemic faults."""
+    rank, world_size = config.rank or 0, config.world_size or 1
     started = time.time()
-    summary = ShardSummary(stage=stage.job_key(args), rank=rank, world_size=world_size)
-    items = stage.list_items(args)
+    summary = ShardSummary(stage=stage.job_key(config), rank=rank, world_size=world_size)
+    items = stage.list_items(config)
     mine = [items[i] for i in shard_indices(len(items), world_size, rank)]
     summary.total = len(mine)
-    failed_before = previous_failures(args, stage)
-    max_consecutive = getattr(args, "max_consecutive_errors", 25)
+    failed_before = previous_failures(config, stage)
+    max_consecutive = config.max_consecutive_errors
 
-    with Journal(journal_path(args, stage, rank, world_size)) as journal:
+    with Journal(journal_path(config, stage, rank, world_size)) as journal:
         journal.write("start", rank=rank, world_size=world_size, items=len(mine), argv=sys.argv)
         resources = None
         consecutive_unexpected = 0
         try:
-            resources = stage.setup(args)
-            bar = tqdm(
-                mine,
-                desc=f"{stage.job_key(args)} {rank}/{world_size}",
-                unit="item",
-                dynamic_ncols=True,
-                mininterval=0.5 if _is_tty() else 30,
-                file=sys.stderr,
-            )
+            resources = stage.setup(config)
+            bar = progress_bar(mine, desc=f"{stage.job_key(config)} {rank}/{world_size}", unit="item")
             last_progress = time.time()
             for item in bar:
                 if time.time() - last_progress >= PROGRESS_INTERVAL_S:
@@ -226,25 +250,22 @@ def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int
                     journal.write("progress", total=summary.total, done=summary.done, skipped=summary.skipped,
                                   failed=summary.failed, previously_failed=summary.previously_failed)
                     last_progress = time.time()
-                try:
-                    if stage.output_exists(args, item):
-                        summary.skipped += 1
-                        continue
-                except Exception as exc:  # a malformed item id, typically
-                    _record_failure(journal, summary, item, exc, 0.0)
-                    continue
-                previous = failed_before.get(item)
-                if previous is not None and not args.retry_failed and not previous.get("transient"):
-                    summary.previously_failed += 1
-                    continue
                 item_started = time.time()
                 try:
-                    stats = stage.process(args, item, resources) or {}
+                    if stage.output_exists(config, item):
+                        summary.skipped += 1
+                        continue
+                    previous = failed_before.get(item)
+                    if previous is not None and not config.retry_failed and not previous.get("transient"):
+                        summary.previously_failed += 1
+                        continue
+                    item_started = time.time()
+                    stats = stage.process(config, item, resources) or {}
                 except NotReady as exc:
                     summary.not_ready += 1
                     journal.write("not_ready", item, reason=exc.reason)
                     continue
-                except Exception as exc:
+                except Exception as exc:  # output_exists and process alike: one item's failure
                     if is_systemic(exc):
                         raise
                     _record_failure(journal, summary, item, exc, time.time() - item_started)
@@ -265,7 +286,7 @@ def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int
                     summary.stats[key] = summary.stats.get(key, 0.0) + float(value)
                 journal.write("done", item, seconds=round(seconds, 3), stats=stats, **({"notes": notes} if notes else {}))
                 elapsed = max(time.time() - started, 1e-9)
-                postfix = {"done": summary.done, "skip": summary.skipped, "fail": summary.failed}
+                postfix: dict[str, object] = {"done": summary.done, "skip": summary.skipped, "fail": summary.failed}
                 postfix.update({f"{k}/s": f"{v / elapsed:.2f}" for k, v in summary.stats.items()})
                 bar.set_postfix(postfix, refresh=False)
             bar.close()
@@ -273,12 +294,18 @@ def run_shard(stage: Stage, args: argparse.Namespace, rank: int, world_size: int
             if not is_systemic(exc) and not isinstance(exc, UsageError):
                 # setup() failing (model missing) is systemic by nature.
                 exc = SystemicError(f"{type(exc).__name__}: {exc}")
-            summary.systemic_error = str(exc)
-            journal.write("systemic", error=str(exc), traceback=traceback.format_exc(limit=8))
+            # an OSError or MemoryError says little without its type (MemoryError() has no text at all)
+            message = str(exc) if isinstance(exc, SystemicError | UsageError) else f"{type(exc).__name__}: {exc}"
+            summary.systemic_error = message.rstrip(": ") or type(exc).__name__
+            journal.write("systemic", error=summary.systemic_error, traceback=traceback.format_exc(limit=8))
         finally:
             if resources is not None:
-                with contextlib.suppress(Exception):
+                try:
                     stage.teardown(resources)
+                except Exception as exc:  # the results stand; say what was not released
+                    log.warning("%s: teardown failed: %s: %s", stage.job_key(config), type(exc).__name__, exc)
+                    journal.write("teardown_failed", error=f"{type(exc).__name__}: {exc}",
+                                  traceback=traceback.format_exc(limit=8))
             summary.seconds = round(time.time() - started, 3)
             journal.write("summary", **asdict(summary))
     return summary
@@ -290,9 +317,7 @@ def _record_failure(journal: Journal, summary: ShardSummary, item: str, exc: Exc
         tb = None
     else:
         reason = f"{type(exc).__name__}: {exc}"
-        transient, category = False, getattr(exc, "category", type(exc).__name__)
-        if isinstance(exc, ValueError) and "YouTube id" in str(exc):
-            category = "invalid_id"
+        transient, category = False, exc.category if isinstance(exc, DataError) else type(exc).__name__
         tb = traceback.format_exc(limit=6)
     summary.failed += 1
     summary.failures_by_category[category] = summary.failures_by_category.get(category, 0) + 1

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from utils.core.layout import DatasetLayout
 from utils.runner.journal import latest_item_events, read_journal
 
 log = logging.getLogger("trackverse")
@@ -126,10 +127,10 @@ def stage_status(folder: Path, now: float | None = None, stale_s: float = 1800.0
     if recent:
         span = max(now - min(float(r["time"]) for r in recent), 60.0)
         status.items_per_hour = len(recent) / span * 3600
-        totals: Counter = Counter()
+        totals: dict[str, float] = {}
         for r in recent:
             for key, value in (r.get("stats") or {}).items():
-                totals[key] += float(value)
+                totals[key] = totals.get(key, 0.0) + float(value)
         status.stats_per_s = {k: v / span for k, v in totals.items()}
         if status.pending and status.ranks_running:
             status.eta_hours = status.pending / status.items_per_hour
@@ -138,8 +139,8 @@ def stage_status(folder: Path, now: float | None = None, stale_s: float = 1800.0
 
 def dataset_status(base_dir: Path, dataset_name: str | None = None, stale_s: float = 1800.0,
                    now: float | None = None) -> list[StageStatus]:
-    logs = Path(base_dir) / "logs"
-    out = []
+    logs = DatasetLayout(base_dir).logs_root()
+    out: list[StageStatus] = []
     if not logs.is_dir():
         return out
     for folder in sorted(p for p in logs.iterdir() if p.is_dir() and p.name != "slurm"):
@@ -197,7 +198,7 @@ def format_ranges(values: list[int]) -> str:
     out: list[str] = []
     start = prev = None
     for v in values:
-        if start is None:
+        if start is None or prev is None:
             start = prev = v
         elif v == prev + 1:
             prev = v

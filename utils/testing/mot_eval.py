@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.detect.tracking.bytetrack import ByteTracker, iou_matrix
+from utils.core.boxes import iou_matrix
+from utils.detect.tracking.bytetrack import ByteTracker
 
 TUD_SEQUENCES = ("TUD-Campus", "TUD-Stadtmitte")
 TUD_FRAME_RATE = 25.0

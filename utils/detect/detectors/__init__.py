@@ -1,4 +1,4 @@
-"""Open-vocabulary object detectors behind one interface (DESIGN.md "The detector").
+"""Open-vocabulary object detectors behind one interface.
 
     from utils.detect.detectors import make_detector
     detector = make_detector("owlv2", class_names, batch_size=8)
@@ -9,6 +9,7 @@ docs/detic.md), ``ground_truth`` (tests/examples), or any ``"package.module:call
 Backend modules are imported only when built, so importing this package stays cheap.
 """
 
+from utils.core.boxes import nms
 from utils.detect.detectors.base import (
     Detections,
     Detector,
@@ -17,7 +18,6 @@ from utils.detect.detectors.base import (
     check_frames,
     l2_normalize,
     make_detector,
-    nms,
     nms_detections,
     register_detector,
 )

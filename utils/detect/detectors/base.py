@@ -1,4 +1,4 @@
-"""The detector interface every backend implements (DESIGN.md "The detector").
+"""The detector interface every backend implements.
 
 ``Detector.detect(frames, timestamps=None) -> list[Detections]``: one ``Detections`` per
 frame, boxes in *source-frame pixels*. ``Detections`` validates itself on construction, so a
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.core.boxes import nms, xyxy_to_xywh
 from utils.records.prompts import vocabulary_hash
 
 __all__ = [
@@ -192,53 +193,16 @@ class Detections:
     @property
     def xywh(self) -> np.ndarray:
         """(N, 4) float32 ``[x, y, w, h]`` (the metadata record's box format)."""
-        out = self.xyxy.copy()
-        out[:, 2:] -= out[:, :2]
-        return out
+        return xyxy_to_xywh(self.xyxy)
 
 
 # ---------------------------------------------------------------------------- NMS
 
 
-def nms(
-    xyxy: Any,
-    scores: Any,
-    iou_threshold: float,
-    class_ids: Any | None = None,
-    max_det: int | None = None,
-) -> np.ndarray:
-    """Indices of the boxes non-maximum suppression keeps, by decreasing score.
-
-    Class-agnostic unless ``class_ids`` is given (then boxes of different classes never
-    suppress each other). ``iou_threshold`` >= 1 keeps every box (sorted). Inputs may be numpy
-    arrays or torch tensors; the result is an int64 numpy array.
-    """
-    import torch
-    from torchvision.ops import batched_nms
-    from torchvision.ops import nms as tv_nms
-
-    boxes = torch.as_tensor(np.asarray(xyxy, dtype=np.float32) if not torch.is_tensor(xyxy) else xyxy).float()
-    sc = torch.as_tensor(np.asarray(scores, dtype=np.float32) if not torch.is_tensor(scores) else scores).float()
-    if boxes.ndim != 2 or boxes.shape[-1] != 4 or sc.shape != boxes.shape[:1]:
-        raise ValueError(f"nms needs boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(sc.shape)}")
-    if boxes.shape[0] == 0:
-        return np.zeros((0,), np.int64)
-    if iou_threshold >= 1.0:
-        keep = torch.argsort(sc, descending=True, stable=True)
-    elif class_ids is None:
-        keep = tv_nms(boxes, sc, float(iou_threshold))
-    else:
-        ids = torch.as_tensor(np.asarray(class_ids) if not torch.is_tensor(class_ids) else class_ids).long()
-        keep = batched_nms(boxes, sc, ids.to(boxes.device), float(iou_threshold))
-    if max_det is not None:
-        keep = keep[: int(max_det)]
-    return keep.cpu().numpy().astype(np.int64)
-
-
 def nms_detections(
     dets: Detections, iou_threshold: float, class_agnostic: bool = True, max_det: int | None = None
 ) -> Detections:
-    """``dets`` after NMS on ``score`` (per arg-max class when not ``class_agnostic``), sorted
+    """``dets`` after NMS (:func:`utils.core.boxes.nms`) on ``score`` (per arg-max class when not ``class_agnostic``), sorted
     by decreasing score."""
     if len(dets) == 0:
         return dets
@@ -303,7 +267,7 @@ _REGISTRY: dict[str, DetectorFactory] = {}
 _BUILTIN: dict[str, str] = {
     "owlv2": f"{__package__}.owlv2:OwlV2Detector",
     "detic": f"{__package__}.detic:DeticDetector",
-    "ground_truth": f"{__package__}.ground_truth:GroundTruthDetector",
+    "ground_truth": "utils.testing.ground_truth:GroundTruthDetector",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.core.models import resolve_device
 from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
 
 __all__ = [
@@ -300,8 +301,7 @@ class DeticDetector(Detector):
             raise ValueError(f"{len(self.prompts)} prompts for {len(self.class_names)} classes")
         self.weights_id = str(weights)
         self.batch_size = max(1, int(batch_size))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         detic_root = Path(detic_pkg.__file__).resolve().parent.parent
         if config_file is None:
             config_file = str(detic_root / "configs" / f"{DETIC_CONFIG_NAME}.yaml")

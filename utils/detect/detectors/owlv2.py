@@ -31,30 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from utils.core.assets import cache_root
+from utils.core.boxes import nms
 from utils.core.io import atomic_path
+from utils.core.models import torch_device
 from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
 
-__all__ = ["DEFAULT_MODEL_ID", "OwlV2Detector", "default_cache_dir"]
+__all__ = ["DEFAULT_MODEL_ID", "OwlV2Detector"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "google/owlv2-base-patch16-ensemble"
-
-
-def default_cache_dir() -> Path:
-    """``$TRACKVERSE_CACHE``, else ``$XDG_CACHE_HOME/trackverse``, else ``~/.cache/trackverse``."""
-    if os.environ.get("TRACKVERSE_CACHE"):
-        return Path(os.environ["TRACKVERSE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "trackverse"
-
-
-def _resolve_device(device: str | Any) -> Any:
-    import torch
-
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _offline_help(model_id: str) -> str:
@@ -88,7 +75,8 @@ class OwlV2Detector(Detector):
         class_agnostic_nms: suppress across classes (default) or within each arg-max class.
         min_score: boxes scoring below are dropped before NMS.
         top_k: at most this many boxes per image after NMS (``None``: no limit).
-        cache_dir: root of the text-embedding cache (default :func:`default_cache_dir`).
+        cache_dir: root of the text-embedding cache (default: the project's cache root,
+            :func:`utils.core.assets.cache_root`).
         use_cache: read/write the text-embedding cache.
         local_files_only: never touch the network when loading weights.
     """
@@ -135,7 +123,7 @@ class OwlV2Detector(Detector):
         self.class_agnostic_nms = bool(class_agnostic_nms)
         self.min_score = float(min_score)
         self.top_k = None if top_k is None else int(top_k)
-        self.device = _resolve_device(device)
+        self.device = torch_device(device)
         self.half = (self.device.type == "cuda") if half is None else bool(half)
 
         if (model is None) != (processor is None):
@@ -155,7 +143,7 @@ class OwlV2Detector(Detector):
         # Text side first, in float32 (the cache is device/precision independent), then the
         # image side moves to its device and precision.
         self.model.to(self.device)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.use_cache = bool(use_cache)
         self.text_cache_hit = False
         self.text_cache_path: Path | None = None
@@ -170,10 +158,8 @@ class OwlV2Detector(Detector):
     # ------------------------------------------------------------------ loading
     @staticmethod
     def _load(model_id: str, local_files_only: bool) -> tuple[Any, Any]:
-        try:
-            from transformers import Owlv2ForObjectDetection, Owlv2Processor
-        except ImportError as exc:  # pragma: no cover - transformers is a requirement
-            raise DetectorError(f"OWLv2 needs transformers (pip install 'transformers>=4.45'): {exc}") from exc
+        from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
         try:
             processor = Owlv2Processor.from_pretrained(model_id, local_files_only=local_files_only)
             model = Owlv2ForObjectDetection.from_pretrained(model_id, local_files_only=local_files_only)
@@ -267,8 +253,6 @@ class OwlV2Detector(Detector):
     def _detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
         """One forward pass over ``frames`` (no out-of-memory handling)."""
         import torch
-
-        from utils.detect.detectors.base import nms
 
         model = self.model
         with torch.inference_mode():

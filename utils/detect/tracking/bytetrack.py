@@ -42,6 +42,7 @@ from enum import IntEnum
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from utils.core.boxes import iou_matrix
 from utils.detect.tracking.kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 
 _INFEASIBLE = 1e6
@@ -103,21 +104,6 @@ class TrackHistory:
     def duration(self) -> float:
         """Seconds between the first and the last matched frame."""
         return float(self.timestamps[-1] - self.timestamps[0]) if len(self.timestamps) else 0.0
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``(K, 4)`` and ``(N, 4)`` xyxy boxes -> ``(K, N)``."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
-    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def _assign(cost: np.ndarray, admissible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +186,20 @@ class _Track:
         )
 
 
+@dataclass(frozen=True)
+class TrackerDefaults:
+    """The tuned settings parse_tracks.py exposes as flags: defined here, once."""
+
+    track_thresh: float = 0.55
+    low_thresh: float = 0.1
+    match_thresh: float = 0.45
+    track_buffer: int = 24
+    motion_weight: float = 0.4
+
+
+DEFAULTS = TrackerDefaults()
+
+
 class ByteTracker:
     """ByteTrack (two-stage association by score) with motion + appearance cost.
 
@@ -220,12 +220,12 @@ class ByteTracker:
 
     def __init__(
         self,
-        track_thresh: float = 0.55,
-        low_thresh: float = 0.1,
-        match_thresh: float = 0.45,
-        track_buffer: int = 24,
+        track_thresh: float = DEFAULTS.track_thresh,
+        low_thresh: float = DEFAULTS.low_thresh,
+        match_thresh: float = DEFAULTS.match_thresh,
+        track_buffer: int = DEFAULTS.track_buffer,
         frame_rate: float = 16,
-        motion_weight: float = 0.4,
+        motion_weight: float = DEFAULTS.motion_weight,
         min_iou: float = 0.0,
         motion_only_thresh: float = 0.8,
         low_match_iou: float = 0.5,
