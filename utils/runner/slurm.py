@@ -23,7 +23,7 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from utils.core.config import option
-from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, UsageError
+from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, ItemError, UsageError
 from utils.core.io import atomic_write_json
 from utils.core.layout import DatasetLayout
 from utils.runner.stage import (
@@ -192,8 +192,8 @@ def ranks_with_work(stage: Stage, config: StageConfig, ranks: list[int], world_s
             try:
                 if stage.output_exists(config, item):
                     continue
-            except Exception:
-                pass  # a malformed item still needs its failure journaled by the job
+            except (ItemError, OSError, ValueError):
+                pass  # a malformed or unreadable item still needs its failure journaled by the job
             prev = failed.get(item)
             if prev is not None and not config.retry_failed and not prev.get("transient"):
                 continue
