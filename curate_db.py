@@ -3,7 +3,7 @@ minimum-redundancy subsets.
 
   INDEX_FILE=tracks_subsets/TrackVerseLVIS/TrackVerseLVIS-Full-4M.jsonl.gzip   # relative to --base_dir
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --dataset_name TrackVerseLVIS \\
-      --action index --num_workers 16
+      --action index --num_workers 16 [--allow_mixed_vocabularies]
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_random --N 82 184 259 392
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_class_balanced \\
       --Nc 100 300 500 1000 [--temperature 0 0.1 inf] [--min_motion 1.] [--min_nn_dist D] [--max_spt_iou V --iou_tbuff S]
@@ -13,8 +13,9 @@ minimum-redundancy subsets.
       --Nc 100 300 500 1000 [--max_swaps S]                # per class, Nc tracks far apart in embedding space
 
 What each action writes and promises: utils/curate/. Exit status: 0 all good, 1 the index
-skipped damaged files or invalid records (the index is still written), 2 bad flags or inputs,
-3 a systemic fault (disk full).
+skipped damaged files or invalid records (the index is still written), 2 bad flags or inputs
+(also: metadata of several vocabularies or detectors without --allow_mixed_vocabularies), 3 a
+systemic fault (disk full).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(config: CurateConfig) -> int:
         if not config.dataset_name:
             raise UsageError("--action index needs --dataset_name (which tracks_meta/<dataset_name> to merge)")
         summary = build_index(config.base_dir, config.dataset_name, index_path, num_workers=max(1, config.num_workers),
-                              progress=config.progress)
+                              progress=config.progress, allow_mixed=config.allow_mixed_vocabularies)
         print("\n".join(summary.lines_out()), flush=True)
         return summary.exit_code
     result = run_sampling(config)

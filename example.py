@@ -8,6 +8,9 @@ class-balanced subset) -> status.py -> qa.py, and prints where everything went.
 
   python example.py                                   # OWLv2 (weights fetched on first use, ~0.6 GB)
   python example.py --detector utils.testing.example:TemplateDetector   # offline, no weights (CI)
+
+When the detector's weights are neither local, cached nor reachable, it says so at once (exit 3)
+with the offline options, before building anything.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from utils.core.errors import EXIT_SYSTEMIC
 from utils.core.layout import DatasetLayout
 from utils.testing.example import PROMPTS, example_videos, make_example_videos
 
@@ -53,11 +57,28 @@ def step(title: str, *args: str | Path) -> None:
     if command[0].endswith(".py"):
         command = [sys.executable, *command]
     started = time.time()
-    # gdpr_blur_faces.sh runs $PYTHON: the interpreter running this example
+    # gdpr_blur_faces.sh runs .venv/bin/python beside it, else $PYTHON: the interpreter running this example
     proc = subprocess.run(command, cwd=REPO, check=False, env={**os.environ, "PYTHON": sys.executable})
     if proc.returncode != 0:
         raise SystemExit(f"{title} failed (exit {proc.returncode}): {' '.join(command)}")
     print(f"    ({time.time() - started:.1f} s)", flush=True)
+
+
+def detector_problem(detector: str, model: str | None) -> str | None:
+    """Why ``--detector`` cannot be built here, found in seconds (weights neither local, cached
+    nor reachable; DETIC not installed), or None. The detect step would say the same, but only
+    after the download and blur steps."""
+    if detector == "owlv2":
+        from utils.detect.detectors.owlv2 import DEFAULT_MODEL_ID, check_weights
+
+        return check_weights(model or DEFAULT_MODEL_ID)[1]
+    if detector == "detic":
+        from utils.detect.detectors.detic import DETIC_WEIGHTS_URL, check_weights, detic_available
+
+        if not detic_available():
+            return "the 'detic' detector needs detectron2, CenterNet2 and Detic installed (docs/detic.md); or use owlv2"
+        return check_weights(model or DETIC_WEIGHTS_URL)
+    return None
 
 
 def main() -> int:
@@ -69,6 +90,12 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     started = time.time()
+    if args.model and Path(args.model).expanduser().exists():  # the stages run from the repository
+        args.model = str(Path(args.model).expanduser().resolve())
+    problem = detector_problem(args.detector, args.model)
+    if problem:  # before minutes of work that would end there
+        print(f"STOPPED: {problem}", file=sys.stderr, flush=True)
+        return EXIT_SYSTEMIC
     base = args.base_dir.resolve()
     work = base / "example_inputs"
     work.mkdir(parents=True, exist_ok=True)

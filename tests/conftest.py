@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic videos with ground truth, the real sample data, CLI runner."""
+"""Shared fixtures: synthetic videos with ground truth, the real sample data (beside the project
+in ../shared, or fetched by tests/data/fetch_samples.sh), CLI runner."""
 
 from __future__ import annotations
 
@@ -14,8 +15,27 @@ from utils.testing.synthetic import make_synthetic_video
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-SHARED_VIDEOS = SHARED / "data" / "videos"
-SHARED_ASSETS = SHARED / "trackverse-assets"
+# The real sample data: beside the project (../shared, every developer and CI), else what
+# tests/data/fetch_samples.sh fetched into tests/data/samples (a fresh clone; git-ignored).
+FETCH_SAMPLES = "tests/data/fetch_samples.sh"
+SAMPLES = REPO / "tests" / "data" / "samples"
+VIDEO_FOLDERS = (SHARED / "data" / "videos", SAMPLES / "videos")
+ASSET_FOLDERS = (SHARED / "trackverse-assets", SAMPLES / "trackverse-assets")
+
+
+def _holding(folders: tuple[Path, ...], names: tuple[str, ...]) -> Path:
+    """The first folder that holds every one of ``names`` (else the first that holds any, else
+    the first folder): what tests that read a whole folder use."""
+    for test in (all, any):
+        for folder in folders:
+            if test((folder / name).is_file() for name in names):
+                return folder
+    return folders[0]
+
+
+SHARED_VIDEOS = _holding(VIDEO_FOLDERS, ("vtest.avi", "Megamind.avi", "box.mp4", "cup.mp4"))
+SHARED_ASSETS = _holding(ASSET_FOLDERS, ("lvis-prompts.txt", "trackverse-yids-all.txt",
+                                         "trackverse-verified-6perclass.txt"))
 
 
 @pytest.fixture(scope="session")
@@ -30,18 +50,35 @@ def sparse_keyframe_video(tmp_path_factory):
     return make_synthetic_video(tmp_path_factory.mktemp("sparse") / "sparse.mp4", keyframe_interval=100.0)
 
 
+def _sample(folders: tuple[Path, ...], name: str, what: str) -> Path:
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    where = " or ".join(os.path.relpath(folder, REPO) for folder in folders)
+    pytest.skip(f"{what} {name} is absent (looked in {where}): run {FETCH_SAMPLES} to fetch it")
+
+
 def shared_video(name: str) -> Path:
-    path = SHARED_VIDEOS / name
-    if not path.exists():
-        pytest.skip(f"real sample video {path} is absent (see ../shared/data/README.md)")
-    return path
+    """A real sample video (Debian's opencv-doc examples), or skip naming the fetch script."""
+    return _sample(VIDEO_FOLDERS, name, "real sample video")
 
 
 def shared_asset(name: str) -> Path:
-    path = SHARED_ASSETS / name
-    if not path.exists():
-        pytest.skip(f"TrackVerse asset {path} is absent (tests read it from ../shared/trackverse-assets)")
-    return path
+    """A TrackVerse asset list, or skip naming the fetch script."""
+    return _sample(ASSET_FOLDERS, name, "TrackVerse asset")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Skips for absent sample data written in test files (``../shared/...``) also name the
+    script that fetches it."""
+    outcome = yield
+    report = outcome.get_result()
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3:
+        path, lineno, reason = longrepr
+        if "shared/" in str(reason) and FETCH_SAMPLES not in str(reason):
+            report.longrepr = (path, lineno, f"{reason} (run {FETCH_SAMPLES} to fetch the sample data)")
 
 
 def run_cli(*args: str | os.PathLike, timeout: float = 300, env: dict | None = None,

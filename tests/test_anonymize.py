@@ -160,3 +160,149 @@ def test_done_check_reads_no_video_content_unless_verifying(face_db, monkeypatch
     data[len(data) // 2] ^= 0xFF  # same size, other content
     video.write_bytes(bytes(data))
     assert not anonymize.is_blurred(video, sidecar)
+
+
+# ---------------------------------------------------------------------------- --keep_original
+
+KILLED_MID_COPY = r"""
+import os, shutil, signal, sys
+
+from utils.ingest.stage import BLUR_FACES_STAGE
+from utils.runner.cli import main
+
+
+def killed_halfway(src, dst, *args, **kwargs):  # SIGKILL with half of the original copied
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+shutil.copy2 = shutil.copyfile = shutil.copy = killed_halfway
+sys.exit(main(BLUR_FACES_STAGE, sys.argv[1:]))
+"""
+
+
+def blur_in_process(base: Path, *args: str) -> int:
+    from utils.ingest.stage import BLUR_FACES_STAGE
+    from utils.runner.cli import main
+
+    return main(BLUR_FACES_STAGE, ["--base_dir", str(base), "--execution_provider", "cpu", *args])
+
+
+def test_keep_original_copy_killed_midway_leaves_no_torn_original(tmp_path):
+    """Issue 14, item 7: the copy of the original was not atomic, so a kill during it left a
+    torn ``.orig.mp4`` that every later run kept. Now nothing lands under that name until the
+    copy is whole, and the next run makes it."""
+    base = tmp_path / "db"
+    video = DatasetLayout(base).video_mp4(YID)
+    video.parent.mkdir(parents=True)
+    make_face_video(video, seconds=0.5)
+    original = file_sha256(video)
+    kept = video.with_name(f"{YID}.orig.mp4")
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_COPY, "--base_dir", str(base), "--execution_provider",
+                           "cpu", "--keep_original"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not kept.exists()  # at most a temporary, never the final name
+    assert file_sha256(video) == original and not DatasetLayout(base).video_sidecar(YID, "blurred").exists()
+
+    assert blur_in_process(base, "--keep_original") == 0
+    assert file_sha256(kept) == original and file_sha256(video) != original
+    assert sorted(p.name for p in video.parent.iterdir()) == [f"{YID}.blurred.json", f"{YID}.mp4", f"{YID}.orig.mp4"]
+
+
+def test_a_torn_original_from_an_older_run_is_copied_again_and_a_whole_one_kept(tmp_path):
+    """A partial ``.orig.mp4`` (a prefix of the video, what a killed non-atomic copy left) is
+    made again; a whole one is never overwritten, even when the video is blurred a second time."""
+    base = tmp_path / "db"
+    layout = DatasetLayout(base)
+    video = layout.video_mp4(YID)
+    video.parent.mkdir(parents=True)
+    make_face_video(video, seconds=0.5)
+    original = file_sha256(video)
+    kept = video.with_name(f"{YID}.orig.mp4")
+    kept.write_bytes(video.read_bytes()[:1000])
+
+    assert blur_in_process(base, "--keep_original") == 0
+    assert file_sha256(kept) == original
+
+    layout.video_sidecar(YID, "blurred").unlink()  # blurred again: the .orig stays the original
+    assert blur_in_process(base, "--keep_original") == 0
+    assert file_sha256(kept) == original and file_sha256(video) != original
+
+
+# ------------------------------------------------------- the shell wrapper finds its interpreter
+
+
+def _bin_with(tmp_path: Path, **scripts: str) -> Path:
+    """A PATH folder holding bash (for the wrapper's shebang) and the given scripts, no python."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    bash = Path("/bin/bash") if Path("/bin/bash").exists() else Path("/usr/bin/bash")
+    (folder / "bash").symlink_to(bash)
+    for name, text in scripts.items():
+        (folder / name).write_text(f"#!{bash}\n{text}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def test_wrapper_runs_with_no_python_on_path_and_no_active_venv(tmp_path):
+    """./gdpr_blur_faces.sh as a fresh shell runs it: the venv not activated, no `python`."""
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv beside the project (the README's install)")
+    env = {"PATH": str(_bin_with(tmp_path)), "HOME": str(tmp_path)}
+    proc = subprocess.run([str(REPO / "gdpr_blur_faces.sh"), "--help"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "--execution_provider" in proc.stdout
+    (tmp_path / "db" / "videos_mp4").mkdir(parents=True)
+    ranked = subprocess.run([str(REPO / "gdpr_blur_faces.sh"), "--base_dir", str(tmp_path / "db")],
+                            env={**env, "WORLD_SIZE": "2", "RANK": "5"}, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert ranked.returncode == 2 and "--rank 5 is outside [0, --world_size 2)" in ranked.stderr  # read in Python
+
+
+def test_wrapper_prefers_the_project_venv_then_PYTHON_then_python3(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    wrapper = project / "gdpr_blur_faces.sh"
+    wrapper.write_bytes((REPO / "gdpr_blur_faces.sh").read_bytes())
+    wrapper.chmod(0o755)
+    (project / "gdpr_blur_faces.py").write_text("import sys\nprint('ENTRY', sys.argv[1:])\n")
+    path = _bin_with(tmp_path, python3=f'echo "python3 $*"; exec {sys.executable} "$@"')
+
+    def run(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(wrapper), "--x", "a b"], env={"PATH": str(path), **env}, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    fallback = run()
+    assert fallback.returncode == 0 and fallback.stdout.startswith(f"python3 {project}/gdpr_blur_faces.py --x a b")
+    assert "ENTRY ['--x', 'a b']" in fallback.stdout
+    chosen = run(PYTHON=sys.executable)
+    assert chosen.returncode == 0 and chosen.stdout.startswith("ENTRY") and "python3" not in chosen.stdout
+    venv_python = project / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    (path / "python3").unlink()
+    assert run(PYTHON="/nonexistent/python").stdout.startswith("ENTRY")  # the project's venv first
+    venv_python.unlink()
+    missing = run()
+    assert missing.returncode == 2 and "no Python interpreter" in missing.stderr and "set PYTHON" in missing.stderr
+
+
+def test_entry_reads_world_size_and_rank_from_the_environment_unless_flags_are_given(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gdpr_entry", REPO / "gdpr_blur_faces.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert entry.rank_from_environment([]) == ["--world_size", "4", "--rank", "3"]
+    assert entry.rank_from_environment(["--rank=1"]) == ["--world_size", "4"]
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert entry.rank_from_environment(["--verify"]) == []

@@ -114,3 +114,49 @@ def test_tracker_defaults_are_defined_once():
     for name in ("track_thresh", "low_thresh", "match_thresh", "motion_weight"):
         assert getattr(tracker, name) == getattr(config, name) == getattr(DEFAULTS, name)
     assert config.make_tracker().max_time_lost == tracker.max_time_lost
+
+
+def _script_parser(script: str) -> argparse.ArgumentParser:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_script_{script}", ROOT / f"{script}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+def every_parser() -> list[tuple[str, argparse.ArgumentParser]]:
+    return ([(stage.name, build_parser(stage)) for stage in STAGES]
+            + [(script, _script_parser(script)) for script in ("curate_db", "status", "qa")])
+
+
+def test_every_flag_has_help_with_one_default():
+    """Every flag of every script says what it is for; the default is stated once (argparse's
+    defaults formatter appended "(default: X)" after help texts that already gave it)."""
+    missing, doubled = [], []
+    for name, parser in every_parser():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or not action.option_strings or action.dest == "help":
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {action.option_strings[0]}")
+                continue
+            text = formatter._expand_help(action)
+            appended = text[len(action.help):].lower() if text.startswith(action.help) else ""
+            if text.lower().count("(default") > 1 or ("default" in action.help.lower() and "(default" in appended):
+                doubled.append(f"{name} {action.option_strings[0]}: {text}")
+        assert "%(default)" not in parser.format_help()
+    assert missing == [], "flags without help: " + ", ".join(missing)
+    assert doubled == [], "defaults stated twice: " + "; ".join(doubled)
+
+
+def test_help_states_defaults_once_and_units():
+    text = " ".join(build_parser(PARSE_TRACKS_STAGE).format_help().split())
+    assert "number of ranks (default 1, or SLURM_ARRAY_TASK_COUNT in an sbatch array) --rank" in text
+    assert "memory per job, in GB (default: 32)" in text
+    assert "job time limit, in minutes; on expiry the job checkpoints and is requeued (default: 1440)" in text
+    assert "GPUs per job (0: a CPU-only job) (default: 1)" in text
+    assert "how much the run logs to stderr (default: INFO)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text

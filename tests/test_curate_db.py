@@ -129,6 +129,21 @@ def subset_names(base: Path) -> set[str]:
     return {p.name for p in DatasetLayout(base).subsets_dir().glob(f"{DS}-*.jsonl.gzip")}
 
 
+def size_of(n: int) -> str:
+    """The size part of a subset name: the exact count below 1,000, else whole thousands + K."""
+    return str(n) if n < 1000 else f"{n // 1000}K"
+
+
+def find_subset(base: Path, head: str, tail: str = ".jsonl.gzip") -> str:
+    """The one subset named ``<head><size><tail>``, after checking that ``<size>`` is the number
+    of tracks it holds."""
+    names = [n for n in subset_names(base) if n.startswith(head) and n.endswith(tail)
+             and re.fullmatch(r"\d+K?", n[len(head):len(n) - len(tail)])]
+    assert len(names) == 1, (head, tail, sorted(subset_names(base)))
+    assert names[0][len(head):len(names[0]) - len(tail)] == size_of(len(subset_records(base, names[0])))
+    return names[0]
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     """A clean, indexed dataset and a verified list holding 4 of its videos."""
@@ -358,7 +373,7 @@ def test_class_balanced_t0_takes_the_top_per_class_and_never_a_verified_video(db
             members = sorted((r for r in eligible if r.label == c), key=lambda r: -r.top10_wlogit_mu[0])
             expected += [r.tid for r in members[:nc]]
         total = len(expected)
-        name = f"{DS}-CB{nc}-{total // 1000}K-T0.jsonl.gzip"
+        name = f"{DS}-CB{nc}-{size_of(total)}-T0.jsonl.gzip"
         got = subset_records(base, name)
         assert sorted(r.tid for r in got) == sorted(expected)
         assert not {r.yid for r in got} & excluded
@@ -370,7 +385,7 @@ def test_class_balanced_t0_takes_the_top_per_class_and_never_a_verified_video(db
         assert report["tracks"] == total and report["exclusions"]["verified_videos"] > 0
     # the index order is kept inside a subset
     order = {r.tid: i for i, r in enumerate(records)}
-    got = [order[r.tid] for r in subset_records(base, f"{DS}-CB12-0K-T0.jsonl.gzip")]
+    got = [order[r.tid] for r in subset_records(base, find_subset(base, f"{DS}-CB12-", "-T0.jsonl.gzip"))]
     assert got == sorted(got)
 
 
@@ -396,8 +411,8 @@ def test_random_subsets_names_sizes_and_nesting(db):
     base, records, verified = db
     excluded = read_verified_yids(verified)
     assert sample(base, "sample_random", verified, "--N", "0.05", "0.1", "--seed", "7") == 0
-    small = subset_records(base, f"{DS}-0.05K-RND.jsonl.gzip")
-    large = subset_records(base, f"{DS}-0.1K-RND.jsonl.gzip")
+    small = subset_records(base, f"{DS}-50-RND.jsonl.gzip")
+    large = subset_records(base, f"{DS}-100-RND.jsonl.gzip")
     assert len(small) == 50 and len(large) == 100
     assert {r.tid for r in small} <= {r.tid for r in large}
     assert not {r.yid for r in large} & excluded
@@ -412,10 +427,10 @@ def test_sampling_through_the_command_line(db, tmp_path):
     proc = run_cli("curate_db.py", "--action", "sample_class_balanced", "--base_dir", copy, "--index_file", INDEX,
                    "--verified_list", verified, "--Nc", "3", "--temperature", "inf", "--seed", "1", check=True)
     nc3 = [n for n in subset_names(copy) if "-CB3-" in n]
-    assert nc3 == [f"{DS}-CB3-0K-Tinf.jsonl.gzip"] and nc3[0] in proc.stdout
-    stem = DatasetLayout(copy).subsets_dir() / f"{DS}-CB3-0K-Tinf"
+    assert nc3 == [find_subset(copy, f"{DS}-CB3-", "-Tinf.jsonl.gzip")] and nc3[0] in proc.stdout
+    stem = DatasetLayout(copy).subsets_dir() / nc3[0].removesuffix(".jsonl.gzip")
     assert stem.with_suffix(".classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert stem.with_suffix(".classes.csv").read_text().startswith("label,count,available,relax_round\n")
+    assert stem.with_suffix(".classes.csv").read_text().startswith("label_id,label,count,available,relax_round\n")
     bad = run_cli("curate_db.py", "--action", "sample_random", "--base_dir", copy, "--index_file", INDEX,
                   "--verified_list", verified, "--N", "1", "--min_motion", "1")
     assert bad.returncode == 2 and "sample_class_balanced" in bad.stderr
@@ -447,9 +462,9 @@ def test_one_frozen_config_makes_the_flags_and_drives_the_library(db, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(base, copy)
     summary = run_sampling(dataclasses.replace(given, base_dir=copy, progress=False))
-    assert [s["subset"] for s in summary.subsets] == [f"{DS}-0.02K-RND.jsonl.gzip", f"{DS}-0.01K-RND.jsonl.gzip"]
+    assert [s["subset"] for s in summary.subsets] == [f"{DS}-20-RND.jsonl.gzip", f"{DS}-10-RND.jsonl.gzip"]
     assert [s["tracks"] for s in summary.subsets] == [20, 10]
-    assert len(subset_records(copy, f"{DS}-0.02K-RND.jsonl.gzip")) == 20
+    assert len(subset_records(copy, f"{DS}-20-RND.jsonl.gzip")) == 20
 
 
 def test_pinned_verified_list_is_the_default(tmp_path, monkeypatch):
@@ -467,7 +482,7 @@ def test_pinned_verified_list_is_the_default(tmp_path, monkeypatch):
     assert index(tmp_path) == 0
     assert run("--action", "sample_class_balanced", "--base_dir", tmp_path, "--index_file", INDEX,
                "--Nc", "1000", "--no_plots") == 0
-    got = subset_records(tmp_path, f"{DS}-CB1000-0K-T0.jsonl.gzip")
+    got = subset_records(tmp_path, f"{DS}-CB1000-100-T0.jsonl.gzip")
     assert len(got) == 100 and not {r.yid for r in got} & set(listed)
 
 
@@ -598,10 +613,10 @@ def test_max_spt_iou_within_a_video(tmp_path):
     verified = tmp_path / "v.txt"
     verified.write_text("")
     assert sample(tmp_path, "sample_class_balanced", verified, "--Nc", "3", "5", "--max_spt_iou", "0.5") == 0
-    got3 = {r.tid for r in subset_records(tmp_path, f"{DS}-CB3-0K-T0-IoU0.5.jsonl.gzip")}
+    got3 = {r.tid for r in subset_records(tmp_path, f"{DS}-CB3-3-T0-IoU0.5.jsonl.gzip")}
     assert got3 == {same[0].tid, apart.tid, other_video.tid}  # the overlapping copies wait
-    rows5 = _table_rows(tmp_path, f"{DS}-CB5-0K-T0-IoU0.5.jsonl.gzip")
-    assert rows5 == [{"label": "cat", "count": "5", "available": "5", "relax_round": "4"}]
+    rows5 = _table_rows(tmp_path, f"{DS}-CB5-5-T0-IoU0.5.jsonl.gzip")
+    assert rows5 == [{"label_id": "0", "label": "cat", "count": "5", "available": "5", "relax_round": "4"}]
 
 
 def test_spt_iou():
@@ -754,7 +769,7 @@ def test_max_motion_takes_the_top_moving_tracks_per_class(tmp_path, capsys):
     for nc in (2, 5):
         expected = {r.tid for members in has_value.values()
                     for r in sorted(members, key=lambda r: -q90[r.tid])[:nc]}
-        name = f"{DS}-MaxQ90Motion-CB{nc}-0K.jsonl.gzip"
+        name = f"{DS}-MaxQ90Motion-CB{nc}-{size_of(len(expected))}.jsonl.gzip"
         picked[nc] = {r.tid for r in subset_records(base, name)}
         assert picked[nc] == expected
         assert not picked[nc] & (missing | nan)
@@ -764,10 +779,10 @@ def test_max_motion_takes_the_top_moving_tracks_per_class(tmp_path, capsys):
         assert report["action"] == "sample_max_motion" and report["motion_column"] == "q90"
         assert report["exclusions"]["no_motion_value"] == no_value and report["exclusions"]["verified_videos"] > 0
     assert picked[2] <= picked[5]
-    assert not {r.yid for r in subset_records(base, f"{DS}-MaxQ90Motion-CB5-0K.jsonl.gzip")} & excluded
+    assert not {r.yid for r in subset_records(base, find_subset(base, f"{DS}-MaxQ90Motion-CB5-"))} & excluded
     # another statistic, another name
     assert sample(base, "sample_max_motion", verified, "--Nc", "2", "--motion_column", "q50") == 0
-    got = {r.tid for r in subset_records(base, f"{DS}-MaxQ50Motion-CB2-0K.jsonl.gzip")}
+    got = {r.tid for r in subset_records(base, find_subset(base, f"{DS}-MaxQ50Motion-CB2-"))}
     assert got == {r.tid for members in _eligible_by_class(records, verified, lambda r: r.tid not in missing).values()
                    for r in sorted(members, key=lambda r: -q50[r.tid])[:2]}
 
@@ -795,7 +810,7 @@ def test_min_red_spreads_each_class_and_is_deterministic(tmp_path):
 
     nc = 3
     assert sample(base, "sample_min_red", verified, "--Nc", str(nc)) == 0
-    name = f"{DS}-MinRed-CB{nc}-0K.jsonl.gzip"
+    name = find_subset(base, f"{DS}-MinRed-CB{nc}-")
     target = DatasetLayout(base).subset_file(name)
     got = subset_records(base, name)
     assert not {r.tid for r in got} & (no_emb | nan_emb)
@@ -824,9 +839,9 @@ def test_min_red_spreads_each_class_and_is_deterministic(tmp_path):
                    "--verified_list", verified, "--Nc", str(nc), check=True)
     assert target.read_bytes() == first
     assert name in proc.stdout and "minimum pairwise distance" in proc.stdout and "no embedding" in proc.stdout
-    stem = DatasetLayout(base).subsets_dir() / f"{DS}-MinRed-CB{nc}-0K"
+    stem = DatasetLayout(base).subsets_dir() / name.removesuffix(".jsonl.gzip")
     assert stem.with_suffix(".classes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert stem.with_suffix(".classes.csv").read_text().startswith("label,count,available,relax_round\n")
+    assert stem.with_suffix(".classes.csv").read_text().startswith("label_id,label,count,available,relax_round\n")
 
 
 def test_metric_actions_reject_flags_that_do_not_apply(db, capsys):
@@ -898,4 +913,153 @@ def test_min_nn_dist_when_no_track_has_an_embedding(tmp_path, capsys):
     name = next(n for n in subset_names(base) if n.endswith("-NN1.jsonl.gzip"))
     assert subset_records(base, name) == []
     assert sample(base, "sample_min_red", verified, "--Nc", "2") == 0
-    assert subset_records(base, f"{DS}-MinRed-CB2-0K.jsonl.gzip") == []
+    assert subset_records(base, f"{DS}-MinRed-CB2-0.jsonl.gzip") == []
+
+
+# ------------------------------------------------------------- issue 14: classes, names, order
+
+
+def labelled_record(yid: str, label_id: int | None, name: str, score: float, k: int) -> TrackRecord:
+    """A record of class ``label_id`` named ``name`` (as a prompts line: trailing spaces kept)."""
+    rec = make_record(yid, 0, score, k, t0=k * 2.0)
+    return dataclasses.replace(rec, fn=track_filename(yid, name, rec.tid), top10_lbl=None if label_id is None
+                               else [label_id, 1, 2], top10_desc=[name, CLASSES[1], CLASSES[2]])
+
+
+def test_classes_with_the_same_name_are_balanced_and_counted_apart(tmp_path, capsys):
+    """LVIS has byte-identical names on two lines (135 and 136 are both "bow "; 446 "fish" and 447
+    "fish "): each id gets its own quota, table row, report entry and plot tick; records without
+    an id are grouped by their name, apart from the ids, and the summary says so."""
+    classes = [(135, "bow "), (136, "bow "), (446, "fish"), (447, "fish ")]
+    rng = np.random.default_rng(1)
+    records = []
+    for v in range(8):
+        recs = [labelled_record(yid_of(v), *classes[(v + k) % 4], float(np.round(rng.normal(), 4)), v * 5 + k)
+                for k in range(4)]
+        if v < 2:  # old metadata: a name, no id
+            recs.append(labelled_record(yid_of(v), None, "bow", 0.0, v * 5 + 4))
+        write_meta(tmp_path, yid_of(v), recs)
+        records += recs
+    assert index(tmp_path) == 0
+    verified = tmp_path / "verified.txt"
+    verified.write_text("")
+    capsys.readouterr()
+    assert sample(tmp_path, "sample_class_balanced", verified, "--Nc", "3") == 0
+    out = capsys.readouterr().out
+    (name,) = [n for n in subset_names(tmp_path) if n.startswith(f"{DS}-CB3-")]
+    got = subset_records(tmp_path, name)
+    per_id: dict = {}
+    for r in got:
+        per_id.setdefault(r.top10_lbl[0] if r.top10_lbl else None, []).append(r.tid)
+    assert {k: len(v) for k, v in per_id.items()} == {135: 3, 136: 3, 446: 3, 447: 3, None: 2}
+    for cid, _ in classes:  # the top 3 of each id by score
+        members = sorted((r for r in records if r.top10_lbl and r.top10_lbl[0] == cid),
+                         key=lambda r: -r.top10_wlogit_mu[0])
+        assert sorted(per_id[cid]) == sorted(r.tid for r in members[:3])
+    rows = _table_rows(tmp_path, name)
+    assert [(r["label_id"], r["label"], r["count"], r["available"]) for r in rows] == [
+        ("135", "bow", "3", "8"), ("136", "bow", "3", "8"), ("446", "fish", "3", "8"), ("447", "fish", "3", "8"),
+        ("", "bow", "2", "2")]
+    assert name == f"{DS}-CB3-14-T0.jsonl.gzip"  # 3 for each of the 4 ids, 2 for the id-less "bow"
+    report = json.loads(report_path(DatasetLayout(tmp_path).subset_file(name)).read_text())
+    assert report["classes"] == 5 and report["class_key"]["tracks_without_label_id"] == 2
+    assert "5 classes (by label id, else by name)" in out
+    assert "2 tracks have no label id (top10_lbl): grouped by their name into 1 class, apart from the 4" in out
+    # the same through the other per-class actions
+    write_metric_file(metric_dir(tmp_path, DS, "motion") / "all.parquet", [r.tid for r in records],
+                      [r.fn for r in records], {"q90": np.arange(len(records), dtype=np.float32)})
+    assert sample(tmp_path, "sample_max_motion", verified, "--Nc", "1") == 0
+    motion = _table_rows(tmp_path, f"{DS}-MaxQ90Motion-CB1-5.jsonl.gzip")
+    assert sorted((r["label_id"], r["count"]) for r in motion) == [("", "1"), ("135", "1"), ("136", "1"),
+                                                                   ("446", "1"), ("447", "1")]
+
+
+def test_an_index_of_the_lvis_list_has_1203_classes(tmp_path):
+    from tests.conftest import shared_asset
+    from utils.records.prompts import parse_prompt_lines
+
+    lines = parse_prompt_lines(shared_asset("lvis-prompts.txt").read_text(encoding="utf-8").splitlines())
+    assert len(lines) == 1203
+    for v in range(0, len(lines), 100):
+        write_meta(tmp_path, yid_of(v), [labelled_record(yid_of(v), i, line, 1.0, i)
+                                         for i, line in enumerate(lines[v:v + 100], start=v)])
+    assert index(tmp_path) == 0
+    verified = tmp_path / "verified.txt"
+    verified.write_text("")
+    assert sample(tmp_path, "sample_class_balanced", verified, "--Nc", "1") == 0
+    name = f"{DS}-CB1-1K-T0.jsonl.gzip"  # 1,203 tracks: the released naming
+    rows = _table_rows(tmp_path, name)
+    assert sorted(int(r["label_id"]) for r in rows) == list(range(1203))
+    assert json.loads(report_path(DatasetLayout(tmp_path).subset_file(name)).read_text())["classes"] == 1203
+    assert [r["label_id"] for r in rows if r["label"] == "bow"] == ["135", "136"]
+
+
+def test_offline_a_missing_index_is_reported_before_the_verified_list(db, tmp_path, monkeypatch, capsys):
+    """Offline (nothing cached, the assets URL an empty folder), the first error names what is
+    missing locally: the index, its companion, the metric files; the verified list comes last."""
+    empty = tmp_path / "assets"
+    empty.mkdir()
+    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", empty.as_uri() + "/")
+    nowhere = tmp_path / "nothing"
+    missing = DatasetLayout(nowhere).relative(INDEX)
+    for action, extra in (("sample_random", ("--N", "1")), ("sample_class_balanced", ()),
+                          ("sample_max_motion", ()), ("sample_min_red", ())):
+        assert run("--action", action, "--base_dir", nowhere, "--index_file", INDEX, *extra) == 2
+        err = capsys.readouterr().err
+        assert f"index file {missing} does not exist" in err and "verified" not in err, (action, err)
+        assert err.count("\n") == 1
+    base, _, _ = db
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    assert run("--action", "sample_max_motion", "--base_dir", copy, "--index_file", INDEX) == 2
+    assert "visual_metrics.py --metric motion" in capsys.readouterr().err
+    companion_path(DatasetLayout(copy).relative(INDEX)).unlink()
+    assert run("--action", "sample_class_balanced", "--base_dir", copy, "--index_file", INDEX) == 2
+    assert "companion) does not exist" in capsys.readouterr().err
+    # with everything local in place, the verified list is what is missing, and it says so
+    base, _, verified = db
+    assert run("--action", "sample_class_balanced", "--base_dir", base, "--index_file", INDEX) == 2
+    assert "verified evaluation list" in capsys.readouterr().err
+
+
+def test_random_subsets_need_n_and_are_named_by_the_tracks_they_hold(db, tmp_path, capsys):
+    base, records, verified = db
+    eligible = sum(r.yid not in read_verified_yids(verified) for r in records)
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    shutil.rmtree(DatasetLayout(copy).subsets_dir())
+    shutil.copytree(DatasetLayout(base).relative(INDEX).parent, DatasetLayout(copy).relative(INDEX).parent)
+    # no hidden default sizes
+    assert sample(copy, "sample_random", verified) == 2
+    assert "sample_random needs --N" in capsys.readouterr().err
+    assert sample(copy, "sample_class_balanced", verified, "--N", "1") == 2
+    assert "--N applies to sample_random" in capsys.readouterr().err
+    # asked for 1,000 and 2,000, holds every eligible track: one subset, named by its size
+    assert sample(copy, "sample_random", verified, "--N", "1", "2") == 0
+    out = capsys.readouterr().out
+    assert subset_names(copy) == {f"{DS}-{eligible}-RND.jsonl.gzip"}
+    assert f"only {eligible} eligible tracks for 1000 requested" in out and "also what --N 2 gives" in out
+    assert len(subset_records(copy, f"{DS}-{eligible}-RND.jsonl.gzip")) == eligible
+
+
+def test_random_names_count_thousands_and_never_collide(tmp_path, capsys):
+    build_db(tmp_path, videos=70, per_video=16)  # 1,120 tracks
+    assert index(tmp_path) == 0
+    verified = tmp_path / "verified.txt"
+    verified.write_text("")
+    assert sample(tmp_path, "sample_random", verified, "--N", "1", "0.5") == 0
+    assert subset_names(tmp_path) == {f"{DS}-1K-RND.jsonl.gzip", f"{DS}-500-RND.jsonl.gzip"}
+    assert len(subset_records(tmp_path, f"{DS}-1K-RND.jsonl.gzip")) == 1000
+    capsys.readouterr()
+    assert sample(tmp_path, "sample_random", verified, "--N", "1.1", "1") == 2
+    err = capsys.readouterr().err
+    assert "--N 1.1 and 1 would both be named" in err and f"{DS}-1K-RND" in err
+
+
+def test_help_states_the_defaults_and_that_n_is_required(capsys):
+    with pytest.raises(SystemExit):
+        curate_db.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--N N [N ...] sample_random, required (no default): subset sizes in thousands of tracks" in text
+    assert "(default: 100 300 500 1000)" in text and "(default: 0)" in text and "default: q90" in text

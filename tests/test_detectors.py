@@ -465,3 +465,30 @@ def test_detic_real_model():  # pragma: no cover - needs detectron2, Detic and i
     assert out.num_classes == len(NAMES)
     if len(out):
         assert np.all(out.xyxy[:, 2] <= 320) and np.all(out.xyxy[:, 3] <= 240)
+
+
+def test_detic_weights_offline_are_said_within_seconds(tmp_path, monkeypatch):
+    """DETIC's checkpoint URL not downloaded yet and its host refusing: said at once, with the
+    offline options (detectron2 itself is not needed for the check)."""
+    import socket
+    import time
+
+    from utils.detect.detectors import detic
+
+    monkeypatch.setattr(detic, "_clip_text_weights", lambda: None)
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/detic/model.pth"
+    started = time.monotonic()
+    problem = detic.check_weights(url)
+    assert time.monotonic() - started < 10
+    assert problem is not None and url in problem and f"127.0.0.1:{port} refused" in problem
+    assert "--model" in problem and "owlv2" in problem
+    assert "do not exist" in detic.check_weights(str(tmp_path / "none.pth"))
+    local = tmp_path / "model.pth"
+    local.write_bytes(b"weights")
+    assert detic.check_weights(str(local)) is None
+    monkeypatch.setattr(detic, "_iopath_cached", lambda _url: local)  # downloaded before: no network needed
+    assert detic.check_weights(url) is None

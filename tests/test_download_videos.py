@@ -234,14 +234,86 @@ def test_rate_limits_in_a_row_pause_the_rank_with_a_plain_message(tmp_path, serv
     assert rerun.returncode == 0 and "2 done" in rerun.stderr
 
 
-def test_network_down_stops_the_rank_as_systemic(tmp_path):
-    (tmp_path / "ids.txt").write_text("".join(f"down{i}AAAAAA\n" for i in range(4)))
-    proc = run_cli("download_videos.py", "--base_dir", tmp_path / "db", "--yid_index_fn", tmp_path / "ids.txt",
-                   "--url_template", "http://127.0.0.1:9/{yid}.mp4", *FAST, "--download_retries", "0",
-                   "--max_consecutive_errors", "2")
+def test_network_failures_in_a_row_stop_the_rank_as_systemic(tmp_path, server, cup):
+    ids = [f"drop{i}AAAAAA" for i in range(4)]
+    for yid in ids:  # every transfer breaks mid-body: the host answers, the network fails
+        server.add(path_of(yid), cup)
+        server.fail(path_of(yid), Fault.drop(100_000, times=None))
+    proc = stage(tmp_path, server, ids, "--download_retries", "0", "--max_consecutive_errors", "2")
     assert proc.returncode == 3, proc.stderr
     assert "2 downloads in a row failed with network errors" in proc.stderr
-    assert "Connection refused" in proc.stderr
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_host_refusing_connections_stops_the_rank_within_seconds(tmp_path):
+    """A wrong --url_template (nothing listens there): no back-off (the default one waited ~107 s
+    per video), and the third refusal in a row stops the rank, naming the host."""
+    port = closed_port()
+    ids = [f"refused{i}AAA" for i in range(6)]
+    (tmp_path / "ids.txt").write_text("".join(f"{yid}\n" for yid in ids))
+    started = time.monotonic()
+    proc = run_cli("download_videos.py", "--base_dir", tmp_path / "db", "--yid_index_fn", tmp_path / "ids.txt",
+                   "--url_template", f"http://127.0.0.1:{port}/v/{{yid}}.mp4",
+                   "--skip_cartoon_filter", "--skip_aesthetics_filter", timeout=120)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    assert seconds < 30, proc.stderr
+    stopped = next(line for line in proc.stderr.splitlines() if line.startswith("STOPPED:"))
+    assert f"127.0.0.1:{port} refused the connection for 3 downloads in a row" in stopped
+    assert "Check --url_template" in stopped and f"http://127.0.0.1:{port}/v/{{yid}}.mp4" in stopped
+    assert "retry" not in proc.stderr  # not waited on
+    failed = journal(tmp_path, "failed")
+    assert [r["item"] for r in failed] == ids[:2]
+    assert all(r["category"] == "connection_refused" and r["transient"] for r in failed)
+
+
+def test_a_host_name_that_does_not_resolve_stops_the_rank(tmp_path):
+    ids = [f"nodns{i}AAAAA" for i in range(5)]
+    (tmp_path / "ids.txt").write_text("".join(f"{yid}\n" for yid in ids))
+    proc = run_cli("download_videos.py", "--base_dir", tmp_path / "db", "--yid_index_fn", tmp_path / "ids.txt",
+                   "--url_template", "http://trackverse-test.invalid/{yid}.mp4",  # .invalid never resolves
+                   "--skip_cartoon_filter", "--skip_aesthetics_filter", timeout=180)
+    assert proc.returncode == 3, proc.stderr
+    assert "trackverse-test.invalid" in proc.stderr and "did not resolve for 3 downloads in a row" in proc.stderr
+    assert {r["category"] for r in journal(tmp_path, "failed")} == {"dns"}
+
+
+class _ScriptedDownloader:
+    """Stands in for VideoDownloader: raises the scripted failures in turn."""
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+
+    def url(self, yid):
+        return f"http://videos.example:8080/{yid}.mp4"
+
+    def download(self, yid, target):
+        raise self.outcomes.pop(0)
+
+
+def test_session_counts_refusals_of_the_same_host_in_a_row():
+    from utils.core.errors import ItemError, SystemicError
+    from utils.ingest.download import DownloadFailed, DownloadOptions, DownloadSession, Failure
+
+    refused = DownloadFailed("Connection refused", Failure("connection_refused", True))
+    elsewhere = DownloadFailed("HTTPConnection(host='cdn.example', port=443): [Errno 111] Connection refused",
+                               Failure("connection_refused", True))
+    gone = DownloadFailed("HTTP Error 404: Not Found", Failure("not_found", False))
+    session = DownloadSession(DownloadOptions(url_template="http://videos.example:8080/{yid}.mp4"),
+                              notify=lambda message: None)
+    session.downloader = _ScriptedDownloader([refused, refused, gone, refused, elsewhere, refused, refused, refused])
+    for _ in range(7):  # a 404 (the host answered) and another host both break the run of refusals
+        with pytest.raises(ItemError):
+            session.fetch("abcdefghijk", "/nonexistent/x.mp4")
+    with pytest.raises(SystemicError, match=r"videos.example:8080 refused the connection for 3 downloads in a row"):
+        session.fetch("abcdefghijk", "/nonexistent/x.mp4")
 
 
 # ---------------------------------------------------------------- crash safety
@@ -379,7 +451,13 @@ YOUTUBE_MESSAGES = [
     ("ERROR: [youtube] abcdefghijk: Requested format is not available. Use --list-formats for a list of available "
      "formats", "no_format", False),
     ("ERROR: [download] Got error: The read operation timed out", "timeout", True),
-    ("ERROR: [generic] x: Unable to download webpage: <urlopen error [Errno 111] Connection refused>", "network", True),
+    ("ERROR: [generic] x: Unable to download webpage: <urlopen error [Errno 111] Connection refused>",
+     "connection_refused", True),
+    ("ERROR: [generic] x: Unable to download webpage: HTTPConnection(host='no.invalid', port=80): Failed to resolve "
+     "'no.invalid' ([Errno -2] Name or service not known)", "dns", True),
+    ("ERROR: [youtube] x: Unable to download API page: <urlopen error [Errno -3] Temporary failure in name "
+     "resolution>", "dns", True),
+    ("ERROR: [download] Got error: [Errno 104] Connection reset by peer", "network", True),
     ("ERROR: [download] Got error: 200000 bytes read, 1701774 more expected. Giving up after 2 retries",
      "network", True),
     ("ERROR: [youtube] abcdefghijk: This live event will begin in 3 hours.", "upcoming", True),
@@ -401,6 +479,18 @@ def test_status_in_the_exception_chain_wins_over_words():
     wrapped = yt_dlp.utils.DownloadError("ERROR: wrapped", exc_info=(type(error), error, None))
     assert classify_failure("wrapped timed out", wrapped).category == "not_found"
     assert clean_message("ERROR: [generic] x:  spaced\nout") == "[generic] x: spaced out"
+
+
+def test_refused_and_unresolved_hosts_are_recognised_by_their_exception_types():
+    import socket
+
+    for cause, category in ((ConnectionRefusedError(111, "refused"), "connection_refused"),
+                            (socket.gaierror(-2, "no such name"), "dns")):
+        error = yt_dlp.utils.ExtractorError("Unable to download webpage", cause=cause)
+        wrapped = yt_dlp.utils.DownloadError("ERROR: wrapped", exc_info=(type(error), error, None))
+        failure = classify_failure("Unable to download webpage", wrapped)
+        assert (failure.category, failure.transient, failure.unreachable) == (category, True, True)
+    assert not classify_failure("Connection reset by peer").unreachable
 
 
 def _fmt(fid, ext="mp4", height=None, vcodec="avc1.4d401f", acodec="none"):

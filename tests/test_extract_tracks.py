@@ -206,6 +206,38 @@ def test_bad_tracks_are_journaled_and_the_rest_are_cut(tmp_path, synthetic_video
     assert journal(db, "failed")[-1]["reason"] == failed["reason"]
 
 
+
+def test_a_record_missing_a_key_fails_only_its_own_track(tmp_path, synthetic_video):
+    """Issue 14, item 8: one record without ``track_bbox`` made the whole metadata file
+    unreadable, so no track of the video was cut. It is now a bad track like the others: the
+    other clips are cut, the video fails (bad_tracks) naming it, and a line that is not JSON is
+    one more bad record."""
+    db = tmp_path / "db"
+    good = gt_records(synthetic_video)[:3]
+    no_boxes = {k: v for k, v in record(YID, "nobox", [1.0, 2.0], [[10, 10, 40, 40]] * 2).to_dict().items()
+                if k != "track_bbox"}
+    no_yid = {k: v for k, v in record(YID, "noyid", [1.0, 2.0], [[10, 10, 40, 40]] * 2).to_dict().items()
+              if k != "yid"}
+    ids = setup_db(db, synthetic_video.path, [good[0], no_boxes, good[1], no_yid, good[2]])
+    assert extract(db, ids) == EXIT_ITEMS_FAILED
+    failed = journal(db, "failed")[-1]
+    assert failed["category"] == "bad_tracks" and not failed["transient"]
+    assert "2 of 5 tracks cannot be cut (bad_record)" in failed["reason"]
+    assert no_boxes["fn"] in failed["reason"] and no_yid["fn"] in failed["reason"]
+    assert "track_bbox" in failed["reason"] and "'yid'" in failed["reason"]
+    assert all(len(decoded(clip_path(db, r))) > 10 for r in good)
+    assert not DatasetLayout(db).tracks_done_marker(DATASET, YID).exists()
+    # a line that is not JSON at all is a bad record too; a torn file is still unreadable
+    meta = DatasetLayout(db).tracks_meta(DATASET, YID)
+    lines = gzip.decompress(meta.read_bytes()).decode().splitlines(keepends=True)
+    atomic_write_bytes(meta, gzip.compress("".join([lines[0], "{not json\n", *lines[1:]]).encode()))
+    assert extract(db, ids, "--retry_failed") == EXIT_ITEMS_FAILED
+    failed = journal(db, "failed")[-1]
+    assert "3 of 6 tracks" in failed["reason"] and f"{meta.name}: line 2: not a JSON line" in failed["reason"]
+    atomic_write_bytes(meta, gzip.compress("".join([*lines, '{"yid": "synthVid']).encode()))
+    assert extract(db, ids, "--retry_failed") == EXIT_ITEMS_FAILED
+    assert journal(db, "failed")[-1]["category"] == "bad_metadata"
+
 def test_repairs_are_noted_in_the_journal(tmp_path, synthetic_video):
     db = tmp_path / "db"
     single = record(YID, "blink", [2.0], [[20, 30, 60, 40]])

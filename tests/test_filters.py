@@ -294,3 +294,80 @@ def test_candidate_record_shape():
     c = SegmentCandidate(0.0, 600.0, 0.0, 700.0, scores={"frames": 1})
     assert c.as_record() == {"start": 0.0, "end": 600.0, "scene_start": 0.0, "scene_end": 700.0,
                              "reason": None, "scores": {"frames": 1}, "kept": True, "trimmed": True}
+
+
+# ------------------------------------------------------------------- offline: said within seconds
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_weights_whose_hosts_do_not_answer_fail_within_seconds_naming_the_flags(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections, never answers: a firewall dropping packets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        urls = (f"http://127.0.0.1:{_closed_port()}/w/head.pth", f"http://127.0.0.1:{silent.getsockname()[1]}/w/head.pth")
+        started = time.monotonic()
+        with pytest.raises(WeightsError) as info:  # fetch_verified alone waited 60 s on the silent one
+            _fetch(WeightSource("head.pth", urls), tmp_path / "cache", "aesthetic head")
+        assert time.monotonic() - started < 15
+    message = str(info.value)
+    assert "cannot fetch aesthetic head weights head.pth: no host answers" in message
+    assert "refused" in message and "no answer from" in message
+    assert "--aesthetics_head_weights FILE" in message and "--skip_aesthetics_filter" in message
+    assert str(tmp_path / "cache" / "head.pth") in message
+
+
+def test_clip_openai_weights_offline_fail_fast_or_come_from_the_hub_cache(tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from utils.ingest import filters
+
+    monkeypatch.setattr(filters, "hub_endpoint", lambda: f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(filters, "hub_offline", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as info:
+        filters.resolve_clip_weights("openai")
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert "is unreachable (connection to 127.0.0.1" in message
+    assert "--aesthetics_clip_weights FILE" in message and "--skip_aesthetics_filter" in message
+    with pytest.raises(WeightsError):  # the scorer itself says the same, before building anything
+        AestheticScorer("openai", "random", device="cpu")
+    # the checkpoint in the Hugging Face cache (as `hf download` leaves it) is used without the hub
+    revision = "0" * 40
+    repo = tmp_path / "hf-cache" / f"models--{filters.CLIP_HUB_REPO.replace('/', '--')}"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "open_clip_model.safetensors").write_bytes(b"weights")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    assert filters.resolve_clip_weights("openai") == str(repo / "snapshots" / revision / "open_clip_model.safetensors")
+    assert filters.resolve_clip_weights("random") is None
+
+
+def test_default_filters_offline_stop_the_rank_within_seconds(tmp_path):
+    """download_videos.py with its default filters on a machine whose weight hosts refuse."""
+    import time
+
+    (tmp_path / "ids.txt").write_text("filtAAAAAAA\n")
+    port = _closed_port()
+    started = time.monotonic()
+    proc = run_cli("download_videos.py", "--base_dir", tmp_path / "db", "--yid_index_fn", tmp_path / "ids.txt",
+                   "--url_template", f"http://127.0.0.1:{port}/{{yid}}.mp4",
+                   "--cartoon_weights", f"http://127.0.0.1:{port}/cartoon.pth",
+                   env={"TRACKVERSE_CACHE": str(tmp_path / "cache")}, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - started < 20
+    assert "STOPPED: cannot fetch cartoon classifier weights" in proc.stderr
+    assert "--cartoon_weights FILE" in proc.stderr and "--skip_cartoon_filter" in proc.stderr

@@ -342,3 +342,74 @@ def test_unanswered_squeue_refuses_to_submit_duplicates(tmp_path):
     assert "not submitting, to avoid duplicate jobs" in proc.stderr
     assert "Socket timed out" in proc.stderr
     assert len(list(record_dir.glob("*.json"))) == 1
+
+
+def test_slurm_without_sbatch_is_refused_not_run_here(tmp_path):
+    """Without Slurm, submitit's automatic choice ran the jobs on this machine in the background
+    and the command exited 0, as if they were queued; a plain run started next raced with them."""
+    no_slurm = tmp_path / "bin"  # a PATH without sbatch (the interpreter is called by its full path)
+    no_slurm.mkdir()
+    for extra in ([], ["--slurm_cluster", "slurm"]):
+        proc = toy(tmp_path, "--slurm", "--world_size", "2", *extra, items=["it0", "it1", "it2"],
+                   env={"PATH": str(no_slurm)})
+        assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == (
+            "error: --slurm: Slurm's sbatch is not on PATH (no Slurm client on this machine, or its module is "
+            "not loaded); nothing was submitted. Run on a Slurm login node, or drop --slurm to process the "
+            "items here (--world_size N --rank R for one shard)")
+        assert "submitted" not in proc.stdout
+    assert not (tmp_path / "db" / "logs" / "slurm").exists()
+    assert not (tmp_path / "db" / "toy_attempts").exists()
+
+
+def test_duplicate_items_are_reported_once_and_processed_once(tmp_path):
+    proc = toy(tmp_path, items=["a1", "b2", "a1", "c3", "a1", "b2", "# a1 in a comment"])
+    assert proc.returncode == EXIT_OK, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "more than once" in line]
+    assert len(warnings) == 1
+    assert "lists 2 item(s) more than once, each is processed once: 'a1' (3 times), 'b2' (2 times)" in warnings[0]
+    assert "items.txt" in warnings[0]
+    assert "[toy rank 0/1] 3 items: 3 done, 0 skipped" in proc.stderr
+    assert attempts(tmp_path / "db", "a1") == 1
+
+    # the same list sharded: each item belongs to exactly one rank
+    for rank in range(2):
+        toy(tmp_path, "--world_size", "2", "--rank", str(rank), check=True)
+    starts = [r for r in journal_records(tmp_path, "start") if r["world_size"] == 2]
+    assert sorted(i for r in starts for i in r["shard_items"]) == ["a1", "b2", "c3"]
+
+
+def test_sbatch_refusing_the_submission_is_one_line(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    sbatch = fake_bin / "sbatch"  # Slurm's CLI is the edge of the world here: it refuses
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpux' >&2\n"
+                      "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\n"
+                      "exit 1\n")
+    sbatch.chmod(0o755)
+    proc = toy(tmp_path, "--slurm", "--partition", "gpux", items=["it0"],
+               env={"PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        "error: --slurm: sbatch refused the submission, nothing was submitted: sbatch: error: invalid partition "
+        "specified: gpux; sbatch: error: Batch job submission failed: Invalid partition name specified")
+    assert not list((tmp_path / "db" / "logs" / "slurm" / "toy").glob("submissions/*.json"))
+
+
+def test_a_scheduler_interruption_is_no_items_failure(tmp_path):
+    """An error a job's signal handler raises in the middle of an item (submitit's "not requeued")
+    ends the shard; the item is not journaled as failed, so the next run does it."""
+    from submitit.core.utils import UncompletedJobError
+
+    from tests.toy_stage import STAGE
+    from utils.runner.cli import parse_config
+    from utils.runner.stage import run_shard
+
+    write_items(tmp_path / "items.txt", ["a1", "preempt1", "b2"])
+    config, _ = parse_config(STAGE, ["--base_dir", str(tmp_path / "db"), "--item_list", str(tmp_path / "items.txt")])
+    with pytest.raises(UncompletedJobError):
+        run_shard(STAGE, config, interruptions=(UncompletedJobError,))
+    assert not journal_records(tmp_path, "failed") and journal_records(tmp_path, "interrupted")
+    assert output_path(tmp_path / "db", "a1").exists() and not output_path(tmp_path / "db", "b2").exists()
+    assert toy(tmp_path).returncode == EXIT_OK  # the next run finishes it
+    assert output_path(tmp_path / "db", "preempt1").exists() and output_path(tmp_path / "db", "b2").exists()

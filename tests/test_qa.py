@@ -18,6 +18,7 @@ from utils.use.qa import box_at, build_gallery, contact_sheet, track_color
 
 YID = "qaqaqaqaqa1"
 DATASET = "Synth"
+CLASS_IDS = {"cat": 0, "cup": 1, "rocket": 2, "person": 3}  # the label ids of the synthetic classes
 
 
 def gt_records(video) -> list[TrackRecord]:
@@ -27,7 +28,8 @@ def gt_records(video) -> list[TrackRecord]:
         boxes = boxes[::2]
         ts = [b.time for b in boxes]
         xywh = [[b.xyxy[0], b.xyxy[1], b.xyxy[2] - b.xyxy[0], b.xyxy[3] - b.xyxy[1]] for b in boxes]
-        r = TrackRecord(yid=YID, tid="x", fn="x.mp4", track_ts=ts, track_bbox=xywh, top10_lbl=[identity],
+        r = TrackRecord(yid=YID, tid="x", fn="x.mp4", track_ts=ts, track_bbox=xywh,
+                        top10_lbl=[CLASS_IDS[boxes[0].class_name]],
                         top10_desc=[boxes[0].class_name], top10_wlogit_mu=[0.5 + identity / 10],
                         video_size=[video.height, video.width])
         r.tid = r.expected_tid()
@@ -84,9 +86,27 @@ def test_gallery_page_lists_classes_and_clips(qa_db, tmp_path):
     page = result.page.read_text()
     assert result.classes == 4 and result.tracks == len(records) and result.missing_clips == 0
     assert page.count("<video") == len(records)
-    for name in ("cat", "cup", "rocket", "person"):
-        assert f"<h2>{name} " in page
+    for name, cid in CLASS_IDS.items():
+        assert f"<h2>{cid} {name} " in page
     assert result.sheets == 1 and (tmp_path / "qa" / "sheets" / f"{YID}.png").exists()
+
+
+def test_gallery_groups_by_label_id_not_by_name(qa_db, tmp_path):
+    """Issue 14: LVIS has two "bow" lines (two classes); the gallery shows one section per id,
+    titled ``<id> <name>``; a record without an id is grouped by its name alone."""
+    import dataclasses
+
+    base, _, records, _ = qa_db
+    bows = [dataclasses.replace(r, top10_lbl=[135 + (k % 2)], top10_desc=["bow "]) for k, r in enumerate(records)]
+    bows[-1] = dataclasses.replace(records[-1], top10_lbl=None, top10_desc=["bow"])
+    subset = tmp_path / "bows.jsonl.gzip"
+    subset.write_bytes(records_to_jsonl_gz_bytes(bows))
+    result = build_gallery(base, subset, tmp_path / "qa", DatasetLayout(base).base_dir / "tracks_mp4" / DATASET,
+                           sheets=False)
+    page = result.page.read_text()
+    assert result.classes == 3 and result.tracks == len(bows)
+    assert page.count("<h2>135 bow <small>") == 1 and page.count("<h2>136 bow <small>") == 1
+    assert page.count("<h2>bow <small>(1 tracks)") == 1
 
 
 def chromium() -> str:
@@ -117,3 +137,45 @@ def test_gallery_renders_in_headless_chromium(qa_db, tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", (out / "index.html").as_uri()], capture_output=True,
                          text=True, timeout=120, check=False).stdout
     assert dom.count("<video") == len(records) and "person" in dom
+
+
+# ------------------------------------------------------------------ qa.py: bad inputs, one line
+
+
+def qa_error(*args) -> str:
+    """qa.py's stderr for bad inputs: exit 2, one line, no traceback."""
+    proc = run_cli("qa.py", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_qa_missing_or_unreadable_records_file(qa_db, tmp_path):
+    base = qa_db[0]
+    common = ["--base_dir", base, "--dataset_name", DATASET, "--out", tmp_path / "qa"]
+    assert qa_error(*common, "--records", "tracks_subsets/nope.jsonl.gzip") == \
+        f"error: --records {base / 'tracks_subsets' / 'nope.jsonl.gzip'} does not exist"
+    assert qa_error(*common, "--records", tmp_path / "absent.jsonl.gzip") == \
+        f"error: --records {tmp_path / 'absent.jsonl.gzip'} does not exist"
+    assert qa_error(*common, "--records", "tracks_subsets") == \
+        f"error: --records {base / 'tracks_subsets'} is a folder, not a file"
+    junk = tmp_path / "junk.jsonl.gzip"
+    junk.write_bytes(b"\x00\x01 not records \xff\n")
+    assert qa_error(*common, "--records", junk).startswith(f"error: --records {junk}: not a track records file")
+    assert not (tmp_path / "qa").exists()
+
+
+def test_qa_unknown_or_invalid_yid(qa_db, tmp_path):
+    base = qa_db[0]
+    common = ["--base_dir", base, "--dataset_name", DATASET, "--out", tmp_path / "qa"]
+    assert qa_error(*common, "--yid", "../../etc") == \
+        "error: --yid: '../../etc' is not a YouTube id (11 characters of A-Z a-z 0-9 _ -)"
+    meta = DatasetLayout(base).tracks_meta(DATASET, "zzzzzzzzzzz")
+    assert qa_error(*common, "--yid", "zzzzzzzzzzz") == (
+        f"error: --yid zzzzzzzzzzz: no track metadata {meta} (parse_tracks.py has not parsed this video for "
+        f"--dataset_name {DATASET})")
+    assert "no track metadata" in qa_error("--base_dir", base, "--dataset_name", "Other", "--yid", YID)
+    assert qa_error("--base_dir", tmp_path / "nowhere", "--yid", YID) == \
+        f"error: --base_dir {tmp_path / 'nowhere'} does not exist"
+    assert not (tmp_path / "qa").exists()

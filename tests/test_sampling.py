@@ -9,7 +9,7 @@ import pytest
 from numpy.typing import ArrayLike
 
 from utils.curate.constraints import NO_VALUE, RELAX_ROUNDS, SamplingConstraints, motion_levels
-from utils.curate.report import motion_name, subset_name
+from utils.curate.report import motion_name, size_label, subset_name
 from utils.curate.sampling import (
     MIN_RED_SWAPS_PER_TRACK,
     eligible_by_video,
@@ -272,9 +272,19 @@ def test_format_number(value: float, text: str) -> None:
     assert format_number(value) == text
 
 
-def test_random_names() -> None:
-    assert subset_name("TrackVerseLVIS", "random", N=82) == "TrackVerseLVIS-82K-RND.jsonl.gzip"
-    assert subset_name("TrackVerseLVIS", "sample_random", N=392) == "TrackVerseLVIS-392K-RND.jsonl.gzip"
+def test_random_names_give_the_tracks_held() -> None:
+    assert subset_name("TrackVerseLVIS", "random", total=82_000) == "TrackVerseLVIS-82K-RND.jsonl.gzip"
+    assert subset_name("TrackVerseLVIS", "sample_random", total=392_000) == "TrackVerseLVIS-392K-RND.jsonl.gzip"
+    # issue 14: "1000K-RND" / "0.05K-RND" named what was asked for, not what the subset holds
+    assert subset_name("TrackVerseLVIS", "random", total=6) == "TrackVerseLVIS-6-RND.jsonl.gzip"
+    assert subset_name("TrackVerseLVIS", "random", total=999) == "TrackVerseLVIS-999-RND.jsonl.gzip"
+    assert subset_name("TrackVerseLVIS", "random", total=1000) == "TrackVerseLVIS-1K-RND.jsonl.gzip"
+
+
+@pytest.mark.parametrize(("total", "text"), [(0, "0"), (6, "6"), (999, "999"), (1000, "1K"), (1999, "1K"),
+                                             (82_000, "82K"), (392_417, "392K")])
+def test_size_label(total: int, text: str) -> None:
+    assert size_label(total) == text
 
 
 @pytest.mark.parametrize(
@@ -285,7 +295,9 @@ def test_random_names() -> None:
         (100, 82_000, math.inf, "TrackVerseLVIS-CB100-82K-Tinf.jsonl.gzip"),
         (500, 259_100, 0.5, "TrackVerseLVIS-CB500-259K-T0.5.jsonl.gzip"),
         (500, 259_100, 2.0, "TrackVerseLVIS-CB500-259K-T2.jsonl.gzip"),
-        (10, 999, 1.0, "TrackVerseLVIS-CB10-0K-T1.jsonl.gzip"),
+        (10, 999, 1.0, "TrackVerseLVIS-CB10-999-T1.jsonl.gzip"),
+        (5, 6, 0, "TrackVerseLVIS-CB5-6-T0.jsonl.gzip"),  # issue 14: was CB5-0K
+        (100, 1_203, 0, "TrackVerseLVIS-CB100-1K-T0.jsonl.gzip"),  # the released names are kept
     ],
 )
 def test_class_balanced_names(Nc: int, total: int, temperature: float, name: str) -> None:
@@ -304,7 +316,7 @@ def test_names_with_constraints_and_errors() -> None:
     )
     with pytest.raises(ValueError, match="unknown subset kind"):
         subset_name("X", "balanced", Nc=1, total=1, temperature=0)
-    with pytest.raises(ValueError, match="needs N"):
+    with pytest.raises(ValueError, match="needs total"):
         subset_name("X", "random")
     with pytest.raises(ValueError, match="needs Nc"):
         subset_name("X", "class_balanced", Nc=1)
@@ -314,7 +326,8 @@ def test_max_motion_and_min_red_names() -> None:
     assert (subset_name("TrackVerseLVIS", "sample_max_motion", Nc=1000, total=392_417)
             == "TrackVerseLVIS-MaxQ90Motion-CB1000-392K.jsonl.gzip")
     assert (subset_name("TrackVerseLVIS", "max_motion", Nc=100, total=999, motion_column="q50")
-            == "TrackVerseLVIS-MaxQ50Motion-CB100-0K.jsonl.gzip")
+            == "TrackVerseLVIS-MaxQ50Motion-CB100-999.jsonl.gzip")
+    assert subset_name("X", "min_red", Nc=3, total=0) == "X-MinRed-CB3-0.jsonl.gzip"
     assert (subset_name("TrackVerseLVIS", "sample_min_red", Nc=300, total=184_999)
             == "TrackVerseLVIS-MinRed-CB300-184K.jsonl.gzip")
     assert motion_name("q90") == "Q90" and motion_name("Q75") == "Q75"

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.records.prompts import Vocabulary, label_of, label_with_dashes, read_prompts, vocabulary_hash
+from utils.records.prompts import (
+    Vocabulary,
+    label_of,
+    label_with_dashes,
+    parse_prompt_lines,
+    read_prompts,
+    vocabulary_hash,
+)
 from utils.records.tracks import (
     RecordsFileError,
     TrackRecord,
@@ -88,11 +95,33 @@ def test_vocabulary_from_small_files(tmp_path):
         read_prompts(tmp_path / "missing.txt")
 
 
+def test_comment_and_blank_lines_of_a_prompts_file_are_not_classes(tmp_path):
+    """Issue 14, item 3: a ``# comment`` line became a class. Comments and blank lines are left
+    out as in id lists, and ids count class lines only, so a comment shifts no id."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("cat\ndog (also known as hound)\nbow (a weapon)\n")
+    commented = tmp_path / "commented.txt"
+    commented.write_text("# my vocabulary, v2\ncat\n\n   # pets above, weapons below\ndog (also known as hound)\n"
+                         "#bow (the ribbon), dropped for now\nbow (a weapon)\n# end\n")
+    vocab, reference = read_prompts(commented), read_prompts(plain)
+    assert vocab.labels == ("cat", "dog", "bow (a weapon)") == reference.labels
+    assert vocab.lines == reference.lines
+    assert [vocab.index_of(label) for label in ("cat", "dog", "bow (a weapon)")] == [0, 1, 2]  # the ids top10_lbl records
+    assert vocab.hash == reference.hash == vocabulary_hash(commented.read_text().splitlines())
+    assert parse_prompt_lines(["# a", " ", "x ", "  #b", "y#z"]) == ["x", "y#z"]  # only whole-line comments
+    only_comments = tmp_path / "only_comments.txt"
+    only_comments.write_text("# nothing here yet\n\n")
+    with pytest.raises(ValueError, match="no class prompts"):
+        read_prompts(only_comments)
+
+
 @pytest.mark.skipif(not LVIS_PROMPTS.is_file(), reason=f"LVIS prompts asset not present at {LVIS_PROMPTS}")
 def test_lvis_prompts_asset():
     vocab = read_prompts(LVIS_PROMPTS)
     # 1202 newline characters, and a last line without one: the 1203 LVIS v1 classes.
     assert len(vocab) == 1203
+    # no blank or comment line: class id i is line i of the file, as the released top10_lbl ids
+    assert vocab.lines == tuple(line.strip() for line in LVIS_PROMPTS.read_text(encoding="utf-8").splitlines())
     assert vocab.labels[0] == "aerosol can" and vocab.lines[0] == "aerosol can (also known as spray can)"
     assert all(label and "(also" not in label for label in vocab.labels)
     assert all(label == label.strip() for label in vocab.labels)

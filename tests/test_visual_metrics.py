@@ -139,3 +139,33 @@ def test_curate_db_min_motion_keeps_only_moving_tracks(clips_db, tmp_path):
 
     kept = {r.yid for r in read_records(subset)}
     assert kept == {"slowmove000", "fastmove000", "samefast000"}  # the static clip is left out
+
+
+def test_default_weights_offline_are_said_within_seconds_with_the_flag(tmp_path, monkeypatch):
+    """Weights neither in torch.hub's cache nor reachable: a SystemicError at once (torch.hub
+    would wait on the network without a timeout), naming the URL, the flag and the cache path."""
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    import torch
+    from torchvision.models import resnet18
+
+    from utils.core.errors import SystemicError
+    from utils.metrics.compute import load_torchvision_model
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/models/resnet18-test.pth"
+        started = time.monotonic()
+        with pytest.raises(SystemicError) as info:
+            load_torchvision_model(resnet18, SimpleNamespace(url=url), "default", "ResNet-18", "--embedding_weights")
+        assert time.monotonic() - started < 15
+    message = str(info.value)
+    assert url in message and "no answer from" in message and "--embedding_weights FILE" in message
+    assert str(tmp_path / "torch-hub" / "checkpoints" / "resnet18-test.pth") in message
+    with pytest.raises(SystemicError, match="do not exist"):
+        load_torchvision_model(resnet18, SimpleNamespace(url=url), str(tmp_path / "none.pth"), "ResNet-18",
+                               "--embedding_weights")

@@ -44,11 +44,11 @@ def attempts(base_dir: Path, item: str, kind: str = "start") -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class ToyConfig(StageConfig):
-    item_list: str = option()
+    item_list: str = option(help="items, one per line (names steer behaviour: see the module)")
     sleep: float = option(0.0, help="seconds per chunk written")
-    chunks: int = option(1)
-    setup_fails: bool = option(False)
-    teardown_fails: bool = option(False)
+    chunks: int = option(1, help="chunks each output is written in")
+    setup_fails: bool = option(False, help="setup raises (a missing model)")
+    teardown_fails: bool = option(False, help="teardown raises")
 
 
 class ToyStage(Stage[ToyConfig]):
@@ -90,6 +90,11 @@ class ToyStage(Stage[ToyConfig]):
             raise ItemError("HTTP 429 Too Many Requests", transient=True, category="rate_limited")
         if item.startswith("crash"):
             raise ValueError(f"unexpected content in {item}")
+        if item.startswith("preempt") and attempts(config.base_dir, item) == 1:
+            # what submitit's signal handler raises inside the running code when it cannot requeue
+            from submitit.core.utils import UncompletedJobError
+
+            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
         if item.startswith("nospace"):
             raise OSError(errno.ENOSPC, "No space left on device")
         with atomic_path(output_path(config.base_dir, item)) as tmp, open(tmp, "wb") as f:

@@ -35,7 +35,7 @@ from utils.clips.geometry import (
     track_overlap,
 )
 from utils.core.errors import BadGeometryError, InvalidItemError
-from utils.core.io import atomic_write_json
+from utils.core.io import GZIP_STREAM_ERRORS, atomic_write_json, iter_json_lines, open_maybe_gzip
 from utils.core.resources import available_cpus
 from utils.core.video import (
     ColorTags,
@@ -45,7 +45,7 @@ from utils.core.video import (
     decode_span,
     probe_video,
 )
-from utils.records.tracks import TrackRecord, TrackRecordError
+from utils.records.tracks import RecordsFileError, TrackRecord, TrackRecordError
 
 #: frames up to this far outside ``[t_start, t_end]`` still belong to the clip (metadata
 #: stores timestamps rounded to 0.1 ms; mp4 time bases round too)
@@ -415,6 +415,18 @@ def extract_clips(
 # ---------------------------------------------------------------------------- one video
 
 
+def validated_record(record: TrackRecord, yid: str, name: str) -> TrackRecord | TrackProblem:
+    """``record`` validated (it was read with ``validate=False``), or the problem, under
+    ``name``, that keeps it from being cut."""
+    try:
+        record = dataclasses.replace(record)  # runs the schema's coercion and validation
+    except (TrackRecordError, TypeError, ValueError) as exc:
+        return TrackProblem(name, f"invalid record: {exc}", "bad_record")
+    if record.yid != yid:
+        return TrackProblem(name, f"belongs to video {record.yid}, not {yid}", "wrong_yid")
+    return record
+
+
 def validated_records(records: Iterable[TrackRecord], yid: str, source: str = "") -> tuple[list[TrackRecord], list[TrackProblem]]:
     """Validate records read with ``validate=False``: a record that breaks the schema (or
     belongs to another video) becomes a problem instead of failing the whole file."""
@@ -422,16 +434,60 @@ def validated_records(records: Iterable[TrackRecord], yid: str, source: str = ""
     problems: list[TrackProblem] = []
     for n, record in enumerate(records, start=1):
         name = str(getattr(record, "fn", None) or f"{source}record {n}")
-        try:
-            record = dataclasses.replace(record)  # runs the schema's coercion and validation
-        except (TrackRecordError, TypeError, ValueError) as exc:
-            problems.append(TrackProblem(name, f"invalid record: {exc}", "bad_record"))
-            continue
-        if record.yid != yid:
-            problems.append(TrackProblem(name, f"belongs to video {record.yid}, not {yid}", "wrong_yid"))
-            continue
-        good.append(record)
+        checked = validated_record(record, yid, name)
+        if isinstance(checked, TrackProblem):
+            problems.append(checked)
+        else:
+            good.append(checked)
     return good, problems
+
+
+@dataclass
+class FileRecords:
+    """The records of one metadata file, from :func:`read_file_records`."""
+
+    records: list[TrackRecord] = field(default_factory=list)  # valid, of the video
+    problems: list[TrackProblem] = field(default_factory=list)  # one per line that cannot be cut
+    total: int = 0  # records (non-blank lines) in the file
+
+
+def read_file_records(path: str | Path, yid: str) -> FileRecords:
+    """Every record of a track metadata file (gzip or plain JSON lines), each on its own: a
+    line that is not a JSON object, a record the schema refuses (a key missing, a wrong type)
+    or one of another video becomes a :class:`TrackProblem`, named by its ``fn`` when it has
+    one (else ``<file>: line N``), and the others are kept, so one bad record costs only its
+    own clip. A damaged gzip stream or a torn last line (a killed writer: nothing after it can
+    be trusted) raises :class:`~utils.records.tracks.RecordsFileError`; ``OSError`` when the
+    file cannot be read."""
+    path = Path(path)
+    out = FileRecords()
+    try:
+        with open_maybe_gzip(path) as f:
+            for line in iter_json_lines(f):
+                out.total += 1
+                where = f"{path.name}: line {line.lineno}"
+                if line.torn:
+                    raise RecordsFileError(f"{path}:{line.lineno}: torn last line")
+                if line.error is not None or not isinstance(line.value, dict):
+                    why = f"not a JSON line ({line.error})" if line.error is not None else "not a JSON object"
+                    out.problems.append(TrackProblem(where, why, "bad_record"))
+                    continue
+                fn = line.value.get("fn", line.value.get("track_mp4_filename"))
+                name = str(fn) if isinstance(fn, str) and fn else where
+                try:
+                    record = TrackRecord.from_dict(line.value, validate=False)
+                except TrackRecordError as exc:
+                    out.problems.append(TrackProblem(name, f"invalid record: {exc}", "bad_record"))
+                    continue
+                checked = validated_record(record, yid, name)
+                if isinstance(checked, TrackProblem):
+                    out.problems.append(checked)
+                else:
+                    out.records.append(checked)
+    except GZIP_STREAM_ERRORS as exc:
+        raise RecordsFileError(f"{path}: damaged or truncated after {out.total} records: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    return out
 
 
 @dataclass

@@ -15,9 +15,9 @@ from utils.clips.cut import (
     cut_missing_clips,
     problems_text,
     read_done_marker,
+    read_file_records,
     select_tracks,
     summarize,
-    validated_records,
     write_done_marker,
 )
 from utils.clips.geometry import (
@@ -32,7 +32,7 @@ from utils.core.video import (
     VideoError,
     VideoInfo,
 )
-from utils.records.tracks import RecordsFileError, TrackRecord, read_records
+from utils.records.tracks import RecordsFileError, TrackRecord
 from utils.runner.stage import Stage, StageConfig, check_dataset_name, read_item_list
 
 # ---------------------------------------------------------------------------- the stages
@@ -100,8 +100,10 @@ class ExtractTracksStage(Stage[ExtractTracksConfig]):
         "its own H.264 mp4, tracks_mp4/<dataset_name>/<fn>, decoding each video once. Tracks overlapping an "
         "earlier-listed track by more than 0.9 are cut once. A video is done when "
         "tracks_mp4/<dataset_name>/<yid[:2]>/<yid>.done.json exists (written last) and its metadata file "
-        "has not changed since. A video with tracks that cannot be cut gets its other clips, then fails "
-        "(category bad_tracks) with a journal reason naming each bad track."
+        "has not changed since. A video with tracks that cannot be cut (a record with a key missing or a "
+        "wrong value included) gets its other clips, then fails (category bad_tracks) with a journal reason "
+        "naming each bad track. A video that decodes short of what its container announces fails (category "
+        "truncated); one that does not decode, corrupt_video."
     )
     default_slurm = {"cpus_per_task": 4, "mem_gb": 16}
 
@@ -130,12 +132,12 @@ class ExtractTracksStage(Stage[ExtractTracksConfig]):
         signature = file_signature(meta)
         if signature is None:
             raise NotReady(f"no track metadata {meta} yet (parse_tracks.py has not finished this video)")
-        try:
-            raw = read_records(meta, validate=False)
+        try:  # record by record: a bad one is a problem of its own track, the others are cut
+            read = read_file_records(meta, item)
         except (RecordsFileError, OSError) as exc:
             raise ItemError(f"unreadable track metadata: {exc}", category="bad_metadata") from None
-        records, problems = validated_records(raw, item, f"{meta.name}: ")
-        selection = select_tracks(records, lambda r: layout.track_mp4(config.dataset_name, r.fn), deduplicate=True)
+        problems = list(read.problems)
+        selection = select_tracks(read.records, lambda r: layout.track_mp4(config.dataset_name, r.fn), deduplicate=True)
         problems += selection.problems
         video = layout.video_mp4(item)
         if not video.exists() and any(not path.exists() for _, path in selection.tracks):
@@ -143,7 +145,7 @@ class ExtractTracksStage(Stage[ExtractTracksConfig]):
         result = cut_with_progress(video, selection.tracks, config.clips, item)
         problems += result.problems
         if problems:
-            raise bad_tracks_error(problems, len(raw), result)
+            raise bad_tracks_error(problems, read.total, result)
         write_done_marker(layout.tracks_done_marker(config.dataset_name, item), item,
                           [r.fn for r, _ in selection.tracks], meta=signature, duplicates=selection.duplicates)
         return result_stats(result, selection.duplicates)
@@ -158,7 +160,7 @@ def cut_with_progress(video: Path, tracks: Sequence[tuple[TrackRecord, Path]], o
             return cut_missing_clips(video, tracks, options.max_track_len, info=info, on_frames=bar.update,
                                      threads=options.threads)
         except VideoError as exc:
-            raise ItemError(f"corrupt video: {exc}", category="corrupt_video") from None
+            raise ItemError(f"corrupt video: {exc}", category=exc.category) from None
 
 
 EXTRACT_TRACKS_STAGE = ExtractTracksStage()

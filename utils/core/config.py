@@ -160,9 +160,37 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def base_dir_option(group: str | None = None) -> Any:
     """``--base_dir`` as every script takes it."""
     return option(default_factory=default_base_dir, group=group,
-                  help="dataset root ($TRACKVERSE_DB, else ./TrackVerseDB)")
+                  help="dataset root (default $TRACKVERSE_DB, else ./TrackVerseDB)")
 
 
 def log_level_option(group: str | None = None) -> Any:
     """``--log_level`` as every script takes it."""
-    return option("INFO", group=group, choices=LOG_LEVELS)
+    return option("INFO", group=group, choices=LOG_LEVELS, help="how much the run logs to stderr")
+
+
+# ------------------------------------------------------------------------------- --help
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default appended as "(default: X)", except where the help
+    text already says what the default is (it mentions "default"), where there is no default
+    to show (None: the flag is optional, its help says what happens without it) and for
+    on/off switches (off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        default = action.default
+        if isinstance(default, list | tuple):
+            shown = " ".join(str(v) for v in default)
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """:class:`DefaultsHelpFormatter` for a script whose description (its docstring) is laid
+    out by hand."""

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import uuid
 import zlib
@@ -130,6 +131,26 @@ def atomic_write_text(target: Path | str, text: str) -> None:
 
 def atomic_write_json(target: Path | str, obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def atomic_copy(source: Path | str, target: Path | str) -> None:
+    """Copy ``source`` (bytes and times, as ``shutil.copy2``) to ``target`` under a temporary
+    name, renamed into place once complete: a kill mid-copy never leaves a partial ``target``."""
+    with atomic_path(target) as tmp:
+        shutil.copy2(source, tmp)
+
+
+def is_torn_copy_of(copy: Path | str, source: Path | str, block: int = 1 << 20) -> bool:
+    """Whether ``copy`` is a strict prefix of ``source`` (shorter, same leading bytes): what a
+    copy killed midway leaves, as opposed to a whole copy or a different file."""
+    size = os.path.getsize(copy)
+    if size >= os.path.getsize(source):
+        return False
+    with open(copy, "rb") as a, open(source, "rb") as b:
+        while chunk := a.read(block):
+            if b.read(len(chunk)) != chunk:
+                return False
+    return True
 
 
 # ---------------------------------------------------------------------------- reading

@@ -1,5 +1,9 @@
 """Video I/O with PyAV: probe, sample frames at a target rate, encode H.264 clips atomically.
 
+Every reader checks a stream that ends against what its container announces (frame count,
+duration): a file cut after an intact index (a faststart mp4 whose download stopped in the
+middle) decodes without an error but short, and raises :class:`TruncatedVideoError`.
+
 Sampling decodes every frame (seeking lands on the keyframe before ``start``, so exact
 timestamps need decoding forward) but converts to RGB only the frames it returns, and lets
 swscale do the resize in the same conversion: that is where the time goes.
@@ -25,7 +29,23 @@ from utils.core.resources import available_cpus
 
 
 class VideoError(Exception):
-    """A file that is not a readable video; the message names the file and the reason."""
+    """A file that is not a readable video; the message names the file and the reason.
+    ``category`` is what a stage's item failure is grouped under (journal, status)."""
+
+    category = "corrupt_video"
+
+
+class TruncatedVideoError(VideoError):
+    """The video stream ends (without a decoding error) well before what its container
+    announces: data cut after an intact index, e.g. a faststart mp4 whose download or copy
+    stopped in the middle. Raised by the readers when they reach the stream's end."""
+
+    category = "truncated"
+
+
+#: a stream may end this much earlier than its container says before it counts as truncated
+#: (besides two frame periods; a last frame shown longer, rounded durations, a frame the decoder drops)
+TRUNCATION_TOLERANCE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -200,7 +220,9 @@ def _rgb_converter(out_w: int, out_h: int):
 
 def decode_span(path: str | os.PathLike, start: float = 0.0, end: float | None = None) -> Iterator[tuple[av.VideoFrame, float]]:
     """Every frame over ``[start, end)`` seconds as PyAV decoded it (no conversion), with its
-    presentation time; a frame up to half a frame period before ``start`` counts as inside."""
+    presentation time; a frame up to half a frame period before ``start`` counts as inside.
+    A stream that ends short of what its container announces raises :class:`TruncatedVideoError`
+    when the span reaches that end."""
     if end is not None and end <= start:
         return
     container = _open(path)
@@ -232,6 +254,10 @@ def read_frames(
     timestamp is nearest; a source frame is yielded at most once, so a rate above the
     source's gives the source's frames. Without ``fps``, every frame in the span.
     ``max_side`` resizes so the longer side is that many pixels; ``size`` = (w, h) forces one.
+
+    Reaching the stream's end short of what the container announces (beyond a tolerance,
+    :data:`TRUNCATION_TOLERANCE_S`) raises :class:`TruncatedVideoError`; a read that stops at
+    ``end`` before the missing part does not notice it.
     """
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -294,7 +320,9 @@ def read_frames_at(
     """The frames nearest to each of ``times`` (sorted ascending), one per time.
 
     Between targets further apart than ``seek_gap`` seconds it seeks (to the keyframe before)
-    instead of decoding through: cheap on clips with short keyframe intervals.
+    instead of decoding through: cheap on clips with short keyframe intervals. Targets past
+    the last frame get the last frame, unless the stream ends short of what its container
+    announces (:class:`TruncatedVideoError`, as every reader here raises at such an end).
     """
     times = [float(t) for t in times]
     if any(b < a for a, b in zip(times, times[1:], strict=False)):
@@ -320,12 +348,15 @@ def read_frames_at(
                 if k >= len(times) or (k > k_at_seek and times[k] - t > seek_gap):
                     break
                 prev = (frame, t)
-            else:  # the stream ended: remaining targets get its last frame
-                last = prev if prev is not None else None
-                if last is None:
+            else:  # the stream ended (not short of its announced end): remaining targets get its last frame
+                if prev is not None:
+                    last = Frame(prev[1], convert(prev[0]), k)
+                elif out:  # this seek found no frame (the stream's very end): the last one served
+                    last = out[-1]
+                else:
                     break
                 while k < len(times):
-                    out.append(Frame(last[1], convert(last[0]), k))
+                    out.append(Frame(last.time, last.image.copy(), k))
                     k += 1
     finally:
         container.close()
@@ -343,19 +374,78 @@ def _decode_from(container, stream, start: float, path) -> Iterator[tuple[av.Vid
         except av.error.FFmpegError:
             container.seek(0)
     step = 1.0 / (_stream_fps(stream) or 30.0)
-    first = True
+    seen = _Decoded(from_start=start <= 0)
     try:
         for frame, t in _presentation_times(container.decode(stream), step):
-            if first:
-                first = False
-                if start > 0 and t > start + step:
-                    # the index sent us past the start (rare, broken indexes): decode from 0
-                    container.seek(0)
-                    yield from _presentation_times(container.decode(stream), step)
-                    return
+            if seen.count == 0 and start > 0 and t > start + step:
+                # the index sent us past the start (rare, broken indexes): decode from 0
+                container.seek(0)
+                seen = _Decoded(from_start=True)
+                for frame0, t0 in _presentation_times(container.decode(stream), step):
+                    seen.add(t0)
+                    yield frame0, t0
+                break
+            seen.add(t)
             yield frame, t
     except av.error.FFmpegError as exc:
         raise VideoError(f"{path}: decoding failed ({exc})") from exc
+    # the stream ended (a reader that stops at its span's end never gets here)
+    _check_complete(container, stream, path, seen, max(start, 0.0), step)
+
+
+@dataclass
+class _Decoded:
+    """What one pass of :func:`_decode_from` decoded: how many frames, the first and last time."""
+
+    from_start: bool
+    count: int = 0
+    first: float | None = None
+    last: float | None = None
+
+    def add(self, t: float) -> None:
+        self.count += 1
+        self.first = t if self.first is None else self.first
+        self.last = t
+
+
+def announced_end(container: av.container.InputContainer, stream: av.video.VideoStream) -> float | None:
+    """Where the container says the video stream ends (seconds, on the frames' clock): the
+    stream's own duration, else the container's when the video is its only stream (a
+    container's duration covers its audio too); None when neither is known."""
+    if stream.duration and stream.time_base is not None:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return (container.duration + (container.start_time or 0)) / av.time_base
+    return None
+
+
+def _check_complete(container, stream, path, seen: _Decoded, start: float, step: float) -> None:
+    """Raise :class:`TruncatedVideoError` when the stream ended short of what the container
+    announces. A pass from the first frame compares frame counts (when the container lists
+    them: exact, and blind to a last frame shown long); other passes compare where the last
+    frame ends with the announced duration. Tolerance: :data:`TRUNCATION_TOLERANCE_S` worth of
+    frames (at least two) for counts, that plus two frame periods for times; a pass that decodes
+    no frame at all before the announced end is truncated."""
+    end = announced_end(container, stream)
+    stream_start = float((stream.start_time or 0) * stream.time_base) if stream.time_base is not None else 0.0
+    reached = seen.last + step if seen.last is not None else start
+    where = f"the stream ends at {reached:.2f} s" if seen.last is not None else f"no frame decodes from {start:.2f} s"
+    announced = f" of {end:.2f} s announced by the container" if end is not None else ""
+    expected = stream.frames or 0
+    if seen.from_start and expected and seen.first is not None and seen.first <= stream_start + 2 * step:
+        if expected - seen.count > max(2, math.ceil(TRUNCATION_TOLERANCE_S / step)):
+            raise TruncatedVideoError(
+                f"{path}: truncated video: {seen.count} of its {expected} frames decode ({where}{announced}); "
+                "the file is cut short (an interrupted download or copy?)")
+        return
+    if end is None:
+        return
+    # a seek lands on the keyframe at or before its target (the last one, past the end), so a
+    # complete stream always decodes something there: nothing at all means its data is missing
+    tolerance = TRUNCATION_TOLERANCE_S + 2 * step if seen.last is not None else 0.5 * step
+    if end - reached > tolerance:
+        raise TruncatedVideoError(
+            f"{path}: truncated video: {where}{announced}; the file is cut short (an interrupted download or copy?)")
 
 
 _REORDER_DEPTH = 16

@@ -18,6 +18,8 @@ from utils.core.layout import DatasetLayout, validate_name
 from utils.core.resources import available_cpus
 from utils.curate.constraints import SamplingConstraints
 from utils.curate.report import motion_name
+from utils.records.index_file import check_index
+from utils.records.metrics_store import EMBEDDINGS, MOTION, metric_dir, metric_files
 
 ACTIONS = ("index", "sample_random", "sample_class_balanced", "sample_max_motion", "sample_min_red")
 VERIFIED_ASSET = "trackverse-verified-6perclass.txt"
@@ -56,23 +58,34 @@ def parse_positive(kind: type) -> Callable[[str], float | int]:
 class CurateConfig:
     """Every setting of an index or sampling run (one field per flag, same name)."""
 
-    action: str = option(choices=ACTIONS)
+    action: str = option(choices=ACTIONS, help="index (merge every video's metadata into --index_file) or a "
+                                               "sample_* action (a subset of the index)")
     base_dir: Path = base_dir_option()
     index_file: str | None = option(None, help="the index, relative to --base_dir (default "
                                                "tracks_subsets/<dataset_name>/<dataset_name>-Full.jsonl.gzip)")
     dataset_name: str | None = option(None, help="required by index; sampling defaults to the name the index recorded")
     num_workers: int = option(default_factory=available_cpus,
                               help="index: processes reading and compressing metadata files (default: available CPUs)")
-    N: tuple[float, ...] = option((82, 184, 259, 392), group=_SAMPLING, parse=parse_positive(float),
-                                  help="sample_random: subset sizes in thousands of tracks")
+    allow_mixed_vocabularies: bool = option(
+        False, help="index: merge metadata made with different vocabularies, detectors or weights (refused "
+                    "without it: their class indices and scores do not compare)")
+    # --N has no default: a random subset's size only means something next to its index (TrackVerse's
+    # 82 184 259 392 are the sizes of its own CB100-CB1000 subsets), and four subsets of sizes nobody
+    # asked for are a surprise, not a convenience.
+    N: tuple[float, ...] = option((), group=_SAMPLING, parse=parse_positive(float),
+                                  help="sample_random, required (no default): subset sizes in thousands of tracks "
+                                       "(0.5 = 500 tracks); TrackVerse used 82 184 259 392, the sizes of its "
+                                       "CB100-CB1000 subsets. A subset is named by the tracks it holds")
     Nc: tuple[int, ...] = option((100, 300, 500, 1000), group=_SAMPLING, parse=parse_positive(int),
                                  help="sample_class_balanced, sample_max_motion, sample_min_red: at most this many "
-                                      "tracks per class")
+                                      "tracks per class (a class is a label id); one subset per value (default: "
+                                      "100 300 500 1000)")
     temperature: tuple[float, ...] = option((0.0,), group=_SAMPLING, parse=parse_temperature,
                                             help="sample_class_balanced: 0 = highest scores, inf = uniform within "
                                                  "class, T > 0 = softmax(score / T) without replacement; several "
-                                                 "values allowed")
-    seed: int = option(0, group=_SAMPLING)
+                                                 "values allowed (default: 0)")
+    seed: int = option(0, group=_SAMPLING, help="random generator seed of sample_random and of "
+                                                "sample_class_balanced with T > 0 (default: 0)")
     verified_list: str | None = option(None, group=_SAMPLING,
                                        help=f"tracks of the verified evaluation videos, never sampled (first 11 "
                                             f"characters of each line: a YouTube id); default: the pinned "
@@ -80,20 +93,21 @@ class CurateConfig:
     no_plots: bool = option(False, group=_SAMPLING, help="skip the class-distribution PNGs")
     min_motion: float = option(0.0, group=_CONSTRAINTS,
                                help="per-track motion (visual_metrics.py --metric motion, column --motion_column) "
-                                    ">= this")
+                                    ">= this (default: 0, off)")
     motion_column: str = option("q90", group=_CONSTRAINTS,
                                 help="motion statistic used by --min_motion and sample_max_motion (letters and "
-                                     "digits)")
+                                     "digits; default: q90)")
     min_nn_dist: float = option(0.0, group=_CONSTRAINTS,
                                 help="embedding distance to every track already selected in the class >= this "
-                                     "(visual_metrics.py --metric embeddings)")
+                                     "(visual_metrics.py --metric embeddings; default: 0, off)")
     embedding_column: str = option("embedding", group=_CONSTRAINTS,
-                                   help="embedding column used by --min_nn_dist and sample_min_red")
+                                   help="embedding column used by --min_nn_dist and sample_min_red (default: "
+                                        "embedding)")
     max_spt_iou: float = option(1.0, group=_CONSTRAINTS,
                                 help="spatio-temporal IoU with every track already selected in the class from "
-                                     "the same video <= this")
+                                     "the same video <= this (default: 1, off)")
     iou_tbuff: float = option(math.inf, group=_CONSTRAINTS,
-                              help="seconds between paired frames before the IoU decays (inf: no decay)")
+                              help="seconds between paired frames before the IoU decays (default: inf, no decay)")
     max_swaps: int | None = option(None, group=_SAMPLING, parse=parse_positive(int),
                                    help="sample_min_red: at most this many swaps per class (default: 2 x Nc)")
     max_embedding_gb: float | None = option(None, group=_SAMPLING, parse=parse_positive(float),
@@ -123,10 +137,19 @@ class CurateConfig:
 
 def validate_sampling(config: CurateConfig) -> CurateConfig:
     """Check that the flags fit the sampling action; returns the config with repeated values
-    dropped and ``verified_list`` resolved to a local file (raises UsageError)."""
+    dropped and ``verified_list`` resolved to a local file (raises UsageError).
+
+    Cheap checks first, so that the first error is the one to fix: the flags, then the index and
+    its companion, then the metric files the action needs, and only then the verified list,
+    which may have to be fetched (offline, that error would hide all the others)."""
     action = config.action
     if action not in ACTIONS[1:]:
         raise UsageError(f"unknown sampling action {action!r}")
+    if action == "sample_random" and not config.N:
+        raise UsageError("sample_random needs --N, the subset sizes in thousands of tracks (e.g. --N 0.5 for 500 "
+                         "tracks; TrackVerse used --N 82 184 259 392)")
+    if action != "sample_random" and config.N:
+        raise UsageError(f"--N applies to sample_random; {action} takes --Nc (tracks per class)")
     try:
         constraints = config.constraints
     except ValueError as exc:
@@ -145,6 +168,21 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
             raise UsageError(f"--motion_column: {exc}") from exc
     if not 0 <= config.max_spt_iou <= 1:
         raise UsageError(f"--max_spt_iou must be in [0, 1], got {config.max_spt_iou}")
+    meta, _ = check_index(config.index_path)
+    dataset_name = config.dataset_name or meta.get("dataset_name")
+    if not dataset_name:
+        raise UsageError("the index does not record its dataset name: give --dataset_name")
+    validate_name(dataset_name)
+    needs = []
+    if action == "sample_max_motion" or constraints.uses_motion:
+        needs.append(MOTION)
+    if action == "sample_min_red" or constraints.uses_diversity:
+        needs.append(EMBEDDINGS)
+    for metric in needs:
+        folder = metric_dir(config.base_dir, dataset_name, metric)
+        if not metric_files(folder):
+            raise UsageError(f"no {metric} metric files (*.parquet) in {folder}: run visual_metrics.py "
+                             f"--metric {metric} first")
     try:
         verified = resolve_asset(config.verified_list, VERIFIED_ASSET)
     except AssetError as exc:

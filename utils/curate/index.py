@@ -6,6 +6,14 @@ truncated file keeps the lines before the damage and is named in the report; an 
 is reported and dropped. Anything else (out of memory, a bug) stops the run and leaves the
 previous index as it was. Work is spread over ``num_workers`` processes and the output does not
 depend on how many.
+
+Before merging, the provenance of every file is read (its gzip header, or the first record of a
+file written before headers; :func:`utils.records.tracks.read_provenance`): each vocabulary
+(hash, class count, detector, weights) is reported with its number of videos and tracks, and
+files of several of them are not merged unless ``allow_mixed`` (``--allow_mixed_vocabularies``):
+class indices and scores of different vocabularies or detectors do not compare. Files without
+provenance that hold tracks count as one more vocabulary ("unknown"); empty ones without it and
+unreadable ones are reported but mix nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +44,7 @@ from utils.core.layout import YID_PATTERN, DatasetLayout, companion_path, report
 from utils.core.progress import progress_bar
 from utils.core.resources import peak_memory_gb
 from utils.records.index_file import COMPANION_SCHEMA, companion_table, write_companion
-from utils.records.tracks import TrackRecord, TrackRecordError
+from utils.records.tracks import RecordsFileError, TrackRecord, TrackRecordError, read_provenance
 
 log = logging.getLogger("trackverse.curation")
 
@@ -156,6 +165,100 @@ def _map_files(tasks: list[tuple[str, str]], num_workers: int) -> Iterator[MetaF
         yield from pool.imap(index_meta_file, tasks, chunksize=chunksize)
 
 
+# ------------------------------------------------------------------------------- vocabularies
+
+#: group keys of files that say nothing about their vocabulary
+UNKNOWN = ("unknown",)  # holding tracks: could be any vocabulary
+UNKNOWN_EMPTY = ("unknown, no tracks",)  # written before provenance headers, no record
+UNREADABLE = ("unreadable",)  # header or first line damaged (the merge reports how)
+
+VocabKey = tuple
+
+
+def file_vocabulary(path: str) -> tuple[VocabKey, int | None]:
+    """(group key, class count) of one metadata file: ``(detector, weights, vocab_hash)``
+    from its provenance, or one of :data:`UNKNOWN`, :data:`UNKNOWN_EMPTY`, :data:`UNREADABLE`.
+    Reads the gzip header only (the first record for files written before headers)."""
+    try:
+        found = read_provenance(path)
+    except (RecordsFileError, OSError) as exc:
+        if is_systemic(exc):
+            raise
+        return UNREADABLE, None
+    if found is None:
+        return UNKNOWN_EMPTY, None
+    if not found.known:
+        return UNKNOWN, None
+    return found.key(), found.classes
+
+
+@dataclass
+class VocabularyGroup:
+    """The videos (metadata files) of one vocabulary and detector, and the tracks indexed from them."""
+
+    key: VocabKey
+    classes: int | None = None
+    videos: int = 0
+    tracks: int = 0
+
+    @property
+    def mixes(self) -> bool:
+        """Whether its tracks make an index mixed (known vocabularies, and unknown ones with tracks)."""
+        return self.key not in (UNKNOWN_EMPTY, UNREADABLE)
+
+    def describe(self) -> str:
+        if not self.mixes or self.key == UNKNOWN:
+            what = {UNKNOWN: "no provenance (written before parse_tracks recorded it, or by another tool)",
+                    UNKNOWN_EMPTY: "no provenance and no tracks (written before parse_tracks recorded it)",
+                    UNREADABLE: "provenance unreadable (damaged file)"}[self.key]
+        else:
+            detector, weights, vocab_hash = self.key
+            classes = "" if self.classes is None else f" ({self.classes} class{'es' if self.classes != 1 else ''})"
+            what = f"vocabulary {str(vocab_hash)[:12]}{classes}, detector {detector}, weights {weights or 'none'}"
+        return f"{what}: {self.videos} video{'s' if self.videos != 1 else ''}"
+
+    def to_json(self) -> dict:
+        if self.mixes and self.key != UNKNOWN:
+            detector, weights, vocab_hash = self.key
+            out = {"vocab_hash": vocab_hash, "classes": self.classes, "detector": detector, "weights": weights}
+        else:
+            out = {"vocab_hash": None, "what": self.key[0]}
+        return {**out, "videos": self.videos, "tracks": self.tracks}
+
+
+def scan_vocabularies(tasks: list[tuple[str, str]], threads: int) -> tuple[dict[str, VocabKey], list[VocabularyGroup]]:
+    """(relative path -> group key, the groups, most videos first) of the metadata files."""
+    paths = [path for path, _ in tasks]
+    with ThreadPoolExecutor(max(1, min(32, threads, len(paths)))) as pool:
+        found = list(pool.map(file_vocabulary, paths))
+    groups: dict[VocabKey, VocabularyGroup] = {}
+    of_file: dict[str, VocabKey] = {}
+    for (_, rel), (key, classes) in zip(tasks, found, strict=True):
+        group = groups.setdefault(key, VocabularyGroup(key))
+        group.videos += 1
+        if classes is not None:
+            group.classes = max(classes, group.classes or 0)
+        of_file[rel] = key
+    ordered = sorted(groups.values(), key=lambda g: (not g.mixes, -g.videos, str(g.key)))
+    return of_file, ordered
+
+
+def check_vocabularies(groups: list[VocabularyGroup], folder: Path, allow_mixed: bool) -> None:
+    """UsageError when the files come from more than one vocabulary or detector, unless allowed."""
+    mixing = [g for g in groups if g.mixes]
+    if len(mixing) > 1 and not allow_mixed:
+        raise UsageError(
+            f"the metadata files in {folder} come from {len(mixing)} different vocabularies or detectors: "
+            + "; ".join(g.describe() for g in mixing)
+            + ". Their class indices and scores do not compare: re-parse them with one vocabulary "
+              "(parse_tracks.py --reparse_stale) or keep them under separate --dataset_name, or pass "
+              "--allow_mixed_vocabularies to index them together"
+        )
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
 @dataclass
 class IndexSummary:
     index_path: Path
@@ -174,6 +277,7 @@ class IndexSummary:
     bytes_out: int = 0
     seconds: float = 0.0
     problems: list[dict] = field(default_factory=list)
+    vocabularies: list[VocabularyGroup] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -193,6 +297,10 @@ class IndexSummary:
             f"{self.written / secs:.0f} tracks/s; peak memory {peak_memory_gb():.2f} GB",
             f"  companion: {self.companion_path}; report: {self.report_path}",
         ]
+        mixing = sum(g.mixes for g in self.vocabularies)
+        out.append(f"  {mixing} vocabular{'y' if mixing == 1 else 'ies'}"
+                   + (" (mixed: --allow_mixed_vocabularies)" if mixing > 1 else "") + ":")
+        out.extend(f"    {g.describe()}, {g.tracks} track{'s' if g.tracks != 1 else ''}" for g in self.vocabularies)
         for problem in self.problems[:max_problems]:
             first = problem["messages"][0] if problem["messages"] else ""
             out.append(f"  PROBLEM {problem['file']}: {problem['kind']}: {first}"
@@ -243,15 +351,22 @@ def build_index(
     index_path: str | os.PathLike,
     num_workers: int = 1,
     progress: bool = True,
+    allow_mixed: bool = False,
 ) -> IndexSummary:
-    """Merge the dataset's metadata files into ``index_path`` and its companion (atomically)."""
+    """Merge the dataset's metadata files into ``index_path`` and its companion (atomically).
+    Raises UsageError, before writing anything, when they come from several vocabularies or
+    detectors and not ``allow_mixed``."""
     started = time.time()
     validate_name(dataset_name)
     index_path = Path(index_path)
     folder, tasks = list_meta_files(base_dir, dataset_name)
     if not tasks:
         raise UsageError(f"no metadata files ({META_GLOB}) under {folder}: run parse_tracks.py first")
-    summary = IndexSummary(index_path, companion_path(index_path), report_path(index_path), files=len(tasks))
+    vocab_of_file, vocabularies = scan_vocabularies(tasks, threads=2 * max(1, num_workers))
+    check_vocabularies(vocabularies, folder, allow_mixed)
+    by_key = {g.key: g for g in vocabularies}
+    summary = IndexSummary(index_path, companion_path(index_path), report_path(index_path), files=len(tasks),
+                           vocabularies=vocabularies)
     seen_tid: set[str] = set()
     seen_fn: set[str] = set()
     columns = _Columns()
@@ -283,6 +398,7 @@ def build_index(
                     columns.append((summary.written, offset, len(member), crc, ulen, *scalars))
                     offset += len(member)
                     summary.written += 1
+                    by_key[vocab_of_file[result.rel]].tracks += 1
                 if result.damaged:
                     summary.damaged_files += 1
                     summary.problems.append({"file": result.rel, "kind": "damaged", "kept_lines": len(result.rows),
@@ -299,7 +415,8 @@ def build_index(
                                 refresh=False)
             summary.bytes_out = offset
         write_companion(companion_table(columns.table(), dataset_name, index_path, summary.bytes_out,
-                                        meta_files=len(tasks)), companion_tmp)
+                                        meta_files=len(tasks), vocabularies=[g.to_json() for g in vocabularies]),
+                        companion_tmp)
     summary.seconds = round(time.time() - started, 3)
     atomic_write_json(summary.report_path, {
         "index_file": str(index_path), "dataset_name": dataset_name, "meta_folder": str(folder),
@@ -307,5 +424,6 @@ def build_index(
         "invalid": summary.invalid, "duplicate_tid": summary.duplicate_tid, "duplicate_fn": summary.duplicate_fn,
         "damaged_files": summary.damaged_files, "files_with_invalid": summary.files_with_invalid,
         "seconds": summary.seconds, "problems": summary.problems,
+        "vocabularies": [g.to_json() for g in vocabularies],
     })
     return summary

@@ -1,17 +1,29 @@
 """What a person reads about a subset: its file name, the per-class table (CSV), the class
 distribution plot (PNG) and the one-line summary.
 
-Subset names (``total`` = tracks selected, ``N`` in thousands as given, numbers printed like
-temperatures by ``format_number``):
+Classes are label ids (:class:`utils.records.index_file.Classes`): the table has one row per id,
+with its id and name in two columns (``label_id,label,count,available,relax_round``; the id is
+empty for a class known only by name, from records without one), and the plot and summary show
+``<id> <name>`` (``135 bow``), so the LVIS list's same-named classes stay apart.
+
+Subset names (``<size>`` = the number of tracks the subset really holds, see below; numbers
+printed like temperatures by ``format_number``):
 
 =========================  ===============================================================
 action                     name
 =========================  ===============================================================
-``sample_random``          ``<dataset_name>-<N>K-RND.jsonl.gzip``
-``sample_class_balanced``  ``<dataset_name>-CB<Nc>-<total//1000>K-T<T>[suffix].jsonl.gzip``
-``sample_max_motion``      ``<dataset_name>-Max<Col>Motion-CB<Nc>-<total//1000>K.jsonl.gzip``
-``sample_min_red``         ``<dataset_name>-MinRed-CB<Nc>-<total//1000>K.jsonl.gzip``
+``sample_random``          ``<dataset_name>-<size>-RND.jsonl.gzip``
+``sample_class_balanced``  ``<dataset_name>-CB<Nc>-<size>-T<T>[suffix].jsonl.gzip``
+``sample_max_motion``      ``<dataset_name>-Max<Col>Motion-CB<Nc>-<size>.jsonl.gzip``
+``sample_min_red``         ``<dataset_name>-MinRed-CB<Nc>-<size>.jsonl.gzip``
 =========================  ===============================================================
+
+``<size>`` (:func:`size_label`): below 1,000 tracks the exact count (``6``, ``950``); from 1,000
+up, whole thousands rounded down, with ``K`` (``1K`` for 1,000-1,999, ``392K`` for 392,417), the
+convention of the released TrackVerse names (``CB100-82K``, ``CB1000-392K``), which keep their
+names. So ``-6-RND`` and ``CB5-6-T0`` for 6 tracks, never ``-0K``. A random subset is named by
+the tracks it holds, not by the ``--N`` asked for: fewer eligible tracks than asked give a smaller
+name (and a warning); two sizes of one run that would share a name are refused.
 
 ``<Col>`` is the motion column with its first letter upper-cased: ``q90`` (the default) gives
 ``MaxQ90Motion``, the original's name; columns are restricted to letters and digits. The last
@@ -35,6 +47,7 @@ import csv
 import io
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,25 +60,48 @@ ROUND_NAMES = {r: f"x{format_number(round(RELAX_FACTOR**r, 6))}" for r in range(
 ROUND_NAMES[RELAX_ROUNDS - 1] = "off"
 
 
-def write_class_table(path: Path, rows: list[tuple[str, int, int, int]]) -> None:
+class ClassRow(NamedTuple):
+    """One class of a subset: its label id (None: known by name only), name, tracks selected,
+    tracks it could draw from, and the last relaxation round that accepted one of them."""
+
+    label_id: int | None
+    label: str
+    count: int
+    available: int
+    relax_round: int
+
+    @property
+    def display(self) -> str:
+        """``<id> <name>`` (the name alone without an id)."""
+        if self.label_id is None:
+            return self.label
+        return f"{self.label_id} {self.label}" if self.label else str(self.label_id)
+
+
+CLASS_TABLE_COLUMNS = ("label_id", "label", "count", "available", "relax_round")
+
+
+def write_class_table(path: Path, rows: list[ClassRow]) -> None:
+    """The class table: one row per class (``CLASS_TABLE_COLUMNS``; an empty ``label_id`` for a
+    class known by name only), most tracks first."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["label", "count", "available", "relax_round"])
-    writer.writerows(rows)
+    writer.writerow(CLASS_TABLE_COLUMNS)
+    writer.writerows(("" if r.label_id is None else r.label_id, *r[1:]) for r in rows)
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_class_distribution(path: Path, rows: list[tuple[str, int, int, int]], title: str) -> None:
-    """Tracks per class, most first (relaxed classes in orange)."""
+def plot_class_distribution(path: Path, rows: list[ClassRow], title: str) -> None:
+    """Tracks per class, most first (relaxed classes in orange); ticks read ``<id> <name>``."""
     from matplotlib.figure import Figure  # imported here: it takes a while and only plots need it
-    counts = np.array([r[1] for r in rows], dtype=np.float64)
-    relaxed = np.array([r[3] > 0 for r in rows], dtype=bool)
+    counts = np.array([r.count for r in rows], dtype=np.float64)
+    relaxed = np.array([r.relax_round > 0 for r in rows], dtype=bool)
     fig = Figure(figsize=(11, 4.2), dpi=100)
     ax = fig.add_subplot()
     if len(rows) <= 40:
         x = np.arange(len(rows))
         ax.bar(x, counts, color=np.where(relaxed, "#e07b39", "#3b75af").tolist())
-        ax.set_xticks(x, [r[0] for r in rows], rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(x, [r.display for r in rows], rotation=60, ha="right", fontsize=8)
     else:  # one artist per colour: a thousand bars would take seconds
         ax.stairs(counts, fill=True, color="#3b75af", label="within constraints")
         if relaxed.any():
@@ -104,7 +140,6 @@ def subset_name(
     dataset_name: str,
     kind: str,
     *,
-    N: float | None = None,
     Nc: int | None = None,
     total: int | None = None,
     temperature: float | None = None,
@@ -113,21 +148,21 @@ def subset_name(
 ) -> str:
     """File name of a subset (the table in the module docstring).
 
-    ``kind``: ``random`` (needs ``N``, thousands), ``class_balanced`` (``Nc``, ``total``,
-    ``temperature``, optional ``constraints`` for the suffix), ``max_motion`` (``Nc``,
-    ``total``, ``motion_column``) or ``min_red`` (``Nc``, ``total``); the ``sample_`` prefixes
-    of the ``--action`` names are accepted.
+    ``total`` is the number of tracks the subset holds. ``kind``: ``random`` (``total``),
+    ``class_balanced`` (``Nc``, ``total``, ``temperature``, optional ``constraints`` for the
+    suffix), ``max_motion`` (``Nc``, ``total``, ``motion_column``) or ``min_red`` (``Nc``,
+    ``total``); the ``sample_`` prefixes of the ``--action`` names are accepted.
     """
     kind_key = kind.removeprefix("sample_")
     suffix = constraints.suffix() if constraints is not None else ""
     if kind_key == "random":
-        if N is None:
-            raise ValueError("a random subset name needs N (thousands)")
-        return f"{dataset_name}-{format_number(N)}K-RND{suffix}{SUBSET_EXT}"
+        if total is None:
+            raise ValueError("a random subset name needs total (the tracks it holds)")
+        return f"{dataset_name}-{size_label(total)}-RND{suffix}{SUBSET_EXT}"
     if kind_key in ("class_balanced", "max_motion", "min_red"):
         if Nc is None or total is None:
             raise ValueError(f"a {kind_key} subset name needs Nc and total")
-        size = f"CB{int(Nc)}-{int(total) // 1000}K"
+        size = f"CB{int(Nc)}-{size_label(total)}"
         if kind_key == "max_motion":
             return f"{dataset_name}-Max{motion_name(motion_column)}Motion-{size}{SUBSET_EXT}"
         if kind_key == "min_red":
@@ -139,6 +174,15 @@ def subset_name(
     raise ValueError(
         f"unknown subset kind {kind!r}: expected 'random', 'class_balanced', 'max_motion' or 'min_red'"
     )
+
+
+def size_label(total: int) -> str:
+    """A subset's size in its name: the exact count below 1,000 (``6``), else whole thousands
+    rounded down with ``K`` (``1K`` for 1,000-1,999, ``392K`` for 392,417)."""
+    total = int(total)
+    if total < 0:
+        raise ValueError(f"a subset cannot hold {total} tracks")
+    return str(total) if total < 1000 else f"{total // 1000}K"
 
 
 def motion_name(column: str) -> str:

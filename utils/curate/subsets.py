@@ -2,6 +2,12 @@
 needs), select rows with :mod:`utils.curate.sampling` and :mod:`utils.curate.constraints`, and
 write each subset by copying its index members, with its class table, plot and report. Videos
 of the verified evaluation list are never sampled.
+
+A class is a label id (``top10_lbl[0]``; :class:`utils.records.index_file.Classes`): classes
+are balanced, capped, counted and reported per id, so two prompt lines with the same name
+(LVIS's two ``bow`` lines) are two classes. Records without an id are grouped by their name,
+apart from every id; the summary says how many tracks that concerns, and warns when one id
+carries several names (an index built from mixed vocabularies).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from utils.curate.constraints import (
 )
 from utils.curate.report import (
     ROUND_NAMES,
+    ClassRow,
     plot_class_distribution,
     subset_line,
     subset_name,
@@ -58,7 +65,7 @@ from utils.curate.sampling import (
     rank_within_class,
     sample_random,
 )
-from utils.records.index_file import IndexReader, TrackTable, load_track_table
+from utils.records.index_file import Classes, IndexReader, TrackTable, load_track_table
 from utils.records.metrics_store import EMBEDDINGS, MOTION, MetricsError, VectorSource, load_metric_columns
 
 log = logging.getLogger("trackverse.curation")
@@ -110,7 +117,7 @@ class SamplingSummary:
 
 
 # companion columns each action reads (tid and fn only to join metric files)
-_SAMPLING_COLUMNS = ["yid", "label", "offset", "length", "crc32", "ulen"]
+_SAMPLING_COLUMNS = ["yid", "label", "label_id", "offset", "length", "crc32", "ulen"]
 
 
 class _Sampler:
@@ -122,7 +129,8 @@ class _Sampler:
         self.opts = opts
         self.lines = lines
         self.n = len(table)
-        self.codes, self.class_names = table.labels
+        self.classes = table.classes
+        self.codes = self.classes.codes
         self.video_codes, video_names = table.videos
         verified = eligible_by_video(np.asarray(video_names, dtype=object), verified_yids)
         self.not_verified = verified[self.video_codes] if self.n else np.ones(0, dtype=bool)
@@ -133,7 +141,31 @@ class _Sampler:
         validate_name(self.dataset_name)
 
     def class_count(self) -> int:
-        return len(self.class_names)
+        return len(self.classes)
+
+    def class_notes(self) -> list[str]:
+        """How the classes were grouped, for the summary: tracks without a label id, ids that
+        carry several names."""
+        classes, notes = self.classes, []
+        if classes.rows_without_id:
+            by_name = sum(cid is None for cid in classes.ids)
+            notes.append(f"{classes.rows_without_id} tracks have no label id (top10_lbl): grouped by their name "
+                         f"into {by_name} {'class' if by_name == 1 else 'classes'}, apart from the "
+                         f"{len(classes) - by_name} label ids")
+        if classes.several_names:
+            shown = "; ".join(f"{cid}: {', '.join(names)}" for cid, names in list(classes.several_names.items())[:5])
+            more = len(classes.several_names) - 5
+            notes.append(f"WARNING: {len(classes.several_names)} label ids carry several names ({shown}"
+                         f"{f'; {more} more' if more > 0 else ''}): grouped by id; was the index built from "
+                         "one vocabulary?")
+        return notes
+
+    def class_key(self) -> dict:
+        """How classes are defined, for every report."""
+        classes = self.classes
+        return {"by": "label_id" if classes.by_id else "label_id, else label (records without an id)",
+                "tracks_without_label_id": classes.rows_without_id,
+                "ids_with_several_names": {str(k): v for k, v in classes.several_names.items()}}
 
     def available(self, mask: np.ndarray) -> np.ndarray:
         codes = self.codes[mask]
@@ -141,18 +173,32 @@ class _Sampler:
 
     # ---------------------------------------------------------------- random
     def random(self) -> list[SubsetPlan]:
-        plans = []
+        """One subset per ``--N``, named by the tracks it holds. Sizes that all come out as every
+        eligible track are written once; two different samples that would share a name are
+        refused (UsageError) before anything is written."""
+        plans: list[SubsetPlan] = []
+        by_name: dict[str, SubsetPlan] = {}
         avail = self.available(self.not_verified)
         for n_k in self.opts.N:
             want = int(round(float(n_k) * 1000))
             rows, short = sample_random(self.n, want, seed=self.opts.seed, eligible_mask=self.not_verified)
+            name = subset_name(self.dataset_name, "random", total=rows.size)
+            same = by_name.get(name)
+            if same is not None:
+                if np.array_equal(same.rows, rows):
+                    same.notes.append(f"also what --N {format_number(n_k)} gives")
+                    continue
+                raise UsageError(
+                    f"--N {format_number(same.params['N_thousands'])} and {format_number(n_k)} would both be named "
+                    f"{name} (from 1,000 tracks up, names count whole thousands): give sizes in different "
+                    "thousands")
             plan = SubsetPlan(
-                name=subset_name(self.dataset_name, "random", N=n_k), rows=rows,
-                rounds=np.zeros(rows.size, dtype=np.int8), available=avail,
+                name=name, rows=rows, rounds=np.zeros(rows.size, dtype=np.int8), available=avail,
                 params={"N_thousands": float(n_k), "requested": want, "seed": self.opts.seed},
             )
             if short:
-                plan.warnings.append(f"only {rows.size} eligible tracks for {want} requested")
+                plan.warnings.append(f"only {rows.size} eligible tracks for {want} requested (--N {format_number(n_k)})")
+            by_name[name] = plan
             plans.append(plan)
         return plans
 
@@ -299,7 +345,8 @@ class _Sampler:
                 result = min_redundancy(block, nc, max_swaps=opts.max_swaps)
                 picked[nc].append(candidates[result.selected])
                 per_class[nc].append({
-                    "label": self.class_names[int(codes[lo])], "candidates": int(candidates.size),
+                    "label_id": self.classes.ids[int(codes[lo])], "label": self.classes.names[int(codes[lo])],
+                    "candidates": int(candidates.size),
                     "start_min_dist": round(result.start_min_dist, 6), "min_dist": round(result.min_dist, 6),
                     "swaps": result.swaps, "converged": result.converged,
                 })
@@ -363,9 +410,9 @@ def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, sourc
         raise UsageError(f"subset {target} would overwrite the index")
     with atomic_path(target) as tmp, open(tmp, "wb") as out:
         size = reader.copy_rows(plan.rows, out)
-    rows = _class_rows(plan, sampler.codes, sampler.class_names)
+    rows = _class_rows(plan, sampler.codes, sampler.classes)
     write_class_table(class_table_path(target), rows)
-    per_round = np.bincount([row[3] for row in rows], minlength=RELAX_ROUNDS)
+    per_round = np.bincount([row.relax_round for row in rows], minlength=RELAX_ROUNDS)
     relaxed = {ROUND_NAMES[r]: int(per_round[r]) for r in range(1, RELAX_ROUNDS) if per_round[r]}
     nc = plan.params.get("Nc")
     short = int(((plan.available > 0) & (plan.available < nc)).sum()) if nc else 0
@@ -377,7 +424,8 @@ def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, sourc
         timings["plots"] = timings.get("plots", 0.0) + time.perf_counter() - started
     report = {
         "subset": plan.name, "file": str(target), "bytes": size, "tracks": int(plan.rows.size),
-        "classes": len(rows), "relaxed_classes": dict(relaxed), "classes_short": short,
+        "classes": len(rows), "class_key": sampler.class_key(), "relaxed_classes": dict(relaxed),
+        "classes_short": short,
         "action": sampler.opts.action, "dataset_name": sampler.dataset_name, **plan.params,
         "exclusions": dict(sampler.exclusions), "warnings": plan.warnings, "notes": plan.notes, **source,
         "class_table": str(class_table_path(target)),
@@ -406,7 +454,9 @@ def run_sampling(config: CurateConfig) -> SamplingSummary:
     table = load_track_table(opts.index_path, columns=columns)
     sampler = _Sampler(opts, table, verified_yids, summary.lines)
     timings["read"] = time.perf_counter() - started
-    summary.lines.insert(0, f"{opts.action}: {len(table)} indexed tracks, {sampler.class_count()} classes")
+    grouped = "by label id" if sampler.classes.by_id else "by label id, else by name"
+    summary.lines[:0] = [f"{opts.action}: {len(table)} indexed tracks, {sampler.class_count()} classes ({grouped})",
+                         *(f"  {note}" for note in sampler.class_notes())]
     select = {"sample_random": sampler.random, "sample_class_balanced": sampler.class_balanced,
               "sample_max_motion": sampler.max_motion, "sample_min_red": sampler.min_red}[opts.action]
     try:
@@ -430,21 +480,25 @@ def run_sampling(config: CurateConfig) -> SamplingSummary:
     return summary
 
 
-def _class_rows(plan: SubsetPlan, codes: np.ndarray, names: list[str]) -> list[tuple[str, int, int, int]]:
-    """(label, count, available, relax_round) per class in the subset, most tracks first."""
+def _class_rows(plan: SubsetPlan, codes: np.ndarray, classes: Classes) -> list[ClassRow]:
+    """One row per class in the subset, most tracks first, then by label id (classes known by
+    name only after the ids, by name; tracks without any class last)."""
     sel = codes[plan.rows]
-    n_classes = len(names)
+    n_classes = len(classes)
     counts = np.bincount(sel + 1, minlength=n_classes + 1)
     relax = np.zeros(n_classes + 1, dtype=np.int64)
     if plan.rows.size:
         np.maximum.at(relax, sel + 1, plan.rounds.astype(np.int64))
     out = []
-    for code in np.flatnonzero(counts):
-        label = names[code - 1] if code else "(no label)"
-        available = int(plan.available[code - 1]) if code else 0
-        out.append((label, int(counts[code]), available, int(relax[code])))
-    out.sort(key=lambda r: (-r[1], r[0]))
-    return out
+    for code in np.flatnonzero(counts).tolist():
+        if code:
+            row = ClassRow(classes.ids[code - 1], classes.names[code - 1], int(counts[code]),
+                           int(plan.available[code - 1]), int(relax[code]))
+        else:
+            row = ClassRow(None, "(no label)", int(counts[code]), 0, int(relax[code]))
+        out.append((code == 0, code, row))
+    out.sort(key=lambda item: (item[0], -item[2].count, item[1]))  # codes follow ids, then names
+    return [row for _, _, row in out]
 
 
 def _constraints_dict(cons: SamplingConstraints, opts: CurateConfig) -> dict:

@@ -53,7 +53,7 @@ class ParseConfig:
         None, group=PARSE_GROUP,
         help="detector NMS IoU threshold (default: the backend's, OWLv2 0.5, DETIC 0.7)")
     fps: float = option(16.0, group=PARSE_GROUP, help="frames sampled per second of video")
-    max_side: int | None = option(480, group=PARSE_GROUP, help="longer side of sampled frames (0: source size)")
+    max_side: int | None = option(480, group=PARSE_GROUP, help="longer side of sampled frames, in pixels (0: source size)")
     min_track_len: float = option(3.0, group=PARSE_GROUP, help="minimum track duration, seconds")
     min_track_area: float = option(0.1, group=PARSE_GROUP,
                                    help="minimum mean box area, as a fraction of the frame")
@@ -64,7 +64,8 @@ class ParseConfig:
     match_thresh: float = option(TRACKER_DEFAULTS.match_thresh, group=TRACKER_GROUP,
                                  help="maximum fused cost of a match")
     track_buffer: int = option(TRACKER_DEFAULTS.track_buffer, group=TRACKER_GROUP,
-                               help="lost-track patience (30-fps frames)")
+                               help="how long a lost track is kept, in frames at 30 fps whatever --fps "
+                                    "(24 = 0.8 s)")
     motion_weight: float = option(TRACKER_DEFAULTS.motion_weight, group=TRACKER_GROUP,
                                   help="weight of motion (1 - IoU) against appearance in the matching cost")
 

@@ -2,22 +2,37 @@
 (``tracks_meta/<dataset_name>/<yid[:2]>/<yid>-meta.jsonl.gzip``), written atomically once every
 segment is parsed. A video without a segment file yet is *not ready*; an empty one is done
 with no tracks.
+
+A metadata file is done only for what produced it: its gzip header records the detector, the
+weights id and the vocabulary hash (:class:`~utils.records.tracks.Provenance`, read without
+decompressing). Before any work (and before a ``--slurm`` submission) :meth:`ParseTracksStage.validate`
+reads the provenance of the run's existing metadata files; if some were parsed with another
+detector, weights or vocabulary the run stops with a usage error that counts them, unless
+``--reparse_stale`` is given, in which case they are parsed again (atomically replaced).
+The weights id is known before the detector is built: the ``--model`` string (a local path made
+absolute), else the default of the backend's weights option (OWLv2's hub id, DETIC's URL), else
+none. Files written before provenance headers are judged by their first record's ``detector``,
+``weights`` and ``vocab_hash``; an empty one (or a damaged one) has no provenance and counts as
+stale.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import nested, option
-from utils.core.errors import ItemError, NotReady, SystemicError, UsageError
+from utils.core.errors import ItemError, NotReady, SystemicError, UsageError, is_systemic
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
 from utils.core.models import DEVICE_HELP
@@ -25,11 +40,19 @@ from utils.core.progress import progress_bar
 from utils.core.video import VideoError
 from utils.detect.detectors import DEFAULT_DETECTOR, Detector, DetectorError, make_detector
 from utils.detect.detectors.base import detector_factory
+from utils.detect.detectors.owlv2 import DEFAULT_MODEL_ID as OWLV2_DEFAULT_MODEL_ID
 from utils.detect.parse import DEFAULT_PROMPTS_ASSET, PARSE_GROUP, ParseConfig, parse_video
 from utils.records.prompts import Vocabulary, read_prompts
 from utils.records.segments import read_segments
-from utils.records.tracks import records_to_jsonl_gz_bytes
-from utils.runner.stage import Stage, StageConfig, check_dataset_name, read_item_list
+from utils.records.tracks import Provenance, RecordsFileError, read_provenance, records_to_jsonl_gz_bytes
+from utils.runner.stage import (
+    Stage,
+    StageConfig,
+    check_dataset_name,
+    read_item_list,
+    resolve_rank,
+    shard_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +101,158 @@ def build_detector(config: ParseTracksConfig, vocab: Vocabulary) -> Detector:
         raise SystemicError(f"cannot build detector {config.detector!r}: {exc}{hint}") from exc
 
 
+# ---------------------------------------------------------------------------- provenance
+
+
+def _weights_option(spec: str) -> str:
+    return "weights" if spec == "detic" else "model_id"
+
+
+def expected_weights_id(detector: str, model: str | None) -> str | None:
+    """The weights id a run will record, known without building the detector: ``--model``
+    (an existing local path made absolute), else the default of the factory's weights option
+    (DETIC's URL), else OWLv2's default hub id for ``owlv2``, else ``None``."""
+    if model is not None:
+        return str(Path(model).resolve()) if os.path.exists(model) else str(model)
+    try:
+        param = inspect.signature(detector_factory(detector)).parameters.get(_weights_option(detector))
+    except (TypeError, ValueError, DetectorError):
+        param = None
+    if param is not None and isinstance(param.default, str | os.PathLike):
+        return str(param.default)
+    if detector == "owlv2":
+        return OWLV2_DEFAULT_MODEL_ID
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _expected(prompts: str, detector: str, model: str | None) -> Provenance:
+    vocab = read_prompts(prompts)
+    try:
+        name = getattr(detector_factory(detector), "name", None)
+    except (TypeError, ValueError, DetectorError):
+        name = None
+    return Provenance(detector=name if isinstance(name, str) else detector, weights=expected_weights_id(detector, model),
+                      vocab_hash=vocab.hash, classes=len(vocab), detector_spec=detector)
+
+
+def expected_provenance(config: ParseTracksConfig) -> Provenance:
+    """What this run's metadata files will record (``config`` validated: prompts resolved).
+    ``detector`` is the factory's ``name`` when it declares one, else the spec."""
+    if config.class_prompts is None:
+        raise UsageError("--class_prompts is not resolved (validate the config first)")
+    return _expected(str(config.class_prompts), config.detector, config.model)
+
+
+def provenance_matches(found: Provenance | None, expected: Provenance) -> bool:
+    """Whether a file's provenance is this run's: the same vocabulary hash, and the same
+    ``--detector`` and weights id (a header), or the same detector name and, when this run's
+    weights id is known, the same weights (a file from before headers: its first record)."""
+    if found is None or not found.known or found.vocab_hash != expected.vocab_hash:
+        return False
+    if found.source == "header":
+        return found.detector_spec == expected.detector_spec and found.weights == expected.weights
+    if found.detector not in (expected.detector, expected.detector_spec):
+        return False
+    if expected.weights is None or found.weights == expected.weights:
+        return True
+    # records keep --model as given; this run's id has a local path made absolute
+    return found.weights is not None and os.path.exists(found.weights) and \
+        str(Path(found.weights).resolve()) == expected.weights
+
+
+_NO_PROVENANCE = "without provenance (written before parse_tracks recorded it, or by another tool)"
+_UNREADABLE = "unreadable (damaged metadata file)"
+
+
+@dataclass
+class StaleScan:
+    """What :func:`scan_metadata` found among the metadata files of a run's videos."""
+
+    expected: Provenance
+    existing: int = 0  # videos with a metadata file
+    stale: dict[str, int] = dataclasses.field(default_factory=dict)  # description -> videos
+
+    @property
+    def stale_count(self) -> int:
+        return sum(self.stale.values())
+
+    def groups(self) -> str:
+        return "; ".join(f"{n} {'with ' if what not in (_NO_PROVENANCE, _UNREADABLE) else ''}{what}"
+                         for what, n in sorted(self.stale.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _file_state(path: Path, expected: Provenance) -> str | None:
+    """``""``: no file; ``None``: done for ``expected``; else what the file was parsed with."""
+    try:
+        found = read_provenance(path)
+    except FileNotFoundError:
+        return ""
+    except (OSError, RecordsFileError) as exc:
+        if is_systemic(exc):
+            raise
+        return _UNREADABLE
+    if provenance_matches(found, expected):
+        return None
+    if found is None or not found.known:
+        return _NO_PROVENANCE
+    return found.describe()
+
+
+def scan_metadata(config: ParseTracksConfig, items: Sequence[str], threads: int = 16) -> StaleScan:
+    """Read the provenance of the existing metadata files of ``items`` (a gzip header each,
+    on a few threads: cheap on network file systems too)."""
+    expected = expected_provenance(config)
+    layout = DatasetLayout(config.base_dir)
+    paths = []
+    for item in items:
+        try:
+            paths.append(layout.tracks_meta(config.dataset_name, item))
+        except ValueError:  # an invalid id: journaled as such by the run
+            continue
+    scan = StaleScan(expected)
+    with ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
+        for state in pool.map(lambda p: _file_state(p, expected), paths):
+            if state == "":
+                continue
+            scan.existing += 1
+            if state is not None:
+                scan.stale[state] = scan.stale.get(state, 0) + 1
+    return scan
+
+
+def _items_of_this_run(config: ParseTracksConfig) -> list[str]:
+    """This rank's items; every item when the rank is not known (``--slurm`` without ``--rank``)."""
+    items = read_item_list(config.yid_index_fn)
+    try:
+        rank, world_size = resolve_rank(config.rank, config.world_size)
+    except UsageError:
+        return items
+    return [items[i] for i in shard_indices(len(items), world_size, rank)]
+
+
+def check_stale(config: ParseTracksConfig) -> StaleScan:
+    """Raise :class:`UsageError` when metadata of this run's videos were parsed with another
+    detector, weights or vocabulary, unless ``--reparse_stale``; returns the scan."""
+    scan = scan_metadata(config, _items_of_this_run(config))
+    if not scan.stale:
+        return scan
+    folder = f"tracks_meta/{config.dataset_name}"
+    n, ok = scan.stale_count, scan.existing - scan.stale_count
+    videos = f"{n} of the {scan.existing} video{'s' if scan.existing != 1 else ''} of this run with metadata in {folder}"
+    if not config.reparse_stale:
+        raise UsageError(
+            f"{videos} {'was' if n == 1 else 'were'} parsed with another detector, weights or vocabulary than this "
+            f"run's ({scan.expected.describe()}): {scan.groups()}. Re-run with --reparse_stale to parse "
+            f"{'it' if n == 1 else f'these {n}'} again" + (f" (the other {ok} {'is' if ok == 1 else 'are'} skipped)"
+                                                         if ok else "")
+            + ", or give another --dataset_name"
+        )
+    log.warning("parse_tracks: --reparse_stale: %s will be parsed again with %s: %s",
+                videos, scan.expected.describe(), scan.groups())
+    return scan
+
+
 # ---------------------------------------------------------------------------- the stage
 
 
@@ -86,6 +261,7 @@ class _Resources:
     detector: Detector
     vocab: Vocabulary
     config: ParseConfig
+    provenance: Provenance  # what every metadata file of the run records in its header
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
@@ -108,6 +284,10 @@ class ParseTracksConfig(StageConfig):
     model: str | None = option(None, group=PARSE_GROUP,
                                help="OWLv2 hub id or local folder (default google/owlv2-base-patch16-ensemble); "
                                     "DETIC weights path or URL")
+    reparse_stale: bool = option(
+        False, group=PARSE_GROUP,
+        help="parse again the videos whose metadata were made with another detector, weights or vocabulary "
+             "(without it such a run stops before any work, saying how many and with what)")
     parse: ParseConfig = nested(ParseConfig)
 
 
@@ -147,7 +327,9 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
             read_prompts(prompts)
         except (AssetError, OSError, ValueError) as exc:
             raise UsageError(f"--class_prompts: {exc}") from None
-        return dataclasses.replace(config, class_prompts=prompts)
+        config = dataclasses.replace(config, class_prompts=prompts)
+        check_stale(config)
+        return config
 
     def job_key(self, config: ParseTracksConfig) -> str:
         return f"{self.name}-{config.dataset_name}"
@@ -156,14 +338,30 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         return read_item_list(config.yid_index_fn)
 
     def output_exists(self, config: ParseTracksConfig, item: str) -> bool:
-        return DatasetLayout(config.base_dir).tracks_meta(config.dataset_name, item).exists()
+        """The metadata file exists and was made with this run's detector, weights and
+        vocabulary. One made otherwise is parsed again with ``--reparse_stale``, else (a file
+        that appeared after :meth:`validate` checked) a transient failure that names it."""
+        path = DatasetLayout(config.base_dir).tracks_meta(config.dataset_name, item)
+        expected = expected_provenance(config)
+        state = _file_state(path, expected)
+        if state is None:
+            return True
+        if state == "" or config.reparse_stale:
+            return False
+        raise ItemError(f"{path} was parsed {'with ' if state not in (_NO_PROVENANCE, _UNREADABLE) else ''}{state}, "
+                        f"not with this run's {expected.describe()}: re-run with --reparse_stale",
+                        transient=True, category="stale_metadata")
 
     def setup(self, config: ParseTracksConfig) -> _Resources:
         vocab = read_prompts(config.class_prompts)
         detector = build_detector(config, vocab)
         log.info("parse_tracks: detector %s (%s), %d classes, vocabulary %s",
                  config.detector, getattr(detector, "weights_id", None), len(vocab), vocab.hash[:12])
-        return _Resources(detector, vocab, config.parse)
+        prov = detector.provenance() if hasattr(detector, "provenance") else {}
+        name = str(prov.get("detector") or getattr(detector, "name", type(detector).__name__))
+        provenance = dataclasses.replace(expected_provenance(config), detector=name, vocab_hash=vocab.hash,
+                                         classes=len(vocab))
+        return _Resources(detector, vocab, config.parse, provenance)
 
     def process(self, config: ParseTracksConfig, item: str, resources: _Resources) -> dict[str, float]:
         layout = DatasetLayout(config.base_dir)
@@ -176,7 +374,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         except ValueError as exc:
             raise ItemError(f"{segm_path}: {exc}", category="bad_segments") from None
         if not segments:
-            atomic_write_bytes(out_path, records_to_jsonl_gz_bytes([]))
+            atomic_write_bytes(out_path, records_to_jsonl_gz_bytes([], resources.provenance))
             return {"video_s": 0.0, "frames": 0.0, "tracks": 0.0}
         video_path = layout.video_mp4(item)
         if not video_path.exists():
@@ -190,10 +388,10 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
                     vocab_hash=resources.vocab.hash, progress=bar,
                 )
             except VideoError as exc:
-                raise ItemError(f"corrupt video: {exc}", category="corrupt_video") from None
+                raise ItemError(f"corrupt video: {exc}", category=exc.category) from None
             except DetectorError as exc:
                 raise SystemicError(f"detector failed on {item}: {exc}") from exc
-        atomic_write_bytes(out_path, records_to_jsonl_gz_bytes(result.records))
+        atomic_write_bytes(out_path, records_to_jsonl_gz_bytes(result.records, resources.provenance))
         return {"video_s": result.video_seconds, "frames": float(result.frames), "tracks": float(len(result.records))}
 
 

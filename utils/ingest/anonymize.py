@@ -4,7 +4,13 @@ A video is replaced by its blurred version atomically. The sidecar
 ``videos_mp4/<yid[:2]>/<yid>.blurred.json`` (frames with faces blurred, execution provider,
 the blurred file's size and hash) is written before the blurred file replaces the original,
 so a kill leaves either the original (sidecar absent or not matching: redone) or the blurred
-video with its record.
+video with its record. With ``--keep_original`` the unblurred file is copied to
+``<yid>.orig.mp4`` the same way (temporary name, renamed when complete); a partial copy an
+older version left under that name (a prefix of the video) is made again.
+
+A video that decodes short of what its container announces (cut after an intact index, see
+:class:`~utils.core.video.TruncatedVideoError`) fails before anything is written: it is
+never replaced by a blurred short version.
 """
 
 from __future__ import annotations
@@ -13,14 +19,20 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from utils.core.errors import SystemicError
-from utils.core.io import atomic_write_json, commit_temp, file_sha256, file_signature
+from utils.core.io import (
+    atomic_copy,
+    atomic_write_json,
+    commit_temp,
+    file_sha256,
+    file_signature,
+    is_torn_copy_of,
+)
 from utils.core.video import VideoWriter, probe_video, read_frames
 
 log = logging.getLogger("trackverse.anonymize")
@@ -90,9 +102,29 @@ def is_blurred(video: Path, sidecar: Path, verify: bool = False) -> bool:
     return record.get("sha256") == file_sha256(video)
 
 
+def original_path(video: Path) -> Path:
+    """Where ``--keep_original`` keeps the unblurred video: ``<yid>.orig.mp4``."""
+    return video.with_name(video.stem + ".orig" + video.suffix)
+
+
+def keep_original_copy(video: Path) -> Path:
+    """Copy the (unblurred) ``video`` to :func:`original_path` atomically, unless a copy is
+    there already; one that is a strict prefix of the video (torn by a kill under an older,
+    non-atomic version) is copied again."""
+    original = original_path(video)
+    if original.exists() and is_torn_copy_of(original, video):
+        log.warning("%s is a partial copy of %s (an interrupted copy): copying it again", original, video)
+    elif original.exists():
+        return original
+    atomic_copy(video, original)
+    return original
+
+
 def blur_video(video: Path, sidecar: Path, blurrer: FaceBlurrer, keep_original: bool = False,
                crf: int = 18, keyframe_interval: float = 2.0) -> dict[str, Any]:
-    """Replace ``video`` by its blurred version and write ``sidecar``; returns the record."""
+    """Replace ``video`` by its blurred version and write ``sidecar``; returns the record.
+    Raises :class:`~utils.core.video.VideoError` (``TruncatedVideoError`` for a video cut
+    short) with ``video`` untouched."""
     info = probe_video(video)
     width, height = info.width - info.width % 2, info.height - info.height % 2
     frames = frames_with_faces = faces = 0
@@ -117,9 +149,7 @@ def blur_video(video: Path, sidecar: Path, blurrer: FaceBlurrer, keep_original: 
     }
     try:
         if keep_original:
-            original = video.with_name(video.stem + ".orig" + video.suffix)
-            if not original.exists():
-                shutil.copy2(video, original)
+            keep_original_copy(video)
         atomic_write_json(sidecar, record)
         commit_temp(tmp, video)
     except BaseException:

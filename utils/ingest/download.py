@@ -3,8 +3,11 @@
 Failures are classified (:func:`classify_failure`): permanent ones (private, removed, 404, no
 mp4 format) are not worth retrying; transient ones (429, 5xx, timeouts, resets, "not a bot")
 are retried with backoff and jitter, and rate-limit answers in a row pause the rank
-(:class:`RateLimitGuard`). A download counts only once the final mp4 is complete and decodes:
-yt-dlp writes to a temporary name beside the target, the result is verified, then renamed.
+(:class:`RateLimitGuard`). A host that refuses the connection or whose name does not resolve
+is not waited on (the item fails, transient), and the same host doing so for a few items in a
+row stops the rank (:class:`DownloadSession`). A download counts only once the final mp4 is
+complete and decodes: yt-dlp writes to a temporary name beside the target, the result is
+verified, then renamed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import contextlib
 import logging
 import os
 import random
+import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ from typing import Any
 from utils.core.config import option
 from utils.core.errors import ItemError, SystemicError, UsageError
 from utils.core.io import commit_temp, remove_temps_of, temp_path_for
+from utils.core.network import host_of
 from utils.core.video import VideoError, probe_video, read_frames
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,12 @@ class Failure:
     def rate_limited(self) -> bool:
         return self.category == "rate_limited"
 
+    @property
+    def unreachable(self) -> bool:
+        """The host refused the connection or its name did not resolve: nothing was asked of
+        it, and waiting a little will not change that (no back-off; systemic when it repeats)."""
+        return self.category in UNREACHABLE
+
 
 # (category, transient, lower-case fragments of yt-dlp's message). Order matters: YouTube
 # words its session rate limit "Video unavailable. This content isn't available, try again
@@ -89,15 +101,24 @@ _MESSAGE_RULES: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
     ("unavailable", False, (
         "video unavailable", "this video is unavailable", "is not available", "does not exist",
     )),
+    ("connection_refused", True, ("connection refused", "errno 111", "[errno 61]", "actively refused")),
+    ("dns", True, (
+        "name or service not known", "nodename nor servname", "name resolution", "failed to resolve",
+        "getaddrinfo failed", "no address associated with hostname", "errno -2]", "errno -3]", "errno -5]",
+        "errno 11001", "errno 8]",
+    )),
     ("timeout", True, ("timed out", "timeout")),
     ("network", True, (
-        "connection reset", "connection refused", "connection aborted", "remote end closed",
+        "connection reset", "connection aborted", "remote end closed",
         "incompleteread", "incomplete read", "bytes read", "more expected", "content too short",
-        "did not get any data blocks", "downloaded file is empty", "name resolution",
+        "did not get any data blocks", "downloaded file is empty",
         "network is unreachable", "no route to host", "broken pipe", "eof occurred",
-        "unable to connect", "ssl", "connection broken", "errno 104", "errno 111",
+        "unable to connect", "ssl", "connection broken", "errno 104",
     )),
 )
+# Failures that say nothing about the item: the host refused, or its name did not resolve.
+UNREACHABLE = ("connection_refused", "dns")
+_NETWORK = (*UNREACHABLE, "timeout", "network")  # words that an HTTP answer in the chain outranks
 
 _PERMANENT_HTTP = {400: "bad_request", 401: "unauthorized", 404: "not_found", 410: "removed", 451: "removed"}
 
@@ -136,8 +157,14 @@ def classify_failure(message: str, exc: BaseException | None = None) -> Failure:
     status = statuses[0] if statuses else _status_from_message(text)
     if status == 429:
         return Failure("rate_limited", True)
+    if status is None:  # typed causes first: the words of a refusal vary by platform and library
+        chain = _cause_chain(exc)
+        if any(isinstance(e, ConnectionRefusedError) for e in chain):
+            return Failure("connection_refused", True)
+        if any(isinstance(e, socket.gaierror) for e in chain):
+            return Failure("dns", True)
     for category, transient, fragments in _MESSAGE_RULES:
-        if category in ("timeout", "network") and status is not None:
+        if category in _NETWORK and status is not None:
             break  # an HTTP answer is more telling than the words around it
         if any(fragment in text for fragment in fragments):
             return Failure(category, transient)
@@ -154,7 +181,7 @@ def classify_failure(message: str, exc: BaseException | None = None) -> Failure:
         if 400 <= status < 500:
             return Failure(f"http_{status}", False)
     for category, transient, fragments in _MESSAGE_RULES:
-        if category in ("timeout", "network") and any(f in text for f in fragments):
+        if category in _NETWORK and any(f in text for f in fragments):
             return Failure(category, transient)
     return Failure("download_error", True)
 
@@ -426,8 +453,11 @@ class VideoDownloader:
                     return DownloadResult(target, size, duration, format_id, attempt, time.time() - started)
                 if failure.rate_limited:  # counted across items; may pause the rank
                     self.guard.rate_limited(reason)
-                # a bad file is tried once more (a server glitch), then it is the content
+                # a bad file is tried once more (a server glitch), then it is the content; a host
+                # that refuses outright (or has no address) is not waited on: a re-run retries it
                 limit = min(1, self.retries) if failure.category == "corrupt" else self.retries
+                if failure.unreachable:
+                    limit = 0
                 if not failure.transient or attempt > limit:
                     if failure.category == "corrupt":
                         failure = Failure("corrupt", False)
@@ -531,14 +561,24 @@ class DownloadOptions:
             raise UsageError(f"--rate_limit_pause_after must be at least 1, got {self.rate_limit_pause_after}")
 
 
+UNREACHABLE_STOP_AFTER = 3  # downloads in a row that could not reach the same host: systemic
+_HOST_IN_MESSAGE = (
+    re.compile(r"host='([^']+)', port=(\d+)"),  # urllib3 / requests
+    re.compile(r"[Ff]ailed to resolve '([^']+)'()"),
+)
+
+
 class DownloadSession:
     """One rank's downloader (built from the flags) plus what it learns across items: a
-    failure becomes an ``ItemError`` with yt-dlp's reason and category, and many network
-    failures in a row (``--max_consecutive_errors``) a ``SystemicError``: the network is down."""
+    failure becomes an ``ItemError`` with yt-dlp's reason and category; a ``SystemicError``
+    stops the rank when the same host refused connections or had no address for
+    ``UNREACHABLE_STOP_AFTER`` items in a row (a wrong ``--url_template``, a server down), or
+    after many network failures of any kind in a row (``--max_consecutive_errors``)."""
 
     def __init__(self, options: DownloadOptions, max_network_failures: int = 25,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, unreachable_stop_after: int = UNREACHABLE_STOP_AFTER):
         notify = notify or _notifier()
+        self.url_template = options.url_template
         self.downloader = VideoDownloader(
             url_template=options.url_template, format=options.format, cookiefile=options.cookiefile,
             retries=options.download_retries, backoff=Backoff(options.backoff_base, options.backoff_max),
@@ -548,17 +588,48 @@ class DownloadSession:
         )
         self.max_network_failures = max(1, max_network_failures)
         self.network_failures_in_a_row = 0
+        self.unreachable_stop_after = max(1, min(unreachable_stop_after, self.max_network_failures))
+        self.unreachable_host: str | None = None
+        self.unreachable_in_a_row = 0
         if "youtube.com" in options.url_template or "youtu.be" in options.url_template:
             warning = _js_runtime_warning()
             if warning:
                 notify(f"WARNING: {warning}")
+
+    def _failing_host(self, item: str, reason: str) -> str:
+        """The host a refusal or failed name lookup was about: named in the message when it is,
+        else the host of the item's URL."""
+        for pattern in _HOST_IN_MESSAGE:
+            found = pattern.search(reason)
+            if found:
+                return f"{found.group(1)}:{found.group(2)}" if found.group(2) else found.group(1)
+        return host_of(self.downloader.url(item))
+
+    def _unreachable(self, item: str, exc: DownloadFailed) -> None:
+        host = self._failing_host(item, exc.reason)
+        self.unreachable_in_a_row = self.unreachable_in_a_row + 1 if host == self.unreachable_host else 1
+        self.unreachable_host = host
+        if self.unreachable_in_a_row < self.unreachable_stop_after:
+            return
+        n, template = self.unreachable_in_a_row, self.url_template
+        if exc.category == "dns":
+            message = (f"{host}: its name did not resolve for {n} downloads in a row (last: {item}: {exc.reason}). "
+                       f"Check the host name in --url_template ({template!r}) and this machine's network and DNS.")
+        else:
+            message = (f"{host} refused the connection for {n} downloads in a row (last: {item}: {exc.reason}). "
+                       f"Check --url_template ({template!r}): is the server up and listening there?")
+        raise SystemicError(message) from exc
 
     def fetch(self, item: str, target: str | os.PathLike) -> DownloadResult:
         """Download ``item`` to ``target`` or raise ItemError / SystemicError."""
         try:
             result = self.downloader.download(item, target)
         except DownloadFailed as exc:
-            if exc.category in ("network", "timeout"):
+            if exc.failure.unreachable:
+                self._unreachable(item, exc)
+            else:
+                self.unreachable_in_a_row, self.unreachable_host = 0, None
+            if exc.category in _NETWORK:
                 self.network_failures_in_a_row += 1
                 if self.network_failures_in_a_row >= self.max_network_failures:
                     raise SystemicError(
@@ -569,6 +640,7 @@ class DownloadSession:
                 self.network_failures_in_a_row = 0
             raise ItemError(exc.reason, transient=exc.transient, category=exc.category) from exc
         self.network_failures_in_a_row = 0
+        self.unreachable_in_a_row, self.unreachable_host = 0, None
         return result
 
 def _js_runtime_warning() -> str | None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from utils.core.assets import AssetError, cache_root, fetch_verified
 from utils.core.models import IMAGENET_MEAN, IMAGENET_STD, torch_device
+from utils.core.network import hub_cache_dir, hub_endpoint, hub_offline, unreachable
 from utils.core.video import VideoError, read_frames
 from utils.ingest.scenes import SegmentCandidate
 
@@ -44,6 +45,8 @@ __all__ = [
     "FilterSettings",
     "WeightsError",
     "apply_filters",
+    "resolve_clip_weights",
+    "resolve_weights",
     "rethreshold",
     "sample_segment_frames",
     "verdict",
@@ -96,7 +99,9 @@ WEIGHTS: dict[str, WeightSource] = {
     ),
 }
 CLIP_ARCH = "ViT-L-14"
-CLIP_HUB = "https://huggingface.co/timm/vit_large_patch14_clip_224.openai"
+CLIP_HUB_REPO = "timm/vit_large_patch14_clip_224.openai"  # where open_clip fetches pretrained="openai"
+CLIP_HUB = f"https://huggingface.co/{CLIP_HUB_REPO}"
+_CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def weights_cache_dir() -> Path:
@@ -123,18 +128,81 @@ def resolve_weights(spec: str, what: str, cache_dir: Path | None = None) -> Path
     raise WeightsError(f"{what} weights {spec!r}: not a file, an http(s) URL, {RANDOM!r} or a known name ({known})")
 
 
+# flag that passes a local copy, flag that skips the filter: named in offline messages
+_FLAGS = {
+    "cartoon classifier": ("--cartoon_weights", "--skip_cartoon_filter"),
+    "aesthetic head": ("--aesthetics_head_weights", "--skip_aesthetics_filter"),
+    "CLIP ViT-L/14": ("--aesthetics_clip_weights", "--skip_aesthetics_filter"),
+}
+
+
+def _offline_options(what: str, url: str, where: Path | str) -> str:
+    flag, skip = _FLAGS.get(what, ("the weights flag", None))
+    text = f"Offline options: download {url} on a connected machine and pass it with {flag} FILE (or put it at {where})"
+    return text + (f"; or leave this filter out with {skip}" if skip else "")
+
+
 def _fetch(source: WeightSource, cache_dir: Path, what: str) -> Path:
     target = cache_dir / source.filename
     if target.is_file():
         return target
+    hint = _offline_options(what, source.urls[0], target)
+    # A quick question first: a host that does not answer would otherwise cost fetch_verified's
+    # long read timeout for each address.
+    reachable, down = [], []
+    for url in source.urls:
+        why = unreachable(url)
+        if why:
+            down.append(f"{url}: {why}")
+        else:
+            reachable.append(url)
+    if not reachable:
+        raise WeightsError(f"cannot fetch {what} weights {source.filename}: no host answers "
+                           f"({'; '.join(down)}). {hint}")
     try:
-        return fetch_verified(
-            source.urls, target, source.check, f"{what} weights {source.filename}",
-            f"Without network, download {source.urls[0]} on a connected machine and pass its path "
-            f"(or put it at {target})",
-        )
+        return fetch_verified(reachable, target, source.check, f"{what} weights {source.filename}", hint)
     except AssetError as exc:
         raise WeightsError(str(exc)) from exc
+
+
+def _cached_clip_checkpoint() -> str | None:
+    """The open_clip checkpoint of CLIP ViT-L/14 (OpenAI) in the Hugging Face cache, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in _CLIP_HUB_FILES:
+        found = try_to_load_from_cache(CLIP_HUB_REPO, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def resolve_clip_weights(spec: str, cache_dir: Path | None = None) -> str | None:
+    """What open_clip is given for CLIP ViT-L/14 ``spec``, decided in seconds: None for
+    ``"random"``; ``"openai"`` when the Hugging Face hub answers; the cached checkpoint's path
+    when it does not (or with ``HF_HUB_OFFLINE=1``); a local file or URL as
+    :func:`resolve_weights`. Raises WeightsError, with the offline options, when none works."""
+    if spec == RANDOM:
+        return None
+    if spec != "openai":
+        return str(resolve_weights(spec, "CLIP ViT-L/14", cache_dir))
+    offline = hub_offline()
+    why = None if offline else unreachable(hub_endpoint())
+    if not offline and why is None:
+        return "openai"
+    cached = _cached_clip_checkpoint()
+    if cached:
+        if why:
+            log.warning("the Hugging Face hub is unreachable (%s): using the cached CLIP %s", why, cached)
+        return cached
+    reason = "HF_HUB_OFFLINE is set" if offline else f"the Hugging Face hub ({hub_endpoint()}) is unreachable ({why})"
+    raise WeightsError(
+        f"cannot fetch CLIP {CLIP_ARCH} weights 'openai': {reason} and they are not in its cache "
+        f"({hub_cache_dir()}). Offline options: on a connected machine `hf download {CLIP_HUB_REPO} "
+        f"{_CLIP_HUB_FILES[0]}` and copy its Hugging Face cache (HF_HOME) here, or pass the file with "
+        "--aesthetics_clip_weights FILE; or leave this filter out with --skip_aesthetics_filter"
+    )
 
 
 def _load_state_dict(path: Path, what: str) -> dict[str, Any]:
@@ -226,12 +294,7 @@ class AestheticScorer:
 
         self.device = torch_device(device)
         self.batch_size = max(1, batch_size)
-        if clip_weights == RANDOM:
-            pretrained = None
-        elif clip_weights == "openai":
-            pretrained = "openai"
-        else:
-            pretrained = str(resolve_weights(clip_weights, "CLIP ViT-L/14", cache_dir))
+        pretrained = resolve_clip_weights(clip_weights, cache_dir)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)

@@ -234,7 +234,7 @@ class BlurFacesStage(Stage[BlurFacesConfig]):
         try:
             record = blur_video(video, sidecar, resources, keep_original=config.keep_original)
         except VideoError as exc:
-            raise ItemError(str(exc), category="corrupt_video") from exc
+            raise ItemError(str(exc), category=exc.category) from exc
         log.info("%s: %d of %d frames had faces blurred (%d faces)", item, record["frames_with_faces"],
                  record["frames"], record["faces"])
         return {"frames": float(record["frames"])}

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
 from utils.core.errors import SystemicError
 from utils.core.models import IMAGENET_MEAN, IMAGENET_STD, resolve_device
+from utils.core.network import unreachable
 from utils.core.video import keyframe_times, probe_video, read_frames, read_frames_at
 
 log = logging.getLogger("trackverse.metrics")
@@ -31,15 +33,33 @@ SHORT_SIDE = 360
 
 
 
+def torchvision_cache_file(hub_weights) -> Path:
+    """Where torch.hub keeps torchvision's ``hub_weights`` once downloaded (``$TORCH_HOME``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(hub_weights.url).path).name
+
+
 def load_torchvision_model(build, hub_weights, weights: str, what: str, flag: str) -> torch.nn.Module:
     """``build(weights=...)`` with ``weights`` = ``default`` (torchvision's hub, cached), a local
-    state-dict path, or ``none`` (random: tests). Failing to load is systemic."""
+    state-dict path, or ``none`` (random: tests). Failing to load is systemic; weights neither
+    cached nor reachable (:func:`utils.core.network.unreachable`) are said so within seconds,
+    where torch.hub's download would wait on the network without a timeout."""
+    if weights == "default":
+        cached = torchvision_cache_file(hub_weights)
+        why = None if cached.is_file() else unreachable(hub_weights.url)
+        if why:
+            raise SystemicError(
+                f"cannot fetch {what} weights from {hub_weights.url}: {why}. Offline options: download that file on a "
+                f"connected machine and pass it with {flag} FILE (a state dict), or put it at {cached} "
+                "(torch.hub's cache, $TORCH_HOME)")
+    elif weights != "none" and not Path(weights).expanduser().is_file():
+        raise SystemicError(f"{what} weights {weights} do not exist (pass a state dict file with {flag}, "
+                            "or 'default' for torchvision's)")
     try:
         if weights == "default":
             return build(weights=hub_weights, progress=True)
         net = build(weights=None)
         if weights != "none":
-            net.load_state_dict(torch.load(weights, map_location="cpu"))
+            net.load_state_dict(torch.load(Path(weights).expanduser(), map_location="cpu"))
         return net
     except Exception as exc:
         raise SystemicError(f"cannot load {what} weights ({weights}): {exc}. Offline? pass a local state dict "

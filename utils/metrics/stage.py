@@ -15,7 +15,7 @@ import numpy as np
 from utils.core.config import option
 from utils.core.errors import InvalidItemError, ItemError, NotReady, UsageError
 from utils.core.layout import DatasetLayout, companion_path, inside
-from utils.core.models import resolve_device
+from utils.core.models import DEVICE_HELP, resolve_device
 from utils.core.video import VideoError
 from utils.metrics.compute import QUANTILE_COLUMNS, ClipEmbedder, DISFlow, RAFTFlow, track_motion
 from utils.records.index_file import load_track_table
@@ -24,6 +24,15 @@ from utils.records.tracks import iter_records
 from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 log = logging.getLogger("trackverse.metrics")
+
+#: the category of a clip that does not decode (a plain VideoError)
+CORRUPT_CLIP = "corrupt_clip"
+
+
+def clip_failure_category(exc: VideoError) -> str:
+    """What an unreadable clip is counted and journaled as: the error type's category
+    (``truncated`` for a clip cut short), ``corrupt_clip`` for a plain VideoError."""
+    return CORRUPT_CLIP if exc.category == VideoError.category else exc.category
 
 
 @dataclass
@@ -60,17 +69,19 @@ def count_tracks(index_file: Path) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class VisualMetricsConfig(StageConfig):
-    dataset_name: str = option("TrackVerseLVIS")
+    dataset_name: str = option("TrackVerseLVIS", help="dataset whose clips are measured and whose metric files are written")
     index_file: Path = option(aliases=["db_meta_file"],
                               help="index or subset file (relative to --base_dir, or absolute)")
-    metric: str = option(choices=[MOTION, EMBEDDINGS])
+    metric: str = option(choices=[MOTION, EMBEDDINGS],
+                         help="what to compute per track: motion (optical flow) or embeddings (ResNet-50)")
     clips_dir: Path | None = option(
         None, help="folder the records' fn are relative to (default <base_dir>/tracks_mp4/<dataset_name>)")
     flow: str = option("auto", choices=["auto", "dis", "raft"], help="optical flow: RAFT on GPU, DIS on CPU (auto)")
-    raft_model: str = option("large", choices=["large", "small"])
+    raft_model: str = option("large", choices=["large", "small"],
+                             help="RAFT variant with --flow raft: large (more accurate) or small (faster)")
     flow_weights: str = option("default", help="RAFT weights: default (hub) or a local path")
     embedding_weights: str = option("default", help="ResNet-50 weights: default (torchvision ImageNet) or a local path")
-    device: str = option("auto")
+    device: str = option("auto", help=DEVICE_HELP)
     chunk_size: int = option(256, help="tracks per output file (one item)")
     allow_missing_clips: bool = option(
         False, help="finish a chunk even when some clips are missing (else it waits for them)")
@@ -134,6 +145,7 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
         if missing and not config.allow_missing_clips:
             raise NotReady(f"{len(missing)} of {len(lines)} clips not extracted yet, e.g. {paths[missing[0]]}")
         rows_tid, rows_fn, values, pairs_count = [], [], [], []
+        unreadable: dict[str, int] = {}  # category -> clips (truncated, corrupt_clip)
         for i in lines:
             if i not in paths or i in missing:
                 continue
@@ -144,15 +156,20 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
                     quantiles, n_pairs = track_motion(paths[i], resources.model)
                     values.append(quantiles)
                     pairs_count.append(n_pairs)
-            except VideoError as exc:  # one corrupt clip: no value for it, the chunk goes on
-                problems.append(str(exc))
+            except VideoError as exc:  # one unreadable clip: no value for it, the chunk goes on
+                category = clip_failure_category(exc)
+                unreadable[category] = unreadable.get(category, 0) + 1
+                problems.append(f"[{category}] {exc}")
                 continue
             rows_tid.append(tracks.tids[i])
             rows_fn.append(tracks.fns[i])
         for problem in problems:
             log.warning("%s: %s", item, problem)
         if not rows_tid and lines:
-            raise ItemError(f"no clip of {item} could be read: {problems[:3]}", category="corrupt_clip")
+            # one kind of failure names the chunk's (every clip truncated: "truncated")
+            category = next(iter(unreadable)) if len(unreadable) == 1 and len(problems) == sum(unreadable.values()) \
+                else CORRUPT_CLIP
+            raise ItemError(f"no clip of {item} could be read: {problems[:3]}", category=category)
         if config.metric == EMBEDDINGS:
             columns = {"embedding": np.stack(values)}
         else:
@@ -161,7 +178,8 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
             columns["num_pairs"] = np.asarray(pairs_count, dtype=np.float64)
         write_metric_file(self.output_path(config, item), rows_tid, rows_fn, columns)
         return {"clips": float(len(rows_tid)), "unreadable_clips": float(len(problems)),
-                "missing_clips": float(len(missing))}
+                "missing_clips": float(len(missing)),
+                **{f"{category}_clips": float(n) for category, n in sorted(unreadable.items()) if category != CORRUPT_CLIP}}
 
 
 VISUAL_METRICS_STAGE = VisualMetricsStage()

@@ -11,8 +11,14 @@ does not belong to its index is caught, never silently used.
 The companion (``<index stem>.columns.parquet``) has one row per index line, in line order:
 ``row offset length crc32 ulen yid tid fn label label_id score logit duration num_frames
 t_start t_end video_h video_w`` (``label``: top-1 label; ``score``: ``top10_wlogit_mu[0]``;
-``logit``: ``top10_logit_mu[0]``). Its schema metadata (``trackverse.index``) records the
-format, dataset name and the index's size.
+``logit``: ``top10_logit_mu[0]``; ``label_id``: ``top10_lbl[0]``, -1 when the record has
+none). Its schema metadata (``trackverse.index``) records the format, dataset name and the
+index's size.
+
+A class is its **label id** (its line in the prompts file), not its name: the LVIS list has
+names on two lines each (``bow``, ``fish``, ``octopus``, ``pan``, ``salmon``), which are
+different classes. :attr:`TrackTable.classes` groups rows by id; a record without an id (metadata
+that only names its class) is grouped by its name, apart from every id (see :class:`Classes`).
 """
 
 from __future__ import annotations
@@ -69,6 +75,98 @@ class IndexMismatchError(UsageError):
     """The companion does not describe the index file next to it."""
 
 
+@dataclass(frozen=True)
+class Classes:
+    """The classes of an index, numbered by code ``0..len-1``.
+
+    A class is a label id: rows with the same ``label_id`` are one class whatever their names.
+    Rows without an id (``label_id`` -1) but with a name form classes by name, one per name,
+    never merged with an id's class (a name can belong to several ids); rows with neither have
+    code -1. Codes follow ascending id, then the id-less classes by name.
+
+    ``ids[c]``: the label id of class ``c`` (None for a class known by name only);
+    ``names[c]``: its name (for an id: the name most of its rows carry, '' when none has one);
+    ``several_names``: ids whose rows carry different names (a sign of mixed vocabularies), with
+    those names, most frequent first; ``rows_without_id``: rows grouped by name.
+    """
+
+    codes: np.ndarray
+    ids: list[int | None]
+    names: list[str]
+    several_names: dict[int, list[str]]
+    rows_without_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def display(self, code: int) -> str:
+        """What a person reads: ``<id> <name>`` (``412 bow``), the name alone without an id."""
+        cid, name = self.ids[code], self.names[code]
+        if cid is None:
+            return name
+        return f"{cid} {name}" if name else str(cid)
+
+    @property
+    def by_id(self) -> bool:
+        """True when no class is known by name only."""
+        return self.rows_without_id == 0
+
+    @classmethod
+    def from_columns(cls, label_ids: np.ndarray | None, label_codes: np.ndarray, label_names: Sequence[str]) -> Classes:
+        """Classes from per-row label ids (-1: none; None: no id column at all) and per-row
+        label codes into ``label_names`` (-1: no name)."""
+        label_codes = np.asarray(label_codes, dtype=np.int64)
+        n = label_codes.size
+        ids = np.full(n, -1, dtype=np.int64) if label_ids is None else np.asarray(label_ids, dtype=np.int64)
+        has_id = ids >= 0
+        codes = np.full(n, -1, dtype=np.int64)
+        class_ids: list[int | None] = []
+        class_names: list[str] = []
+        several: dict[int, list[str]] = {}
+        if has_id.any():
+            top = int(ids[has_id].max())
+            if top < 1 << 22:  # linear time for any real vocabulary
+                present = np.bincount(ids[has_id], minlength=top + 1) > 0
+                uniq = np.flatnonzero(present)
+                lookup = np.cumsum(present) - 1
+                codes[has_id] = lookup[ids[has_id]]
+            else:
+                uniq, inverse = np.unique(ids[has_id], return_inverse=True)
+                codes[has_id] = inverse.reshape(-1)
+            k, width = uniq.size, len(label_names) + 1  # name slot 0: no name
+            key = codes[has_id] * width + (label_codes[has_id] + 1)
+            if k * width <= 1 << 26:
+                counts = np.bincount(key, minlength=k * width).reshape(k, width)
+                pairs = np.flatnonzero(counts)
+                pair_counts = counts.reshape(-1)[pairs]
+            else:
+                pairs, pair_counts = np.unique(key, return_counts=True)
+            pair_class, pair_name = pairs // width, pairs % width - 1
+            named = pair_name >= 0
+            # per class, its names by count (most first), ties by first appearance in the dictionary
+            order = np.lexsort((pair_name[named], -pair_counts[named], pair_class[named]))
+            per_class: dict[int, list[str]] = {}
+            for c, name in zip(pair_class[named][order].tolist(), pair_name[named][order].tolist(), strict=True):
+                per_class.setdefault(c, []).append(label_names[name])
+            for c, cid in enumerate(uniq.tolist()):
+                names = per_class.get(c, [])
+                class_ids.append(int(cid))
+                class_names.append(names[0] if names else "")
+                if len(names) > 1:
+                    several[int(cid)] = names
+        by_name = ~has_id & (label_codes >= 0)
+        if by_name.any():
+            used = np.unique(label_codes[by_name])
+            ordered = sorted(used.tolist(), key=lambda code: label_names[code])
+            lookup = np.full(len(label_names), -1, dtype=np.int64)
+            lookup[ordered] = np.arange(len(ordered)) + len(class_ids)
+            codes[by_name] = lookup[label_codes[by_name]]
+            class_ids.extend([None] * len(ordered))
+            class_names.extend(label_names[code] for code in ordered)
+        return cls(codes=codes, ids=class_ids, names=class_names, several_names=several,
+                   rows_without_id=int(by_name.sum()))
+
+
 def companion_table(columns: pa.Table, dataset_name: str, index_path: str | os.PathLike, index_size: int,
                     **extra: Any) -> pa.Table:
     """``columns`` (those of ``COMPANION_SCHEMA``, one row per index line) with the metadata that
@@ -120,9 +218,21 @@ class TrackTable:
         return codes, names
 
     @cached_property
+    def classes(self) -> Classes:
+        """The classes of the rows, by label id (:class:`Classes`; needs the ``label`` column,
+        and ``label_id`` to group by id: without it every class is known by name only)."""
+        label_codes, label_names = self._encoded("label")
+        ids = None
+        if "label_id" in self.table.column_names:
+            ids = pc.fill_null(self.table.column("label_id"), -1).to_numpy().astype(np.int64)
+        return Classes.from_columns(ids, label_codes, label_names)
+
+    @property
     def labels(self) -> tuple[np.ndarray, list[str]]:
-        """(class code per row, -1 without a label; class names by code)."""
-        return self._encoded("label")
+        """(class code per row, -1 without a class; ``<id> <name>`` of each class by code):
+        :attr:`classes` in short."""
+        classes = self.classes
+        return classes.codes, [classes.display(c) for c in range(len(classes))]
 
     @cached_property
     def videos(self) -> tuple[np.ndarray, list[str]]:
@@ -130,18 +240,27 @@ class TrackTable:
         return self._encoded("yid")
 
 
-def load_track_table(index_path: str | os.PathLike, columns: Sequence[str] | None = None) -> TrackTable:
-    """Read the companion of ``index_path`` after checking that it describes that file."""
+def check_index(index_path: str | os.PathLike) -> tuple[dict, pa.Schema]:
+    """Check, without reading the table, that ``index_path`` and its companion exist and belong
+    together; returns the companion's metadata and schema (raises UsageError naming the file)."""
     index_path = Path(index_path)
     path = companion_path(index_path)
+    if index_path.is_dir():
+        raise UsageError(f"index file {index_path} is a directory: give the .jsonl.gzip file --action index wrote")
     if not index_path.is_file():
         raise UsageError(f"index file {index_path} does not exist: run curate_db.py --action index first")
     if not path.is_file():
         raise UsageError(f"{path} (the index's companion) does not exist: re-run curate_db.py --action index")
-    schema = pq.read_schema(path)
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise IndexMismatchError(f"{path} is not a readable index companion ({exc}): re-run --action index") from exc
     raw = (schema.metadata or {}).get(_METADATA_KEY)
-    meta = json.loads(raw) if raw else {}
-    if meta.get("format") != INDEX_FORMAT:
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise IndexMismatchError(f"{path} is not an index companion of format {INDEX_FORMAT}: re-run --action index")
     size = index_path.stat().st_size
     if meta.get("index_size") != size:
@@ -149,6 +268,15 @@ def load_track_table(index_path: str | os.PathLike, columns: Sequence[str] | Non
             f"{path} describes an index of {meta.get('index_size')} bytes but {index_path} has {size}: "
             "the index changed after its companion was written; re-run --action index"
         )
+    return meta, schema
+
+
+def load_track_table(index_path: str | os.PathLike, columns: Sequence[str] | None = None) -> TrackTable:
+    """Read the companion of ``index_path`` after checking that it describes that file
+    (:func:`check_index`)."""
+    index_path = Path(index_path)
+    path = companion_path(index_path)
+    meta, schema = check_index(index_path)
     names = list(columns) if columns else schema.names
     table = pq.read_table(path, columns=names, read_dictionary=[c for c in ("yid", "label") if c in names])
     if table.num_rows != meta.get("rows"):

@@ -1,10 +1,14 @@
 """Class prompt files (the LVIS vocabulary): one class per line, ``name (also known as a, b)``.
 
+- blank lines and ``#`` comment lines (``#`` first, after leading blanks) are not classes, as in
+  id lists; a class's *id* (what ``top10_lbl`` / ``top10_label_ids`` record) is its position
+  among the class lines, counted from 0, so adding or removing a comment or a blank line does
+  not shift ids. The LVIS file has neither, so its ids are its line numbers (from 0);
 - the *label* of a line is the name before ``" (also"``, stripped (``"aerosol can"``);
 - the label *with dashes* is what track file names carry: spaces become ``-`` and anything
   outside ``[A-Za-z0-9_-]`` is dropped (``"aerosol-can"``, ``"Band-Aid"``);
-- the *vocabulary hash* is the sha256 of the prompt lines (each stripped, joined by ``\\n``),
-  so a run's metadata records which vocabulary produced its labels.
+- the *vocabulary hash* is the sha256 of the class lines (each stripped, joined by ``\\n``),
+  so a run's metadata records which vocabulary produced its labels; comments do not change it.
 
 Fetching the default prompts asset is done elsewhere; this module reads a given path.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 __all__ = [
     "Vocabulary",
     "label_of",
+    "is_prompt_line",
     "label_with_dashes",
     "parse_prompt_lines",
     "read_prompts",
@@ -34,12 +39,13 @@ _NOT_FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def vocabulary_hash(lines: Sequence[str]) -> str:
-    """sha256 (hex) of prompt lines: each stripped, blank lines kept out, joined by ``\\n``.
+    """sha256 (hex) of prompt lines: the class lines (:func:`parse_prompt_lines`: each
+    stripped, blank and ``#`` comment lines kept out), joined by ``\\n``.
 
-    CRLF endings, trailing blanks and a missing final newline do not change the hash; the
-    order of the lines does (class indices depend on it).
+    CRLF endings, trailing blanks, comments and a missing final newline do not change the hash;
+    the order of the lines does (class ids depend on it).
     """
-    text = "\n".join(s for s in (str(line).strip() for line in lines) if s)
+    text = "\n".join(parse_prompt_lines(lines))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -65,9 +71,16 @@ def label_with_dashes(label: str) -> str:
     return text or "object"
 
 
+def is_prompt_line(line: str) -> bool:
+    """Whether a line of a prompts file is a class: not blank, not a ``#`` comment."""
+    text = str(line).strip()
+    return bool(text) and not text.startswith("#")
+
+
 def parse_prompt_lines(lines: Iterable[str]) -> list[str]:
-    """Non-blank lines, stripped (the order is the class order)."""
-    return [s for s in (str(line).strip() for line in lines) if s]
+    """The class lines, stripped, in order: blank lines and ``#`` comment lines are left out,
+    so item ``i`` is class id ``i``."""
+    return [str(line).strip() for line in lines if is_prompt_line(line)]
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,8 @@ class Vocabulary:
     """A class vocabulary read from a prompts file.
 
     ``lines[i]`` is class ``i``'s prompt line (what text encoders may be given);
-    ``labels[i]`` its label (what records and file names use).
+    ``labels[i]`` its label (what records and file names use). ``i`` counts class lines only
+    (blank and comment lines of the file are not classes and take no id).
     """
 
     lines: tuple[str, ...]
@@ -86,7 +100,8 @@ class Vocabulary:
     def from_lines(cls, lines: Iterable[str], source: str | None = None) -> Vocabulary:
         parsed = parse_prompt_lines(lines)
         if not parsed:
-            raise ValueError(f"no class prompts found{f' in {source}' if source else ''}")
+            raise ValueError(f"no class prompts found{f' in {source}' if source else ''} "
+                             "(blank and # comment lines are not classes)")
         labels = tuple(label_of(line) for line in parsed)
         for i, (line, label) in enumerate(zip(parsed, labels, strict=True)):
             if not label:
@@ -117,7 +132,7 @@ class Vocabulary:
 
 
 def read_prompts(path: str | os.PathLike) -> Vocabulary:
-    """Read a prompts file (UTF-8, one class per line)."""
+    """Read a prompts file (UTF-8, one class per line; blank and ``#`` comment lines ignored)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -9,13 +9,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from utils.core.config import add_config_arguments, config_from_args
-from utils.core.errors import EXIT_USAGE, UsageError
-from utils.runner.slurm import SlurmOptions, submit
+from utils.core.config import DefaultsHelpFormatter, add_config_arguments, config_from_args
+from utils.core.errors import EXIT_SYSTEMIC, EXIT_USAGE, UsageError, is_systemic
+from utils.runner.slurm import SlurmOptions, require_backend, submit
 from utils.runner.stage import (
     COMMON_GROUP,
     ConfigT,
     Stage,
+    check_base_dir,
     resolve_rank,
     run_shard,
     setup_logging,
@@ -28,7 +29,7 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
     """The stage's flags (its config's fields), then the common ones, then Slurm's."""
     parser = argparse.ArgumentParser(
         description=stage.description or stage.name,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
     add_config_arguments(parser, stage.config_class, groups, skip_groups=[COMMON_GROUP])
@@ -48,6 +49,10 @@ def main(stage: Stage, argv: Sequence[str] | None = None) -> int:
     config, slurm = parse_config(stage, argv)
     setup_logging(config.log_level)
     try:
+        # cheap checks first: nothing is fetched or loaded for a run that cannot start
+        if slurm.slurm:
+            require_backend(slurm)
+        check_base_dir(config.base_dir)
         config = stage.validate(config)
         if slurm.slurm:
             return submit(stage, config, slurm)
@@ -57,5 +62,10 @@ def main(stage: Stage, argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # a systemic fault before the first item (a full disk): one line, not a traceback
+        if not is_systemic(exc):
+            raise
+        print(f"error: {exc if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return EXIT_SYSTEMIC
     print(summary.line(), file=sys.stderr)
     return summary.exit_code

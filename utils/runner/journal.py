@@ -71,14 +71,34 @@ def read_journals(folder: Path | str, pattern: str = "*.jsonl") -> Iterator[dict
         yield from read_journal(path)
 
 
+ITEM_EVENTS = ("done", "failed", "not_ready")
+
+
 def latest_item_events(records: Iterable[dict]) -> dict[str, dict]:
-    """The most recent ``done``/``failed`` record per item."""
+    """The most recent record per item: ``done``, ``failed`` or ``not_ready``, or ``skipped``
+    (found done: a "skipped" line lists such items, a batch at a time; each gets a record of
+    its own here, with the line's time)."""
     latest: dict[str, dict] = {}
-    for record in records:
-        item = record.get("item")
-        if item is None or record.get("event") not in ("done", "failed"):
-            continue
+
+    def see(item: object, record: dict) -> None:
+        if not isinstance(item, str):
+            return
         previous = latest.get(item)
-        if previous is None or record.get("time", 0) >= previous.get("time", 0):
+        if previous is None or _time(record) >= _time(previous):
             latest[item] = record
+
+    for record in records:
+        event = record.get("event")
+        if event in ITEM_EVENTS:
+            see(record.get("item"), record)
+        elif event == "skipped" and isinstance(record.get("items"), list):
+            for item in record["items"]:
+                see(item, {"time": record.get("time", 0), "event": "skipped", "item": item})
     return latest
+
+
+def _time(record: dict) -> float:
+    try:
+        return float(record.get("time", 0))
+    except (TypeError, ValueError):
+        return 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from utils.runner.stage import (
     ShardSummary,
     Stage,
     StageConfig,
+    check_base_dir,
     journal_dir,
     previous_failures,
     run_shard,
@@ -57,18 +59,19 @@ class SlurmOptions:
     account: str | None = option(None, group=SLURM_GROUP, help="Slurm account")
     qos: str | None = option(None, group=SLURM_GROUP, help="Slurm QOS")
     constraint: str | None = option(None, group=SLURM_GROUP, help="Slurm node constraint")
-    cpus_per_task: int = option(4, group=SLURM_GROUP)
-    gpus_per_node: int = option(0, group=SLURM_GROUP)
-    mem_gb: float = option(16, group=SLURM_GROUP)
+    cpus_per_task: int = option(4, group=SLURM_GROUP, help="CPU cores per job (each rank is one job)")
+    gpus_per_node: int = option(0, group=SLURM_GROUP, help="GPUs per job (0: a CPU-only job)")
+    mem_gb: float = option(16, group=SLURM_GROUP, help="memory per job, in GB")
     timeout_min: float = option(24 * 60, group=SLURM_GROUP,
-                                help="job time limit; on expiry the job checkpoints and is requeued")
+                                help="job time limit, in minutes; on expiry the job checkpoints and is requeued")
     slurm_exclude: str | None = option(None, group=SLURM_GROUP, help="nodes to avoid (Slurm --exclude syntax)")
-    array_parallelism: int = option(256, group=SLURM_GROUP, help="max array tasks running at once")
-    max_requeues: int = option(10, group=SLURM_GROUP, help="requeues allowed per job on timeout")
+    array_parallelism: int = option(256, group=SLURM_GROUP, help="at most this many array tasks running at once")
+    max_requeues: int = option(10, group=SLURM_GROUP, help="requeues allowed per job on timeout (a pre-empted job is always requeued)")
     slurm_log_dir: Path | None = option(None, group=SLURM_GROUP,
                                         help="submitit logs (default <base_dir>/logs/slurm/<stage>)")
     slurm_wait: bool = option(False, group=SLURM_GROUP, help="wait for the submitted jobs and report how each ended")
-    # submitit's backend; tests use 'local'
+    # submitit's backend, for tests only: 'local' runs the jobs as background processes of this
+    # machine, 'debug' in this process. Without it, --slurm needs Slurm (sbatch on PATH).
     slurm_cluster: str | None = option(None, group=SLURM_GROUP, choices=["slurm", "local", "debug"], hidden=True)
 
 
@@ -82,7 +85,8 @@ class ShardJob(Checkpointable):
 
     def __call__(self, config: StageConfig, rank: int, world_size: int) -> dict:
         setup_logging(config.log_level)
-        summary = run_shard(self.stage, dataclasses.replace(config, rank=rank, world_size=world_size))
+        summary = run_shard(self.stage, dataclasses.replace(config, rank=rank, world_size=world_size),
+                            interruptions=(submitit.core.utils.UncompletedJobError,))
         print(summary.line(), file=sys.stderr, flush=True)
         if summary.systemic_error:
             raise RuntimeError(summary.line())
@@ -215,8 +219,10 @@ def make_executor(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: 
             timeout_min=slurm.timeout_min, signal_delay_s=signal_delay, gpus_per_node=slurm.gpus_per_node,
         )
         return executor, "local"
+    # Never submitit's automatic choice: without Slurm it would run the jobs here, in the
+    # background, where a plain run started next races with them (require_backend refuses).
     auto = submitit.AutoExecutor(
-        folder=folder / "%j", cluster=slurm.slurm_cluster, slurm_max_num_timeout=slurm.max_requeues,
+        folder=folder / "%j", cluster=slurm.slurm_cluster or "slurm", slurm_max_num_timeout=slurm.max_requeues,
     )
     params: dict[str, Any] = {
         "name": name,
@@ -237,8 +243,25 @@ def make_executor(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: 
     return auto, auto.cluster
 
 
+def require_backend(slurm: SlurmOptions) -> None:
+    """UsageError when ``--slurm`` cannot reach Slurm: no ``sbatch`` on PATH. submitit would
+    otherwise run the jobs on this machine, in the background, and the command would exit 0
+    as if they had been queued. The local and debug backends are for tests only, behind the
+    hidden ``--slurm_cluster`` flag."""
+    if slurm.slurm_cluster in ("local", "debug"):
+        return
+    if shutil.which("sbatch") is None:
+        raise UsageError(
+            "--slurm: Slurm's sbatch is not on PATH (no Slurm client on this machine, or its module is not "
+            "loaded); nothing was submitted. Run on a Slurm login node, or drop --slurm to process the items "
+            "here (--world_size N --rank R for one shard)"
+        )
+
+
 def submit(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> int:
     """Submit one job (``--rank``) or one array of the ranks that still have work."""
+    require_backend(slurm)
+    check_base_dir(config.base_dir)
     world_size = config.world_size or 1
     if config.rank is not None:
         shard_indices(0, world_size, config.rank)
@@ -261,10 +284,20 @@ def submit(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> int:
 
     executor, cluster = make_executor(stage, config, slurm, name)
     job_fn = ShardJob(stage)
-    if len(todo) == 1 and config.rank is not None:
-        jobs = [executor.submit(job_fn, config, todo[0], world_size)]
-    else:
-        jobs = executor.map_array(job_fn, [config] * len(todo), todo, [world_size] * len(todo))
+    said_aside = io.StringIO()  # submitit prints sbatch's complaints; they go into our one line
+    try:
+        with contextlib.redirect_stderr(said_aside):
+            if len(todo) == 1 and config.rank is not None:
+                jobs = [executor.submit(job_fn, config, todo[0], world_size)]
+            else:
+                jobs = executor.map_array(job_fn, [config] * len(todo), todo, [world_size] * len(todo))
+    except submitit.core.utils.FailedJobError as exc:  # sbatch said no: a bad partition, no controller
+        said = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise UsageError(f"--slurm: sbatch refused the submission, nothing was submitted: {said}") from None
+    except BaseException:
+        print(said_aside.getvalue(), end="", file=sys.stderr)
+        raise
+    print(said_aside.getvalue(), end="", file=sys.stderr)
     record = {
         "name": name, "cluster": cluster, "time": time.time(), "world_size": world_size,
         "jobs": [{"job_id": str(job.job_id), "rank": rank} for job, rank in zip(jobs, todo, strict=True)],

@@ -8,6 +8,7 @@ must, and the summary.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -40,6 +41,8 @@ log = logging.getLogger("trackverse")
 
 ConfigT = TypeVar("ConfigT", bound="StageConfig")
 PROGRESS_INTERVAL_S = 60.0  # between the "progress" journal lines status.py reads
+SKIPPED_BATCH = 1000  # items found done journaled in one "skipped" line
+MAX_LISTED_ITEMS = 200_000  # a rank's "start" line lists its items up to this many (status.py counts by item)
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -89,19 +92,55 @@ def check_dataset_name(name: str) -> None:
 
 
 def read_item_list(path: str | os.PathLike) -> list[str]:
-    """Items of a list file: one per line; blank lines and ``#`` comments are not items."""
+    """Items of a list file: one per line; blank lines and ``#`` comments are not items. An
+    item listed more than once is processed once (its first line decides its rank), with one
+    warning naming each repeated item and how often it is listed."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"item list {path} is a folder, not a file")
     if not path.is_file():
         raise UsageError(f"item list {path} does not exist")
-    items = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                items.append(line)
-    if not items:
+    counts: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    counts[line] = counts.get(line, 0) + 1
+    except OSError as exc:
+        raise UsageError(f"cannot read item list {path}: {exc.strerror or exc}") from None
+    if not counts:
         raise UsageError(f"item list {path} has no items (it is empty or only comments)")
-    return items
+    repeated = [(item, n) for item, n in counts.items() if n > 1]
+    if repeated:
+        shown = ", ".join(f"{item!r} ({n} times)" for item, n in repeated[:10])
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        log.warning("item list %s lists %d item(s) more than once, each is processed once: %s%s",
+                    path, len(repeated), shown, more)
+    return list(counts)
+
+
+def check_base_dir(base_dir: str | os.PathLike) -> None:
+    """UsageError unless ``--base_dir`` is a writable folder, or a folder that can be created
+    in an existing writable parent. A missing parent is refused, not created: it is more likely
+    a typo than a wish for a new tree of folders."""
+    path = Path(base_dir)
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"--base_dir {path} is a broken symbolic link (to {os.readlink(path)})")
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--base_dir {path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--base_dir {path} is read-only (not writable by this user, or a read-only file system)")
+        return
+    parent = path.absolute().parent
+    if not parent.exists():
+        raise UsageError(f"--base_dir {path}: its parent folder {parent} does not exist (not creating it: "
+                         "check the path, or create the parent first)")
+    if not parent.is_dir():
+        raise UsageError(f"--base_dir {path}: its parent {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--base_dir {path} does not exist and cannot be created: its parent {parent} is read-only")
 
 
 # ------------------------------------------------------------------------------ stages
@@ -220,24 +259,45 @@ def journal_path(config: StageConfig, stage: Stage, rank: int, world_size: int) 
 
 def previous_failures(config: StageConfig, stage: Stage) -> dict[str, dict]:
     """Latest record per item across every journal of the stage, failures only."""
-    latest = latest_item_events(read_journals(journal_dir(config, stage)))
+    return _failures(latest_item_events(read_journals(journal_dir(config, stage))))
+
+
+def _failures(latest: dict[str, dict]) -> dict[str, dict]:
     return {item: rec for item, rec in latest.items() if rec.get("event") == "failed"}
 
 
-def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
+def run_shard(stage: Stage, config: StageConfig,
+              interruptions: tuple[type[Exception], ...] = ()) -> ShardSummary:
     """Process this rank's items (``config.rank`` of ``config.world_size``, resolved): skip
-    finished ones, journal failures, stop on systemic faults."""
+    finished ones, journal failures, stop on systemic faults. ``interruptions``: errors a job's
+    signal handler raises wherever the code happens to be (submitit's "not requeued"): they end
+    the shard and are journaled as such, never as the failure of the item they interrupted."""
     rank, world_size = config.rank or 0, config.world_size or 1
+    check_base_dir(config.base_dir)
     started = time.time()
     summary = ShardSummary(stage=stage.job_key(config), rank=rank, world_size=world_size)
     items = stage.list_items(config)
     mine = [items[i] for i in shard_indices(len(items), world_size, rank)]
     summary.total = len(mine)
-    failed_before = previous_failures(config, stage)
+    latest = latest_item_events(read_journals(journal_dir(config, stage)))
+    failed_before = _failures(latest)
+    # items found done are journaled unless the journals already say so (a re-run adds no lines)
+    recorded_done = {item for item, rec in latest.items() if rec.get("event") in ("done", "skipped")}
+    del latest
     max_consecutive = config.max_consecutive_errors
 
-    with Journal(journal_path(config, stage, rank, world_size)) as journal:
-        journal.write("start", rank=rank, world_size=world_size, items=len(mine), argv=sys.argv)
+    with _open_journal(journal_path(config, stage, rank, world_size)) as journal:
+        # The rank's items, so that status.py counts each by its latest journal record
+        # (items found done that no journal records as done go in "skipped" lines, a batch at a time).
+        listed: dict[str, Any] = {"shard_items": mine} if len(mine) <= MAX_LISTED_ITEMS else {}
+        journal.write("start", rank=rank, world_size=world_size, items=len(mine), argv=sys.argv, **listed)
+        skipped_batch: list[str] = []
+
+        def flush_skipped() -> None:
+            if skipped_batch:
+                journal.write("skipped", items=list(skipped_batch))
+                skipped_batch.clear()
+
         resources = None
         consecutive_unexpected = 0
         try:
@@ -247,6 +307,7 @@ def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
             for item in bar:
                 if time.time() - last_progress >= PROGRESS_INTERVAL_S:
                     # lets status.py count skipped items and see the rank alive
+                    flush_skipped()
                     journal.write("progress", total=summary.total, done=summary.done, skipped=summary.skipped,
                                   failed=summary.failed, previously_failed=summary.previously_failed)
                     last_progress = time.time()
@@ -254,6 +315,10 @@ def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
                 try:
                     if stage.output_exists(config, item):
                         summary.skipped += 1
+                        if item not in recorded_done:
+                            skipped_batch.append(item)
+                            if len(skipped_batch) >= SKIPPED_BATCH:
+                                flush_skipped()
                         continue
                     previous = failed_before.get(item)
                     if previous is not None and not config.retry_failed and not previous.get("transient"):
@@ -266,7 +331,7 @@ def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
                     journal.write("not_ready", item, reason=exc.reason)
                     continue
                 except Exception as exc:  # output_exists and process alike: one item's failure
-                    if is_systemic(exc):
+                    if is_systemic(exc) or isinstance(exc, interruptions):
                         raise
                     _record_failure(journal, summary, item, exc, time.time() - item_started)
                     if not isinstance(exc, ItemError):
@@ -290,6 +355,9 @@ def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
                 postfix.update({f"{k}/s": f"{v / elapsed:.2f}" for k, v in summary.stats.items()})
                 bar.set_postfix(postfix, refresh=False)
             bar.close()
+        except interruptions as exc:  # the job's end, decided by the scheduler: no item's fault
+            journal.write("interrupted", error=f"{type(exc).__name__}: {exc}")
+            raise
         except Exception as exc:
             if not is_systemic(exc) and not isinstance(exc, UsageError):
                 # setup() failing (model missing) is systemic by nature.
@@ -307,8 +375,20 @@ def run_shard(stage: Stage, config: StageConfig) -> ShardSummary:
                     journal.write("teardown_failed", error=f"{type(exc).__name__}: {exc}",
                                   traceback=traceback.format_exc(limit=8))
             summary.seconds = round(time.time() - started, 3)
+            flush_skipped()
             journal.write("summary", **asdict(summary))
     return summary
+
+
+def _open_journal(path: Path) -> Journal:
+    """The rank's journal; a folder that cannot be written is a usage error naming it (a full
+    disk stays a systemic fault)."""
+    try:
+        return Journal(path)
+    except OSError as exc:
+        if is_systemic(exc) and exc.errno != errno.EROFS:
+            raise SystemicError(f"cannot write the journal {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write the journal {path}: {exc.strerror or exc}") from None
 
 
 def _record_failure(journal: Journal, summary: ShardSummary, item: str, exc: Exception, seconds: float) -> None:

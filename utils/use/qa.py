@@ -1,6 +1,10 @@
 """Visual QA: contact sheets of source frames with every track's boxes and labels, and one
 static HTML gallery (per class, N example clips with score and duration, the sheets, and the
 subset's class table and plot) that opens in a browser with no server.
+
+A class is its label id (``top10_lbl[0]``), shown as ``<id> <name>``: the LVIS list's two
+``bow`` lines are two classes with two sections. A record without an id is grouped by its name
+alone, apart from every id.
 """
 
 from __future__ import annotations
@@ -22,6 +26,20 @@ from utils.core.io import atomic_path, atomic_write_text
 from utils.core.layout import DatasetLayout, class_plot_path, class_table_path, inside
 from utils.core.video import VideoError, probe_video, read_frames_at
 from utils.records.tracks import TrackRecord, read_records
+
+
+def class_of(record: TrackRecord) -> tuple[int, str]:
+    """The class key of a record: ``(label id, "")``, or ``(-1, name)`` without an id."""
+    if record.top10_lbl:
+        return record.top10_lbl[0], ""
+    return -1, record.label or "?"
+
+
+def class_title(record: TrackRecord) -> str:
+    """What a person reads for a record's class: ``<id> <name>`` (the name alone without an id)."""
+    if not record.top10_lbl:
+        return record.label or "?"
+    return f"{record.top10_lbl[0]} {record.label}" if record.label else str(record.top10_lbl[0])
 
 
 def track_color(tid: str) -> tuple[int, int, int]:
@@ -51,7 +69,7 @@ def draw_tracks(image: np.ndarray, records: Sequence[TrackRecord], t: float, sca
         x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
         color = track_color(record.tid)
         cv2.rectangle(image, (x0, y0), (x1, y1), color, thickness)
-        text = f"{record.label or '?'} {record.tid[:6]}"
+        text = f"{class_title(record)} {record.tid[:6]}"
         (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
         cv2.rectangle(image, (x0, max(0, y0 - h - 6)), (x0 + w + 4, max(h + 6, y0)), color, -1)
         cv2.putText(image, text, (x0 + 2, max(h + 2, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
@@ -113,14 +131,16 @@ def build_gallery(
     score, duration) and, per example's video, a contact sheet of all its shown tracks."""
     layout = DatasetLayout(base_dir)
     records = list(read_records(records_file))
-    by_class: dict[str, list[TrackRecord]] = defaultdict(list)
+    by_class: dict[tuple[int, str], list[TrackRecord]] = defaultdict(list)
     for r in records:
-        by_class[r.label or "?"].append(r)
+        by_class[class_of(r)].append(r)
+    # an id's title from its first record; ids first (ascending), then classes known by name only
+    titles = {key: class_title(recs[0]) for key, recs in by_class.items()}
     rng = random.Random(seed)
-    chosen: dict[str, list[TrackRecord]] = {}
-    for name in sorted(by_class, key=lambda c: (-len(by_class[c]), c))[:max_classes]:
-        pool = by_class[name]
-        chosen[name] = sorted(rng.sample(pool, min(per_class, len(pool))), key=lambda r: r.fn)
+    chosen: dict[tuple[int, str], list[TrackRecord]] = {}
+    for key in sorted(by_class, key=lambda c: (-len(by_class[c]), c[0] < 0, c))[:max_classes]:
+        pool = by_class[key]
+        chosen[key] = sorted(rng.sample(pool, min(per_class, len(pool))), key=lambda r: r.fn)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sheet_of: dict[str, Path] = {}
@@ -140,7 +160,7 @@ def build_gallery(
 
     missing = 0
     parts = []
-    for name, examples in chosen.items():
+    for key, examples in chosen.items():
         cards = []
         for r in examples:
             clip = inside(clips_dir, r.fn)
@@ -154,7 +174,7 @@ def build_gallery(
                 f'<figure class="card">{media}<figcaption>{html.escape(r.yid)} · '
                 f'{r.duration:.1f} s' + (f" · score {score:.2f}" if score is not None else "")
                 + f"<br>{sheet}</figcaption></figure>")
-        parts.append(f'<section><h2>{html.escape(name)} <small>({len(by_class[name])} tracks)</small></h2>'
+        parts.append(f'<section><h2>{html.escape(titles[key])} <small>({len(by_class[key])} tracks)</small></h2>'
                      f'<div class="grid">{"".join(cards)}</div></section>')
 
     stem = records_file.name.split(".jsonl")[0]

@@ -17,20 +17,24 @@ is the pure function :func:`detic_outputs_to_detections`.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from utils.core.models import resolve_device
+from utils.core.network import unreachable
 from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
 
 __all__ = [
     "DETIC_CONFIG_NAME",
     "DETIC_WEIGHTS_URL",
     "DeticDetector",
+    "check_weights",
     "detic_available",
     "detic_outputs_to_detections",
     "instances_to_detections",
@@ -39,6 +43,51 @@ __all__ = [
 DETIC_CONFIG_NAME = "Detic_LCOCOI21k_CLIP_SwinB_896b32_4x_ft4x_max-size"
 DETIC_WEIGHTS_URL = f"https://dl.fbaipublicfiles.com/detic/{DETIC_CONFIG_NAME}.pth"
 _DOC = "docs/detic.md"
+CLIP_TEXT_MODEL = "ViT-B/32"  # what Detic's text encoder loads through OpenAI's clip package
+
+
+def _iopath_cached(url: str) -> Path:
+    """Where detectron2's checkpointer (iopath) caches ``url`` once downloaded."""
+    try:
+        from iopath.common.file_io import get_cache_dir
+
+        root = Path(get_cache_dir())
+    except ImportError:
+        root = Path(os.environ.get("FVCORE_CACHE") or "~/.torch/iopath_cache").expanduser()
+    return root / os.path.dirname(urlsplit(url).path.lstrip("/")) / url.split("/")[-1]
+
+
+def _clip_text_weights() -> tuple[str, Path] | None:
+    """(URL, cached file) of the CLIP model Detic's text encoder loads, or None without clip."""
+    try:
+        from clip import clip as openai_clip
+    except ImportError:
+        return None
+    url = openai_clip._MODELS[CLIP_TEXT_MODEL]
+    return url, Path("~/.cache/clip").expanduser() / os.path.basename(url)
+
+
+def check_weights(weights: str = DETIC_WEIGHTS_URL) -> str | None:
+    """Why DETIC cannot get its weights now, decided in seconds, or None: a local checkpoint
+    must exist; a URL not downloaded yet (nor the CLIP ViT-B/32 of its text encoder) needs its
+    host to answer (:func:`utils.core.network.unreachable`), where the loaders would otherwise
+    wait on their own timeouts."""
+    needed: list[tuple[str, str, str]] = []
+    if weights.startswith(("http://", "https://")):
+        cached = _iopath_cached(weights)
+        if not cached.is_file():
+            needed.append(("DETIC weights", weights, f"pass that file with --model (or put it at {cached})"))
+    elif not Path(weights).expanduser().is_file():
+        return f"DETIC weights {weights} do not exist (see {_DOC})"
+    clip_weights = _clip_text_weights()
+    if clip_weights is not None and not clip_weights[1].is_file():
+        needed.append((f"CLIP {CLIP_TEXT_MODEL} (Detic's text encoder)", clip_weights[0], f"put it at {clip_weights[1]}"))
+    for what, url, where in needed:
+        why = unreachable(url)
+        if why:
+            return (f"cannot fetch {what} from {url}: {why}. Offline options: download it on a connected machine "
+                    f"and {where}; or use the default 'owlv2' detector (see {_DOC})")
+    return None
 
 
 def _to_numpy(x: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -307,6 +356,10 @@ class DeticDetector(Detector):
             config_file = str(detic_root / "configs" / f"{DETIC_CONFIG_NAME}.yaml")
         if not Path(config_file).is_file():
             raise DetectorError(f"Detic config not found: {config_file} (pass config_file=; see {_DOC})")
+
+        problem = check_weights(self.weights_id)
+        if problem:
+            raise DetectorError(problem)
 
         cfg = mods["get_cfg"]()
         mods["add_centernet_config"](cfg)

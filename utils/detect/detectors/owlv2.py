@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,23 +36,70 @@ from utils.core.assets import cache_root
 from utils.core.boxes import nms
 from utils.core.io import atomic_path
 from utils.core.models import torch_device
+from utils.core.network import hub_cache_dir, hub_endpoint, hub_offline, unreachable
 from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
 
-__all__ = ["DEFAULT_MODEL_ID", "OwlV2Detector"]
+__all__ = ["DEFAULT_MODEL_ID", "OwlV2Detector", "check_weights"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "google/owlv2-base-patch16-ensemble"
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+TEMPLATE_DETECTOR = "utils.testing.example:TemplateDetector"
+
+
 def _offline_help(model_id: str) -> str:
     return (
-        f"To use OWLv2 without network, download '{model_id}' on a connected machine first "
-        f"(`hf download {model_id}`, or `huggingface-cli download {model_id}`) and reuse that "
-        "Hugging Face cache (HF_HOME) here, or save the model and processor to a folder "
-        "(`Owlv2ForObjectDetection.from_pretrained(id).save_pretrained(dir)` and the same for "
-        "`Owlv2Processor`) and pass that folder as the model path."
+        f"Offline options: (1) a local folder with the model and processor, passed with --model DIR (make it on a "
+        f"connected machine with `hf download {model_id} --local-dir DIR`, or `huggingface-cli download`, and copy "
+        "it here); (2) that machine's Hugging Face cache (HF_HOME, filled by `hf download "
+        f"{model_id}`) copied here, with HF_HUB_OFFLINE=1 set; (3) only to try the pipeline on example.py's "
+        f"videos, no weights at all: --detector {TEMPLATE_DETECTOR}."
     )
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    """Whether the Hugging Face cache holds the model's config and its processor's (either
+    file name transformers writes)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(model_id, name), str)
+
+    return cached("config.json") and (cached("preprocessor_config.json") or cached("processor_config.json"))
+
+
+def check_weights(model_id: str = DEFAULT_MODEL_ID, local_files_only: bool = False) -> tuple[bool, str | None]:
+    """Where OWLv2 weights ``model_id`` can come from, decided in seconds without loading them:
+    ``(local only, problem)``. A local folder is read as is; a hub id is fetched from the hub
+    when it answers (:func:`utils.core.network.unreachable`), else read from the Hugging Face
+    cache (also with ``local_files_only`` or ``HF_HUB_OFFLINE=1``). ``problem`` is None, or
+    why they cannot be loaded, with the offline options."""
+    if Path(model_id).expanduser().is_dir():
+        return True, None
+    if not _HUB_ID.fullmatch(model_id):
+        return True, f"OWLv2 model folder {model_id} does not exist. {_offline_help(DEFAULT_MODEL_ID)}"
+    cached = _in_hub_cache(model_id)
+    if local_files_only or hub_offline():
+        if cached:
+            return True, None
+        told = "local_files_only was asked" if local_files_only else "HF_HUB_OFFLINE is set"
+        return True, (f"OWLv2 weights '{model_id}' are not in the Hugging Face cache ({hub_cache_dir()}) and {told}, "
+                      f"so they are not fetched. {_offline_help(model_id)}")
+    endpoint = hub_endpoint()
+    why = unreachable(endpoint)
+    if why is None:
+        return False, None
+    if cached:
+        log.warning("the Hugging Face hub (%s) is unreachable (%s): using the cached copy of %s", endpoint, why, model_id)
+        return True, None
+    return True, (f"cannot fetch OWLv2 weights '{model_id}': the Hugging Face hub ({endpoint}) is unreachable ({why}) "
+                  f"and they are not in its cache ({hub_cache_dir()}). {_offline_help(model_id)}")
 
 
 @register_detector("owlv2")
@@ -158,11 +206,14 @@ class OwlV2Detector(Detector):
     # ------------------------------------------------------------------ loading
     @staticmethod
     def _load(model_id: str, local_files_only: bool) -> tuple[Any, Any]:
+        local_only, problem = check_weights(model_id, local_files_only)
+        if problem:
+            raise DetectorError(problem)
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
         try:
-            processor = Owlv2Processor.from_pretrained(model_id, local_files_only=local_files_only)
-            model = Owlv2ForObjectDetection.from_pretrained(model_id, local_files_only=local_files_only)
+            processor = Owlv2Processor.from_pretrained(model_id, local_files_only=local_only)
+            model = Owlv2ForObjectDetection.from_pretrained(model_id, local_files_only=local_only)
         except (OSError, ValueError) as exc:
             raise DetectorError(
                 f"cannot load OWLv2 weights '{model_id}' ({type(exc).__name__}: {exc}). {_offline_help(model_id)}"
