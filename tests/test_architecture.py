@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FOUNDATION = ("core", "records")
-STAGES = ("ingest", "detect", "clips", "curate", "metrics")
+STAGES = ("ingest", "detect", "clips", "curate", "metrics", "export")
 # What each top-level package of utils/ may import (besides itself).
 ALLOWED = {
     "core": set(),

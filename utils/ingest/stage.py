@@ -115,7 +115,7 @@ class DownloadVideosStage(Stage[DownloadVideosConfig]):
         return DatasetLayout(config.base_dir).video_segments(item).exists()
 
     def setup(self, config: DownloadVideosConfig) -> _Resources:
-        from utils.ingest.filters import FilterSettings, WeightsError, resolve_weights
+        from utils.ingest.filters import WeightsError, resolve_clip_weights, resolve_weights
 
         settings = FilterSettings(
             cartoon=not config.skip_cartoon_filter, aesthetics=not config.skip_aesthetics_filter,
@@ -128,6 +128,7 @@ class DownloadVideosStage(Stage[DownloadVideosConfig]):
                 resources.filter_info["cartoon_weights"] = config.cartoon_weights
             if settings.aesthetics:
                 resolve_weights(config.aesthetics_head_weights, "aesthetic head")
+                resolve_clip_weights(config.aesthetics_clip_weights)  # offline: fail now, not after a download
                 resources.filter_info["clip_weights"] = config.aesthetics_clip_weights
                 resources.filter_info["head_weights"] = config.aesthetics_head_weights
         except WeightsError as exc:
