@@ -111,3 +111,19 @@ def test_stage_scripts_print_one_line(script, tmp_path):
     assert proc.returncode == EXIT_USAGE and "Traceback" not in proc.stderr
     assert f"its parent folder {tmp_path / 'nowhere'} does not exist" in proc.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("kind, message", [("folder", "is a folder, not an index or subset file"),
+                                           ("junk", "is not a track index or subset file"),
+                                           ("missing", "does not exist")])
+def test_visual_metrics_bad_index_file_is_one_line(tmp_path, kind, message):
+    index = tmp_path / "index.jsonl.gzip"
+    if kind == "folder":
+        index.mkdir()
+    elif kind == "junk":
+        index.write_bytes(b"\x00\x01 not json lines at all\n")
+    (tmp_path / "db").mkdir()
+    proc = run_cli("visual_metrics.py", "--base_dir", tmp_path / "db", "--index_file", index, "--metric", "motion")
+    assert proc.returncode == EXIT_USAGE
+    assert "Traceback" not in proc.stderr and message in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --index_file ")

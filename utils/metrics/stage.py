@@ -4,9 +4,11 @@ chunk is one Parquet file of :mod:`utils.records.metrics_store`, written atomica
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from utils.core.video import VideoError
 from utils.metrics.compute import QUANTILE_COLUMNS, ClipEmbedder, DISFlow, RAFTFlow, track_motion
 from utils.records.index_file import load_track_table
 from utils.records.metrics_store import EMBEDDINGS, MOTION, metric_dir, write_metric_file
-from utils.records.tracks import iter_records
+from utils.records.tracks import RecordsFileError, TrackRecordError, iter_records
 from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 log = logging.getLogger("trackverse.metrics")
@@ -44,15 +46,15 @@ class TrackList:
 def load_track_list(index_file: Path) -> TrackList:
     """(tid, fn) of every line of an index or subset file, from its Parquet companion when
     curate_db.py wrote one, else by streaming the JSON lines."""
-    if not index_file.is_file():
-        raise UsageError(f"index file {index_file} does not exist")
+    check_index_file(index_file)
     if companion_path(index_file).is_file():
         table = load_track_table(index_file, columns=["tid", "fn"]).table
         return TrackList(table.column("tid").to_pylist(), table.column("fn").to_pylist())
     tids, fns = [], []
-    for record in iter_records(index_file, validate=False):
-        tids.append(record.tid)
-        fns.append(record.fn)
+    with _as_usage_error(index_file):
+        for record in iter_records(index_file, validate=False):
+            tids.append(record.tid)
+            fns.append(record.fn)
     if not tids:
         raise UsageError(f"index file {index_file} has no tracks")
     return TrackList(tids, fns)
@@ -60,11 +62,28 @@ def load_track_list(index_file: Path) -> TrackList:
 
 def count_tracks(index_file: Path) -> int:
     """Lines of an index or subset file: from its companion's metadata when there is one."""
-    if not index_file.is_file():
-        raise UsageError(f"index file {index_file} does not exist")
+    check_index_file(index_file)
     if companion_path(index_file).is_file():
         return load_track_table(index_file, columns=["row"]).table.num_rows
-    return sum(1 for _ in iter_records(index_file, validate=False))
+    with _as_usage_error(index_file):
+        return sum(1 for _ in iter_records(index_file, validate=False))
+
+
+def check_index_file(index_file: Path) -> None:
+    """UsageError unless ``--index_file`` is an existing file."""
+    if index_file.is_dir():
+        raise UsageError(f"--index_file {index_file} is a folder, not an index or subset file")
+    if not index_file.is_file():
+        raise UsageError(f"--index_file {index_file} does not exist")
+
+
+@contextlib.contextmanager
+def _as_usage_error(index_file: Path) -> Iterator[None]:
+    """A file that is not gzip/plain JSON lines of track records is a bad input (exit 2)."""
+    try:
+        yield
+    except (RecordsFileError, TrackRecordError) as exc:
+        raise UsageError(f"--index_file {index_file} is not a track index or subset file: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +122,9 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
         check_dataset_name(config.dataset_name)
         if config.chunk_size < 1:
             raise UsageError("--chunk_size must be positive")
-        return dataclasses.replace(config, index_file=DatasetLayout(config.base_dir).relative(config.index_file))
+        index_file = DatasetLayout(config.base_dir).relative(config.index_file)
+        check_index_file(index_file)
+        return dataclasses.replace(config, index_file=index_file)
 
     def job_key(self, config: VisualMetricsConfig) -> str:
         return f"visual_metrics-{config.metric}-{config.dataset_name}"
