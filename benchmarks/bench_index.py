@@ -53,37 +53,39 @@ def _yid(v: int) -> str:
     return f"v{v:07d}_Ab"[:11]
 
 
-def _video_bytes(v: int, n_tracks: int, class_p: np.ndarray) -> bytes:
-    """One video's metadata file, written as parse_tracks.py writes it (TrackRecord.to_json)."""
+def _video_bytes(v: int, n_tracks: int, class_cdf: np.ndarray) -> bytes:
+    """One video's metadata file, written as parse_tracks.py writes it (TrackRecord.to_json:
+    values rounded to their decimals, so they print short)."""
     rng = np.random.default_rng(1000 + v)
     yid = _yid(v)
     lines = []
+
+    def rounded(a: np.ndarray, decimals: int) -> list:
+        scale = 10.0 ** decimals  # k / 10**d: the double round(x, d) gives
+        return (np.rint(np.asarray(a) * scale) / scale).tolist()
+
     for _ in range(n_tracks):
         n = int(rng.uniform(5, 15) * 16)
-        t0 = float(rng.integers(0, 300 * 16)) / 16
-        ts = [round(t0 + i / 16, 4) for i in range(n)]
+        ts = ((int(rng.integers(0, 300 * 16)) + np.arange(n)) / 16).tolist()  # exact in binary
         w0, h0 = rng.uniform(80, 500), rng.uniform(80, 400)
         x = np.clip(rng.uniform(0, 1280 - w0) + np.cumsum(rng.normal(0, 2, n)), 0, 1200)
         y = np.clip(rng.uniform(0, 720 - h0) + np.cumsum(rng.normal(0, 2, n)), 0, 650)
         w = np.clip(w0 + np.cumsum(rng.normal(0, 1, n)), 8, 1280)
         h = np.clip(h0 + np.cumsum(rng.normal(0, 1, n)), 8, 720)
-        boxes = [[round(float(v), 2) for v in row] for row in np.stack([x, y, w, h], 1)]
-        top1 = int(rng.choice(N_CLASSES, p=class_p))
-        lbl = [top1, *(int(c) for c in rng.choice(N_CLASSES, 10, replace=False) if c != top1)][:10]
+        boxes = rounded(np.stack([x, y, w, h], 1), 2)
+        top1 = int(np.searchsorted(class_cdf, rng.random()))
+        others = [int(c) for c in rng.integers(0, N_CLASSES, 16)]
+        lbl = list(dict.fromkeys([top1, *others]))[:10]
         names = [f"class {c:04d} (also thing {c})" for c in lbl]
-
-        def stat(a: np.ndarray) -> list[float]:
-            return [round(float(v), 5) for v in a]
-
-        mu = np.sort(rng.normal(0, 1, 10))[::-1] + 2
+        mu = np.sort(rng.normal(0, 1, len(lbl)))[::-1] + 2
         tid = rng.bytes(16).hex()
         values = {
             "yid": yid, "tid": tid, "fn": track_filename(yid, names[0], tid), "video_size": [720, 1280],
             "track_ts": ts, "track_bbox": boxes, "top10_lbl": lbl, "top10_desc": names,
-            "top10_logit_mu": stat(mu), "top10_logit_std": stat(rng.uniform(0, 1, 10)),
-            "top10_wlogit_mu": stat(mu * 0.6), "top10_wlogit_std": stat(rng.uniform(0, 1, 10)),
+            "top10_logit_mu": rounded(mu, 5), "top10_logit_std": rounded(rng.uniform(0, 1, len(lbl)), 5),
+            "top10_wlogit_mu": rounded(mu * 0.6, 5), "top10_wlogit_std": rounded(rng.uniform(0, 1, len(lbl)), 5),
             "segment": [0.0, 600.0], "detector": "owlv2", "vocab_hash": "a" * 64,
-            "scores": [round(float(v), 4) for v in rng.uniform(0.1, 1, n)],
+            "scores": rounded(rng.uniform(0.1, 1, n), 4),
         }
         record = {k: values[k] for k in _CANONICAL}
         lines.append(json.dumps(record, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode() + b"\n")
@@ -93,12 +95,13 @@ def _video_bytes(v: int, n_tracks: int, class_p: np.ndarray) -> bytes:
 def _write_videos(job: tuple[str, list[tuple[int, int]]]) -> int:
     base, videos = job
     weights = 1.0 / np.arange(1, N_CLASSES + 1) ** 1.1
-    class_p = weights / weights.sum()
+    class_cdf = np.cumsum(weights / weights.sum())
+    class_cdf[-1] = 1.0
     layout = DatasetLayout(Path(base))
     for v, n in videos:
         path = layout.tracks_meta(DS, _yid(v))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_video_bytes(v, n, class_p))
+        path.write_bytes(_video_bytes(v, n, class_cdf))
     return len(videos)
 
 

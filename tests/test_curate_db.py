@@ -1063,3 +1063,103 @@ def test_help_states_the_defaults_and_that_n_is_required(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--N N [N ...] sample_random, required (no default): subset sizes in thousands of tracks" in text
     assert "(default: 100 300 500 1000)" in text and "(default: 0)" in text and "default: q90" in text
+
+
+def _line_variants(yid: str) -> list[bytes]:
+    """Lines of one metadata file: canonical records and, around them, every kind of line the
+    index's fast path must leave to the full way (or reject in the same words)."""
+    base = make_record(yid, 1, 0.5, 3).to_dict()
+    variants: list[object] = [base]
+
+    def changed(**kw: object) -> dict:
+        return {**base, **kw}
+
+    ts, box = base["track_ts"], base["track_bbox"]
+    variants += [
+        changed(track_ts=[int(t) if t == int(t) else t for t in ts]),  # ints where floats are written
+        changed(video_size=[360.0, 640.0]), changed(video_size=None), changed(video_size=[True, 640]),
+        changed(top10_lbl=[1.0, 2, 3]), changed(top10_lbl=[1, 2]), changed(top10_lbl=[-1, 2, 3]),
+        changed(top10_lbl=[2**40, 2, 3]),
+        changed(top10_desc=[1, "b", "c"]), changed(top10_logit_std=[0.1, -0.1, 0.1]),
+        changed(top10_lbl=[], top10_desc=[], top10_logit_mu=[], top10_logit_std=[], top10_wlogit_mu=[],
+                top10_wlogit_std=[]),
+        changed(track_ts=list(reversed(ts))), changed(track_ts=[]), changed(track_ts=[1e300] * len(ts)),
+        changed(track_ts=[*ts[:-1], 1e19]), changed(track_bbox=[[*b[:2], -1.0, b[3]] for b in box]),
+        changed(track_bbox=box[:-1]), changed(track_bbox=[b[:3] for b in box]), changed(track_bbox=[1.0] * len(box)),
+        changed(scores=[0.5] * (len(ts) + 1)), changed(segment=[2.0, 1.0]), changed(segment=[0.0, 9.0]),
+        changed(detector=7), changed(tid=""), changed(tid=5), changed(fn="/abs.mp4"), changed(fn="a/../b.mp4"),
+        changed(fn="x.avi"), changed(yid=yid_of(98)), changed(yid=yid + "\n"), changed(extra_key={"a": [1, 2]}),
+        changed(top10_cls=[[1.0], [0.5]]),
+        {k: v for k, v in base.items() if k != "tid"}, {k: v for k, v in base.items() if k != "fn"},
+        {k: v for k, v in base.items() if k != "track_bbox"},
+        {**{k: v for k, v in base.items() if k != "track_ts"}, "frame_ts": ts},
+        {**{k: v for k, v in base.items() if k != "fn"}, "track_mp4_filename": base["fn"]},
+        {**base, "track_ts": None},
+        [1, 2], "text", 5,
+    ]
+    lines = [json.dumps(v, separators=(",", ":")).encode() for v in variants]
+    canonical = lines[0]
+    lines += [
+        json.dumps(base, indent=1).replace("\n", " ").encode(),  # valid, not compact
+        canonical[:-1] + b',"scores":[0.5]}',  # a duplicate key: the last one counts
+        canonical.replace(b'"track_ts":[', b'"track_ts":[12345678901234567890123,', 1),  # huge integer
+        canonical.replace(b'"top10_logit_std":[0.1', b'"top10_logit_std":[NaN', 1),  # json.loads reads NaN
+        canonical.replace(b'"track_ts":[', b'"track_ts":[1e999,', 1),
+        b'{"yid": "\\ud800"}', "\ufeff".encode() + canonical, b"{not json", b"   ", b"",
+        canonical.replace(b'"test"', '"t\u00e9st \u2603"'.encode()),
+        canonical.replace(b'"test"', b'"t\\u00e9st"'),  # an escape: same value, other text
+        canonical, b"\t" + canonical + b"  ",
+    ]
+    return [line + b"\n" for line in lines] + [canonical[:40]]  # a torn last line
+
+
+def test_index_fast_path_decides_every_line_as_the_full_way(tmp_path):
+    """Every line (canonical records, records the fast path leaves to TrackRecord, bad lines,
+    a torn last line) gives the same member, companion row, counts and messages as reading the
+    file line by line through json.loads and TrackRecord, as the index did before."""
+    from utils.curate import index as index_module
+
+    yid = yid_of(5)
+    path = write_meta(tmp_path, yid, [], raw_lines=_line_variants(yid))
+    task = (str(path), path.name)
+    fast = index_module.index_meta_file(task)
+    full = index_module._index_meta_file_streaming(str(path), path.name, yid)
+    assert fast.members == full.members
+    assert repr(fast.rows) == repr(full.rows)
+    for name in ("lines", "bytes_in", "bytes_raw", "invalid", "problems", "damaged"):
+        assert getattr(fast, name) == getattr(full, name), name
+    assert fast.invalid > 20 and len(fast.members) > 10  # both kinds were there
+
+
+def test_index_of_a_damaged_file_keeps_the_lines_a_stream_keeps(tmp_path):
+    """A file cut or corrupted inside its gzip stream is read again line by line: the lines
+    before the damage are kept exactly as before, and the file is named."""
+    yid = yid_of(6)
+    records = [make_record(yid, k % 3, 0.1 * k, k, t0=2.0 * k, n=200) for k in range(40)]
+    path = write_meta(tmp_path, yid, records)
+    data = path.read_bytes()
+    from utils.curate import index as index_module
+
+    for cut in (len(data) // 3, len(data) - 5):
+        path.write_bytes(data[:cut])
+        fast = index_module.index_meta_file((str(path), path.name))
+        full = index_module._index_meta_file_streaming(str(path), path.name, yid)
+        assert fast.damaged and fast.damaged == full.damaged
+        assert fast.members == full.members and repr(fast.rows) == repr(full.rows)
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(corrupt))
+    fast = index_module.index_meta_file((str(path), path.name))
+    full = index_module._index_meta_file_streaming(str(path), path.name, yid)
+    assert fast.damaged == full.damaged and fast.members == full.members
+
+
+def test_index_output_does_not_depend_on_the_pool_window(tmp_path):
+    """Many files over a pool with few chunks in flight: same index and companion as one process."""
+    build_db(tmp_path, videos=70, per_video=2, seed=9)
+    target = DatasetLayout(tmp_path).relative(INDEX)
+    assert index(tmp_path) == 0
+    one = (target.read_bytes(), pq.read_table(companion_path(target)))
+    assert index(tmp_path, "--num_workers", "3") == 0
+    three = (target.read_bytes(), pq.read_table(companion_path(target)))
+    assert one[0] == three[0] and one[1].equals(three[1])

@@ -45,6 +45,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -63,6 +64,7 @@ __all__ = [
     "RecordsRead",
     "TrackRecord",
     "TrackRecordError",
+    "canonical_record_scalars",
     "compute_tid",
     "iter_records",
     "read_provenance",
@@ -463,6 +465,98 @@ class TrackRecord:
         except json.JSONDecodeError as exc:
             raise TrackRecordError(f"not a JSON line: {exc}") from None
         return cls.from_dict(data, validate)
+
+
+# ---------------------------------------------------------------------------- fast check
+
+_TOP10_FLOATS = ("top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
+_FLOAT = {float}
+_BIG = 1e18
+_CANONICAL_SET = frozenset(_CANONICAL)
+
+
+def _floats_ok(values: Any) -> bool:
+    """A list of Python floats, all finite and below 1e18 in magnitude (a sum is finite only
+    when every term is; larger values, where a parser may have read a huge integer as a
+    float, are left to the full check)."""
+    return type(values) is list and set(map(type, values)) <= _FLOAT and math.isfinite(sum(values)) and (
+        not values or (-_BIG < min(values) and max(values) < _BIG))
+
+
+_label_cache: dict[str, str] = {}
+
+
+def _label(desc: str) -> str:
+    label = _label_cache.get(desc)
+    if label is None:
+        if len(_label_cache) > 100_000:
+            _label_cache.clear()
+        label = _label_cache[desc] = label_of(desc)
+    return label
+
+
+def canonical_record_scalars(rec: TrackRecord, expected_yid: str) -> tuple | None:
+    """For a record made with ``from_dict(data, validate=False)``: the index's scalars of it
+    (``yid tid fn label label_id score logit duration num_frames t_start t_end video_h
+    video_w``) when its fields already have exactly the types coercion gives (``str``, lists
+    of ``float``, lists of ``int``) and it passes :meth:`TrackRecord.validate` with the yid
+    ``expected_yid``; then the full construction would change nothing. None when it cannot
+    say so cheaply (another type, a bad value): build the record the full way to know.
+    Never accepts a record the full way rejects."""
+    yid, tid, fn, ts, bbox = rec.yid, rec.tid, rec.fn, rec.track_ts, rec.track_bbox
+    if type(yid) is not str or yid != expected_yid or type(tid) is not str or not tid:
+        return None
+    if type(fn) is not str or not fn.endswith(".mp4") or fn.startswith("/") or "\\" in fn or ".." in fn:
+        return None
+    if not _floats_ok(ts) or not ts or sorted(ts) != ts:
+        return None
+    n = len(ts)
+    if type(bbox) is not list or len(bbox) != n or set(map(type, bbox)) != {list} or set(map(len, bbox)) != {4}:
+        return None
+    flat = list(chain.from_iterable(bbox))
+    if not _floats_ok(flat) or min(flat[2::4]) < 0 or min(flat[3::4]) < 0:
+        return None
+    size = rec.video_size
+    if size is not None:
+        if type(size) is not list or len(size) != 2 or set(map(type, size)) != {int} or min(size) <= 0 \
+                or max(size) >= 1 << 31:
+            return None
+        video_h, video_w = size
+    else:
+        video_h, video_w = -1, -1
+    lengths = set()
+    lbl, desc = rec.top10_lbl, rec.top10_desc
+    if lbl is not None:
+        if type(lbl) is not list or not set(map(type, lbl)) <= {int} or (lbl and (min(lbl) < 0 or max(lbl) >= 1 << 31)):
+            return None
+        lengths.add(len(lbl))
+    if desc is not None:
+        if type(desc) is not list or not set(map(type, desc)) <= {str}:
+            return None
+        lengths.add(len(desc))
+    for name in _TOP10_FLOATS:
+        values = getattr(rec, name)
+        if values is not None:
+            if not _floats_ok(values) or (name.endswith("_std") and values and min(values) < 0):
+                return None
+            lengths.add(len(values))
+    if len(lengths) > 1:
+        return None
+    seg = rec.segment
+    if seg is not None and (not _floats_ok(seg) or len(seg) != 2 or seg[1] < seg[0]):
+        return None
+    if rec.scores is not None and (not _floats_ok(rec.scores) or len(rec.scores) != n):
+        return None
+    for name in ("detector", "vocab_hash"):
+        value = getattr(rec, name)
+        if value is not None and type(value) is not str:
+            return None
+    if type(rec.extra) is not dict or set(rec.extra) & _CANONICAL_SET:
+        return None
+    wmu, mu = rec.top10_wlogit_mu, rec.top10_logit_mu
+    return (yid, tid, fn, _label(desc[0]) if desc else None, lbl[0] if lbl else -1,
+            wmu[0] if wmu else math.nan, mu[0] if mu else math.nan,
+            ts[-1] - ts[0], n, ts[0], ts[-1], video_h, video_w)
 
 
 # ---------------------------------------------------------------------------- provenance
