@@ -7,9 +7,9 @@ minimum-redundancy subsets.
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_random --N 82 184 259 392
   python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_class_balanced \\
       --Nc 100 300 500 1000 [--temperature 0 0.1 inf] [--min_motion 1.] [--min_nn_dist D] [--max_spt_iou V --iou_tbuff S]
-  python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_max_motion \
+  python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_max_motion \\
       --Nc 100 300 500 1000 [--motion_column q90]          # per class, the Nc tracks that move most
-  python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_min_red \
+  python curate_db.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --action sample_min_red \\
       --Nc 100 300 500 1000 [--max_swaps S]                # per class, Nc tracks far apart in embedding space
 
 What each action writes and promises: utils/curate/. Exit status: 0 all good, 1 the index
