@@ -160,8 +160,9 @@ def original_index_db(base: Path, index_file: Path, workers: int) -> float:
                    for ck in range(num_chunks)]
         for res in results:
             res.get()
-    for ck in range(num_chunks):
-        subprocess.run(f"cat {index_file}.part{ck} >> {index_file}", shell=True, check=True)
+    with open(index_file, "ab") as out:  # the original appended each part with `cat part >> index`
+        for ck in range(num_chunks):
+            subprocess.run(["cat", f"{index_file}.part{ck}"], stdout=out, check=True)
     for ck in range(num_chunks):
         os.remove(f"{index_file}.part{ck}")
     return time.perf_counter() - started
