@@ -404,14 +404,16 @@ def test_cookiefile_reaches_the_server_and_sleep_interval_paces_downloads(tmp_pa
     cookies = tmp_path / "cookies.txt"
     cookies.write_text("# Netscape HTTP Cookie File\n"
                        "127.0.0.1\tFALSE\t/\tFALSE\t2147483647\tSESSION\tlogged-in-token\n")
-    proc = stage(tmp_path, server, ids, "--cookiefile", cookies, "--sleep_interval", "1.0")
+    proc = stage(tmp_path, server, ids, "--cookiefile", cookies, "--sleep_interval", "2.0")
     assert proc.returncode == 0, proc.stderr
     for yid in ids:
         assert all("SESSION=logged-in-token" in r.headers.get("Cookie", "") for r in server.requests_for(path_of(yid)))
     starts = [server.requests_for(path_of(yid))[0].time for yid in ids]
-    # the pacer spaces download starts >= 1 s; yt-dlp's own start-up before its first request
-    # varies with load, so the server sees the gaps give or take a few tenths of a second
-    assert all(b - a >= 0.7 for a, b in zip(starts, starts[1:], strict=False))
+    # The pacer spaces download starts >= 2 s (exactly: test_pacer_spaces_downloads). The
+    # server sees each start plus yt-dlp's own start-up, which varies by a second or more on a
+    # loaded machine (a CI run saw < 0.7 s for a 1 s interval), so this only checks the spacing
+    # is clearly there; unpaced, these tiny downloads start a few tenths of a second apart.
+    assert all(b - a >= 1.0 for a, b in zip(starts, starts[1:], strict=False)), starts
 
 
 def test_bad_flags_are_usage_errors(tmp_path, server):
