@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,48 @@ class VideoTracks:
     video_seconds: float  # seconds of video covered by the parsed segments
     frames: int  # frames sampled and detected
     tracks_before_filter: int
+    #: one per record, in the same order: the L2-normalised mean of the track's detection
+    #: embeddings (float32, the detector's class-embedding space), None when it had none
+    embeddings: list[np.ndarray | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VideoContext:
+    """What turning one video's track histories into records needs besides the histories."""
+
+    yid: str
+    source_size: tuple[int, int]  # (h, w)
+    class_names: Sequence[str]
+    detector_name: str
+    vocab_hash: str | None
+    extra: dict[str, Any]
+
+
+def video_context(yid: str, source_size: tuple[int, int], detector: Detector, class_names: Sequence[str],
+                  vocab_hash: str | None) -> VideoContext:
+    prov = detector.provenance() if hasattr(detector, "provenance") else {}
+    name = str(prov.get("detector") or getattr(detector, "name", type(detector).__name__))
+    return VideoContext(yid, source_size, class_names, name, vocab_hash, {"weights": prov.get("weights")})
+
+
+def records_from_histories(
+    histories: Iterable[TrackHistory], segment: tuple[float, float], context: VideoContext, config: ParseConfig,
+) -> tuple[list[TrackRecord], list[np.ndarray | None]]:
+    """The kept tracks of one segment as records, and each one's mean embedding (same order).
+    Every way of parsing a video (plain or pipelined) builds its records here."""
+    src_h, src_w = context.source_size
+    records: list[TrackRecord] = []
+    embeddings: list[np.ndarray | None] = []
+    for history in histories:
+        if not keep_track(history, config.min_track_len, config.min_track_area, src_h * src_w):
+            continue
+        records.append(TrackRecord.from_history(
+            context.yid, history.timestamps, history.xyxy, history.class_logits, history.scores,
+            context.class_names, (src_h, src_w), segment=segment, detector=context.detector_name,
+            vocab_hash=context.vocab_hash, extra=context.extra,
+        ))
+        embeddings.append(history.embedding_mean)
+    return records, embeddings
 
 
 def parse_video(
@@ -243,11 +285,10 @@ def parse_video(
     """
     info = probe_video(video_path)
     src_h, src_w = info.height, info.width
-    prov = detector.provenance() if hasattr(detector, "provenance") else {}
-    name = str(prov.get("detector") or getattr(detector, "name", type(detector).__name__))
-    extra = {"weights": prov.get("weights")}
+    context = video_context(yid, (src_h, src_w), detector, class_names, vocab_hash)
     tracker = config.make_tracker()
     records: list[TrackRecord] = []
+    embeddings: list[np.ndarray | None] = []
     frames = found = 0
     seconds = 0.0
     for start, end in segments:
@@ -258,11 +299,7 @@ def parse_video(
         frames += n
         seconds += covered
         found += len(histories)
-        for history in histories:
-            if not keep_track(history, config.min_track_len, config.min_track_area, src_h * src_w):
-                continue
-            records.append(TrackRecord.from_history(
-                yid, history.timestamps, history.xyxy, history.class_logits, history.scores, class_names,
-                (src_h, src_w), segment=(start, end), detector=name, vocab_hash=vocab_hash, extra=extra,
-            ))
-    return VideoTracks(records, (src_h, src_w), seconds, frames, found)
+        kept, kept_embeddings = records_from_histories(histories, (start, end), context, config)
+        records += kept
+        embeddings += kept_embeddings
+    return VideoTracks(records, (src_h, src_w), seconds, frames, found, embeddings)
