@@ -15,6 +15,9 @@ from utils.clips.stage import EXTRACT_TRACKS_STAGE
 from utils.detect.stage import PARSE_TRACKS_STAGE
 from utils.ingest.stage import BLUR_FACES_STAGE, DOWNLOAD_VIDEOS_STAGE
 from utils.metrics.stage import VISUAL_METRICS_STAGE
+from utils.records.track_embeddings import write_video_tracks
+from utils.records.tracks import Provenance, TrackRecord
+from utils.relabel.stage import RELABEL_TRACKS_STAGE
 from utils.runner.cli import parse_config
 from utils.runner.slurm import ShardJob
 
@@ -44,6 +47,12 @@ def big_inputs(tmp_path_factory) -> dict[str, Path]:
             }) + "\n")
     prompts = root / "prompts.txt"
     prompts.write_text("cat\ndog\n")
+    # one parsed video with track embeddings, what relabel_tracks.py needs to start
+    from utils.core.layout import DatasetLayout
+    first = TrackRecord(yid=_yid(0), tid=f"{0:032x}", fn=f"{_yid(0)[:2]}/{_yid(0)}-cat-{0:032x}.mp4",
+                        track_ts=[0.0, 1.0], track_bbox=[[10, 10, 100, 100]] * 2)
+    write_video_tracks(DatasetLayout(root / "db").tracks_meta("SRC", _yid(0)), [first], [[1.0, 0.0]],
+                       Provenance(detector="ground_truth", vocab_hash="0" * 64, classes=2, detector_spec="ground_truth"))
     return {"root": root, "yids": yids, "index": index, "prompts": prompts}
 
 
@@ -57,11 +66,14 @@ def _flags(inputs: dict[str, Path], stage) -> list[str]:
         "extract_tracks": base + yids,
         "visual_metrics": base + ["--index_file", str(inputs["index"]), "--metric", "motion"],
         "download_tracks": base + ["--db_meta_file", str(inputs["index"])],
+        "relabel_tracks": base + ["--index_file", str(inputs["index"]), "--class_prompts", str(inputs["prompts"]),
+                                  "--dataset_name", "NEW", "--source_dataset_name", "SRC"],
     }[stage.name]
 
 
 @pytest.mark.parametrize("stage", [DOWNLOAD_VIDEOS_STAGE, BLUR_FACES_STAGE, PARSE_TRACKS_STAGE, EXTRACT_TRACKS_STAGE,
-                                   VISUAL_METRICS_STAGE, DOWNLOAD_TRACKS_STAGE], ids=lambda s: s.name)
+                                   VISUAL_METRICS_STAGE, DOWNLOAD_TRACKS_STAGE, RELABEL_TRACKS_STAGE],
+                         ids=lambda s: s.name)
 def test_pickled_job_stays_small_after_listing_a_large_index(big_inputs, stage):
     config, _slurm = parse_config(stage, _flags(big_inputs, stage))
     config = stage.validate(config)

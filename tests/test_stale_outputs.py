@@ -33,6 +33,7 @@ from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout, report_path
 from utils.detect.stage import PARSE_TRACKS_STAGE, expected_weights_id, provenance_matches
 from utils.records.prompts import read_prompts, vocabulary_hash
+from utils.records.track_embeddings import embeddings_path, embeddings_problem
 from utils.records.tracks import (
     Provenance,
     TrackRecord,
@@ -206,6 +207,31 @@ def test_files_from_before_provenance_headers(tmp_path, db, prompts_file, ground
     assert "1 done, 1 skipped" in capsys.readouterr().err  # the old file with tracks is still good
     assert read_provenance(meta_path(db)).source == "records"
     assert read_provenance(meta_path(db, EMPTY)).source == "header"
+
+
+def test_metadata_without_embeddings_waits_for_reparse_stale(tmp_path, db, prompts_file, ground_truth, capsys):
+    """Metadata from before parse_tracks kept track embeddings (or whose -emb.parquet was
+    removed) is not done, but re-detecting costs GPU time: like another vocabulary it stops the
+    run, saying so, until --reparse_stale; an embeddings file of another version of the records
+    (a kill between the two writes of a re-parse) is simply parsed again."""
+    assert parse(db, tmp_path, prompts_file) == EXIT_OK
+    emb = embeddings_path(meta_path(db))
+    assert emb.exists()
+    emb.unlink()
+    capsys.readouterr()
+    assert parse(db, tmp_path, prompts_file) == EXIT_USAGE
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")][0]
+    assert "1 of the 2 videos" in line and "1 without track embeddings" in line and "--reparse_stale" in line
+    assert parse(db, tmp_path, prompts_file, "--reparse_stale") == EXIT_OK
+    assert "1 done, 1 skipped" in capsys.readouterr().err
+    assert embeddings_problem(meta_path(db)) is None
+
+    # The embeddings file of the other video, now written for different records: parsed again.
+    other = embeddings_path(meta_path(db, EMPTY))
+    other.write_bytes(emb.read_bytes())
+    assert parse(db, tmp_path, prompts_file) == EXIT_OK
+    assert "1 done, 1 skipped" in capsys.readouterr().err
+    assert embeddings_problem(meta_path(db, EMPTY)) is None
 
 
 def test_damaged_metadata_is_stale(tmp_path, db, prompts_file, ground_truth, capsys):

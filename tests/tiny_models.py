@@ -44,6 +44,8 @@ def build_tiny_owlv2(tokenizer_dir: str | os.PathLike) -> tuple[Any, Any]:
         Owlv2Processor,
     )
 
+    from utils.detect.detectors.owlv2 import spread_random_heads
+
     folder = Path(tokenizer_dir)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {"!": 0}
@@ -70,15 +72,7 @@ def build_tiny_owlv2(tokenizer_dir: str | os.PathLike) -> tuple[Any, Any]:
     )
     torch.manual_seed(0)
     model = Owlv2ForObjectDetection(config).eval()
-    # The library's initialisation saturates the random heads (boxes of width 0 or 1): give
-    # them fan-in scaled weights so the boxes vary around the patch grid, as trained ones do.
-    with torch.no_grad():
-        for head in (model.box_head, model.objectness_head, model.class_head):
-            for layer in head.modules():
-                if isinstance(layer, torch.nn.Linear):
-                    torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
-                    torch.nn.init.zeros_(layer.bias)
-        model.box_head.dense2.weight.mul_(0.3)
+    spread_random_heads(model)
     return model, processor
 
 
@@ -95,16 +89,19 @@ def save_tiny_owlv2(folder: str | os.PathLike) -> Path:
 
 
 def write_ground_truth(
-    video: SyntheticVideo, path: str | os.PathLike, *, delay_s: float = 0.0, marker: str | os.PathLike | None = None
+    video: SyntheticVideo, path: str | os.PathLike, *, delay_s: float = 0.0, marker: str | os.PathLike | None = None,
+    **detector_options: Any,
 ) -> Path:
     """Write a synthetic video's boxes for :class:`FixtureDetector`. ``delay_s`` slows each
-    ``detect`` call; ``marker`` is a file touched after each call (tests that kill a run)."""
+    ``detect`` call; ``marker`` is a file touched after each call (tests that kill a run);
+    ``detector_options`` go to ``GroundTruthDetector`` (e.g. ``embedding="class"``,
+    ``track_noise=0.3``: box embeddings that are their class's text direction plus noise)."""
     boxes: dict[str, list] = {}
     for b in video.boxes:
         boxes.setdefault(repr(round(b.time, 6)), []).append([list(b.xyxy), b.class_name, b.identity])
     spec = {
         "size": [video.width, video.height], "boxes": boxes, "delay_s": float(delay_s),
-        "marker": None if marker is None else str(marker),
+        "marker": None if marker is None else str(marker), "options": detector_options,
     }
     path = Path(path)
     path.write_text(json.dumps(spec))
@@ -130,12 +127,19 @@ class FixtureDetector(Detector):
         self.source_w, self.source_h = spec["size"]
         self.delay_s = float(spec.get("delay_s") or 0.0)
         self.marker = spec.get("marker")
+        # objects of classes outside the vocabulary are not detected (a text-only build for a
+        # search query or another vocabulary names none of them)
         table = {
-            float(ts): [(xyxy, self.class_names.index(label), identity) for xyxy, label, identity in entries]
+            float(ts): [(xyxy, self.class_names.index(label), identity) for xyxy, label, identity in entries
+                        if label in self.class_names]
             for ts, entries in spec["boxes"].items()
         }
-        self.inner = GroundTruthDetector(self.class_names, table, clip=False)
+        self.inner = GroundTruthDetector(self.class_names, table, clip=False, **(spec.get("options") or {}))
         self.calls = 0
+
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """The ground-truth detector's text encoder (see ``GroundTruthDetector``)."""
+        return self.inner.embed_text(prompts)
 
     def detect(self, frames: Sequence[np.ndarray], timestamps: Sequence[float] | None = None) -> list[Detections]:
         out = []

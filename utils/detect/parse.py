@@ -24,7 +24,8 @@ from tqdm import tqdm
 from utils.core.config import option
 from utils.core.errors import SystemicError
 from utils.core.video import Frame, probe_video, read_frames
-from utils.detect.detectors import Detector
+from utils.detect.detectors import Detections, Detector
+from utils.detect.detectors.owlv2 import PRECISIONS
 from utils.detect.tracking import ByteTracker, TrackHistory
 from utils.detect.tracking.bytetrack import DEFAULTS as TRACKER_DEFAULTS
 from utils.records.tracks import TrackRecord
@@ -68,6 +69,14 @@ class ParseConfig:
                                     "(24 = 0.8 s)")
     motion_weight: float = option(TRACKER_DEFAULTS.motion_weight, group=TRACKER_GROUP,
                                   help="weight of motion (1 - IoU) against appearance in the matching cost")
+    decode_workers: int = option(
+        0, group=PARSE_GROUP,
+        help="processes that decode and resize segments ahead of the detector (several segments and videos at "
+             "once; batches then fill across segment and video boundaries); 0: decode in a thread of this process")
+    precision: str = option("auto", group=PARSE_GROUP, choices=PRECISIONS,
+                            help="OWLv2 precision: auto (float16 weights on CUDA, float32 on CPU), fp32, or bf16/fp16 "
+                                 "autocast with float32 weights")
+    compile: bool = option(False, group=PARSE_GROUP, help="OWLv2: run the image side through torch.compile")
 
     def __post_init__(self) -> None:
         if self.max_side == 0:  # the flag's "source size"
@@ -153,6 +162,25 @@ def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
         yield batch
 
 
+def update_tracker(tracker: ByteTracker, dets: Detections, frame_hw: tuple[int, int], time: float,
+                   source_size: tuple[int, int]) -> None:
+    """Feed one frame's detections (in the pixels of its ``frame_hw`` sampled frame) to the
+    tracker, boxes scaled to source pixels and clipped to the source frame."""
+    src_h, src_w = source_size
+    h, w = frame_hw
+    scale = np.array([src_w / w, src_h / h, src_w / w, src_h / h], dtype=np.float64)
+    boxes = np.clip(dets.xyxy.astype(np.float64) * scale, 0.0, [src_w, src_h, src_w, src_h])
+    tracker.update(boxes, dets.score, dets.embedding, dets.class_logits, timestamp=time)
+
+
+def check_detections(detector: Detector, detections: Sequence[Detections], frames: int) -> None:
+    """One result per frame, or the detector is broken (systemic)."""
+    if len(detections) != frames:
+        raise SystemicError(
+            f"detector {getattr(detector, 'name', detector)!r} returned {len(detections)} results for {frames} frames"
+        )
+
+
 def track_segment(
     video_path: str | Path,
     segment: tuple[float, float],
@@ -169,7 +197,6 @@ def track_segment(
     with its frame count and the time of its last frame.
     """
     start, end = segment
-    src_h, src_w = source_size
     tracker = tracker if tracker is not None else config.make_tracker()
     tracker.reset()
     frames = _prefetch(
@@ -182,16 +209,9 @@ def track_segment(
             images = [f.image for f in batch]
             times = [f.time for f in batch]
             detections = detector.detect(images, times)
-            if len(detections) != len(batch):
-                raise SystemicError(
-                    f"detector {getattr(detector, 'name', detector)!r} returned {len(detections)} results "
-                    f"for {len(batch)} frames"
-                )
+            check_detections(detector, detections, len(batch))
             for frame, dets in zip(batch, detections, strict=True):
-                h, w = frame.image.shape[:2]
-                scale = np.array([src_w / w, src_h / h, src_w / w, src_h / h], dtype=np.float64)
-                boxes = np.clip(dets.xyxy.astype(np.float64) * scale, 0.0, [src_w, src_h, src_w, src_h])
-                tracker.update(boxes, dets.score, dets.embedding, dets.class_logits, timestamp=frame.time)
+                update_tracker(tracker, dets, frame.image.shape[:2], frame.time, source_size)
             count += len(batch)
             if on_frames is not None:
                 on_frames(len(batch), batch[-1].time)
@@ -214,6 +234,12 @@ class _SegmentProgress:
 
     def finish(self) -> None:
         self(0, self.end)
+
+
+def covered_seconds(segment: tuple[float, float], duration: float) -> float:
+    """Seconds of a video of ``duration`` seconds that ``segment`` covers."""
+    start, end = segment
+    return max(0.0, min(end, duration) - start)
 
 
 @dataclass
@@ -292,7 +318,7 @@ def parse_video(
     frames = found = 0
     seconds = 0.0
     for start, end in segments:
-        covered = max(0.0, min(end, info.duration) - start)
+        covered = covered_seconds((start, end), info.duration)
         shown = _SegmentProgress(progress, start, start + covered)
         histories, n = track_segment(video_path, (start, end), detector, config, (src_h, src_w), tracker, shown)
         shown.finish()

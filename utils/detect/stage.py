@@ -1,7 +1,9 @@
 """parse_tracks.py: the detector built from the flags, and one metadata file per video
 (``tracks_meta/<dataset_name>/<yid[:2]>/<yid>-meta.jsonl.gzip``), written atomically once every
-segment is parsed. A video without a segment file yet is *not ready*; an empty one is done
-with no tracks.
+segment is parsed, with each kept track's embedding beside it (``<yid>-emb.parquet``,
+:mod:`utils.records.track_embeddings`: written first, and the metadata counts as done only with
+the embeddings file written with it). A video without a segment file yet is *not ready*; an
+empty one is done with no tracks.
 
 A metadata file is done only for what produced it: its gzip header records the detector, the
 weights id and the vocabulary hash (:class:`~utils.records.tracks.Provenance`, read without
@@ -24,7 +26,7 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,6 @@ from typing import Any
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import nested, option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError, is_systemic
-from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
 from utils.core.models import DEVICE_HELP
 from utils.core.progress import progress_bar
@@ -42,9 +43,11 @@ from utils.detect.detectors import DEFAULT_DETECTOR, Detector, DetectorError, ma
 from utils.detect.detectors.base import detector_factory
 from utils.detect.detectors.owlv2 import DEFAULT_MODEL_ID as OWLV2_DEFAULT_MODEL_ID
 from utils.detect.parse import DEFAULT_PROMPTS_ASSET, PARSE_GROUP, ParseConfig, parse_video
+from utils.detect.pipeline import ParsePipeline
 from utils.records.prompts import Vocabulary, read_prompts
 from utils.records.segments import read_segments
-from utils.records.tracks import Provenance, RecordsFileError, read_provenance, records_to_jsonl_gz_bytes
+from utils.records.track_embeddings import embeddings_path, embeddings_problem, write_video_tracks
+from utils.records.tracks import Provenance, RecordsFileError, read_provenance
 from utils.runner.stage import (
     Stage,
     StageConfig,
@@ -55,6 +58,9 @@ from utils.runner.stage import (
 )
 
 log = logging.getLogger(__name__)
+
+#: with --decode_workers, at most this many items past the current one are looked at to decode ahead
+LOOKAHEAD_ITEMS = 32
 
 
 # ---------------------------------------------------------------------------- detector
@@ -80,11 +86,24 @@ def detector_options(config: ParseTracksConfig, vocab: Vocabulary) -> dict[str, 
     if config.parse.nms_threshold is not None:
         wanted["nms_threshold"] = config.parse.nms_threshold
     options = {k: v for k, v in wanted.items() if accepts(k)}
+    options.update(_speed_options(config, accepts))
     if config.model is not None:
         key = "weights" if config.detector == "detic" else "model_id"
         if not accepts(key):
             raise UsageError(f"--model: detector {config.detector!r} takes no {key!r} option")
         options[key] = str(config.model)
+    return options
+
+
+def _speed_options(config: ParseTracksConfig, accepts: Callable[[str], bool]) -> dict[str, Any]:
+    """``--precision`` and ``--compile`` when not their defaults; a :class:`UsageError` when the
+    detector takes no such option."""
+    options: dict[str, Any] = {}
+    for key, value, default in (("precision", config.parse.precision, "auto"), ("compile", config.parse.compile, False)):
+        if value != default:
+            if not accepts(key):
+                raise UsageError(f"--{key}: detector {config.detector!r} takes no {key!r} option")
+            options[key] = value
     return options
 
 
@@ -163,6 +182,8 @@ def provenance_matches(found: Provenance | None, expected: Provenance) -> bool:
 
 _NO_PROVENANCE = "without provenance (written before parse_tracks recorded it, or by another tool)"
 _UNREADABLE = "unreadable (damaged metadata file)"
+_NO_EMBEDDINGS = "without track embeddings (parsed before parse_tracks kept them, or the -emb.parquet file was removed)"
+_NOT_WITH = (_NO_PROVENANCE, _UNREADABLE, _NO_EMBEDDINGS)  # descriptions that read without "with"
 
 
 @dataclass
@@ -178,12 +199,15 @@ class StaleScan:
         return sum(self.stale.values())
 
     def groups(self) -> str:
-        return "; ".join(f"{n} {'with ' if what not in (_NO_PROVENANCE, _UNREADABLE) else ''}{what}"
+        return "; ".join(f"{n} {'with ' if what not in _NOT_WITH else ''}{what}"
                          for what, n in sorted(self.stale.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _file_state(path: Path, expected: Provenance) -> str | None:
-    """``""``: no file; ``None``: done for ``expected``; else what the file was parsed with."""
+    """``""``: no file; ``None``: made for ``expected`` (whether its embeddings file is the one
+    written with it is :meth:`ParseTracksStage.output_exists`'s to check); else what the file
+    was parsed with, or that it has no embeddings file at all: re-parsing it costs detector time,
+    so like another vocabulary it waits for ``--reparse_stale``."""
     try:
         found = read_provenance(path)
     except FileNotFoundError:
@@ -193,7 +217,7 @@ def _file_state(path: Path, expected: Provenance) -> str | None:
             raise
         return _UNREADABLE
     if provenance_matches(found, expected):
-        return None
+        return None if embeddings_path(path).exists() else _NO_EMBEDDINGS
     if found is None or not found.known:
         return _NO_PROVENANCE
     return found.describe()
@@ -242,8 +266,8 @@ def check_stale(config: ParseTracksConfig) -> StaleScan:
     videos = f"{n} of the {scan.existing} video{'s' if scan.existing != 1 else ''} of this run with metadata in {folder}"
     if not config.reparse_stale:
         raise UsageError(
-            f"{videos} {'was' if n == 1 else 'were'} parsed with another detector, weights or vocabulary than this "
-            f"run's ({scan.expected.describe()}): {scan.groups()}. Re-run with --reparse_stale to parse "
+            f"{videos} {'was' if n == 1 else 'were'} parsed otherwise than this run would "
+            f"({scan.expected.describe()}, with track embeddings): {scan.groups()}. Re-run with --reparse_stale to parse "
             f"{'it' if n == 1 else f'these {n}'} again" + (f" (the other {ok} {'is' if ok == 1 else 'are'} skipped)"
                                                          if ok else "")
             + ", or give another --dataset_name"
@@ -262,6 +286,8 @@ class _Resources:
     vocab: Vocabulary
     config: ParseConfig
     provenance: Provenance  # what every metadata file of the run records in its header
+    pipeline: ParsePipeline | None = None  # --decode_workers > 0
+    items: list[str] = dataclasses.field(default_factory=list)  # this rank's, in order (what to decode ahead)
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
@@ -286,7 +312,8 @@ class ParseTracksConfig(StageConfig):
                                     "DETIC weights path or URL")
     reparse_stale: bool = option(
         False, group=PARSE_GROUP,
-        help="parse again the videos whose metadata were made with another detector, weights or vocabulary "
+        help="parse again the videos whose metadata were made with another detector, weights or vocabulary, "
+             "or before parse_tracks kept track embeddings "
              "(without it such a run stops before any work, saying how many and with what)")
     parse: ParseConfig = nested(ParseConfig)
 
@@ -318,10 +345,13 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
             _check_range(name, getattr(config.parse, name), 0.0, 1.0)
         if config.parse.track_buffer < 0:
             raise UsageError(f"--track_buffer must be >= 0, got {config.parse.track_buffer}")
+        if config.parse.decode_workers < 0:
+            raise UsageError(f"--decode_workers must be >= 0, got {config.parse.decode_workers}")
         try:
-            detector_factory(config.detector)
+            factory = detector_factory(config.detector)
         except (ValueError, DetectorError) as exc:
             raise UsageError(f"--detector: {exc}") from None
+        _speed_options(config, _accepts(factory))
         try:
             prompts = resolve_asset(config.class_prompts, DEFAULT_PROMPTS_ASSET)
             read_prompts(prompts)
@@ -345,10 +375,12 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         expected = expected_provenance(config)
         state = _file_state(path, expected)
         if state is None:
-            return True
+            # done only with the embeddings file written with it: another one is what a kill between
+            # the two writes of a re-parse leaves
+            return embeddings_problem(path) is None
         if state == "" or config.reparse_stale:
             return False
-        raise ItemError(f"{path} was parsed {'with ' if state not in (_NO_PROVENANCE, _UNREADABLE) else ''}{state}, "
+        raise ItemError(f"{path} was parsed {'with ' if state not in _NOT_WITH else ''}{state}, "
                         f"not with this run's {expected.describe()}: re-run with --reparse_stale",
                         transient=True, category="stale_metadata")
 
@@ -361,7 +393,33 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         name = str(prov.get("detector") or getattr(detector, "name", type(detector).__name__))
         provenance = dataclasses.replace(expected_provenance(config), detector=name, vocab_hash=vocab.hash,
                                          classes=len(vocab))
-        return _Resources(detector, vocab, config.parse, provenance)
+        if config.parse.decode_workers == 0:
+            return _Resources(detector, vocab, config.parse, provenance)
+        pipeline = ParsePipeline(detector, vocab.labels, config.parse, vocab_hash=vocab.hash)
+        return _Resources(detector, vocab, config.parse, provenance, pipeline, _items_of_this_run(config))
+
+    def teardown(self, resources: _Resources) -> None:
+        if resources.pipeline is not None:
+            resources.pipeline.close()
+
+    def _ahead(self, config: ParseTracksConfig, item: str, resources: _Resources) -> Iterator[tuple[str, Path, Any]]:
+        """The videos after ``item`` in this rank's list that :meth:`process` will parse (not
+        done, segments and video present), for the pipeline to decode ahead; lazily."""
+        layout = DatasetLayout(config.base_dir)
+        try:
+            position = resources.items.index(item)
+        except ValueError:
+            return
+        for other in resources.items[position + 1:position + 1 + LOOKAHEAD_ITEMS]:
+            try:
+                if self.output_exists(config, other):
+                    continue
+                segments = read_segments(layout.video_segments(other))
+                video_path = layout.video_mp4(other)
+            except (ItemError, OSError, ValueError):  # process() reports it when it gets there
+                continue
+            if segments and video_path.exists():
+                yield other, video_path, segments
 
     def process(self, config: ParseTracksConfig, item: str, resources: _Resources) -> dict[str, float]:
         layout = DatasetLayout(config.base_dir)
@@ -374,7 +432,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         except ValueError as exc:
             raise ItemError(f"{segm_path}: {exc}", category="bad_segments") from None
         if not segments:
-            atomic_write_bytes(out_path, records_to_jsonl_gz_bytes([], resources.provenance))
+            write_video_tracks(out_path, [], [], resources.provenance)
             return {"video_s": 0.0, "frames": 0.0, "tracks": 0.0}
         video_path = layout.video_mp4(item)
         if not video_path.exists():
@@ -383,15 +441,19 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         with progress_bar(total=round(total, 2), unit="s", desc=f"{item} video", inner=True,
                           bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}, {rate_fmt}]") as bar:
             try:
-                result = parse_video(
-                    video_path, item, segments, resources.detector, resources.vocab.labels, resources.config,
-                    vocab_hash=resources.vocab.hash, progress=bar,
-                )
+                if resources.pipeline is not None:
+                    result = resources.pipeline.parse(item, video_path, segments,
+                                                      self._ahead(config, item, resources), progress=bar)
+                else:
+                    result = parse_video(
+                        video_path, item, segments, resources.detector, resources.vocab.labels, resources.config,
+                        vocab_hash=resources.vocab.hash, progress=bar,
+                    )
             except VideoError as exc:
                 raise ItemError(f"corrupt video: {exc}", category=exc.category) from None
             except DetectorError as exc:
                 raise SystemicError(f"detector failed on {item}: {exc}") from exc
-        atomic_write_bytes(out_path, records_to_jsonl_gz_bytes(result.records, resources.provenance))
+        write_video_tracks(out_path, result.records, result.embeddings, resources.provenance)
         return {"video_s": result.video_seconds, "frames": float(result.frames), "tracks": float(len(result.records))}
 
 

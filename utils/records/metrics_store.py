@@ -69,6 +69,7 @@ __all__ = [
     "MetricsError",
     "VectorSource",
     "load_metric_columns",
+    "match_file_keys",
     "metric_dir",
     "metric_files",
     "write_metric_file",
@@ -224,20 +225,28 @@ def _as_strings(column: pa.ChunkedArray, path: Path, name: str) -> pa.Array:
 
 
 def _match_keys(folder: Path, metric: str, index_tids: pa.Array, index_fns: pa.Array) -> tuple[_Keys, MetricReport]:
-    report = MetricReport(metric=metric, folder=str(folder), index_rows=len(index_tids))
     files = metric_files(folder)
     if not files:
         raise MetricsError(
             f"no {metric} metric files (*.parquet) in {folder}: run visual_metrics.py --metric {metric} first"
         )
+    return match_file_keys(files, metric, str(folder), index_tids, index_fns)
+
+
+def match_file_keys(files: Sequence[Path], metric: str, where: str, index_tids: pa.Array,
+                    index_fns: pa.Array) -> tuple[_Keys, MetricReport]:
+    """Match the ``tid``/``fn`` rows of ``files`` (in this order) to the index rows: the join
+    every reader of this format shares (``where`` names the files in reports)."""
+    report = MetricReport(metric=metric, folder=where, index_rows=len(index_tids))
+    files = list(files)
     tids, fns, sizes = [], [], []
     for path in files:
         table = _read(path, KEY_COLUMNS)
         tids.append(_as_strings(table.column("tid"), path, "tid"))
         fns.append(_as_strings(table.column("fn"), path, "fn"))
         sizes.append(table.num_rows)
-    tid = pa.concat_arrays(tids)
-    fn = pa.concat_arrays(fns)
+    tid = pa.concat_arrays(tids) if tids else pa.array([], pa.string())
+    fn = pa.concat_arrays(fns) if fns else pa.array([], pa.string())
     report.files, report.rows = len(files), len(tid)
     pos = pc.fill_null(pc.index_in(tid, value_set=index_tids.cast(pa.string())), -1).to_numpy().astype(np.int64)
     known = np.flatnonzero(pos >= 0)
@@ -348,6 +357,18 @@ class VectorSource:
         self.keys, self.report = _match_keys(metric_dir(base_dir, dataset_name, metric), metric, index_tids, index_fns)
         self.n = len(index_tids)
         self._dim: int | None = None
+
+    @classmethod
+    def from_files(cls, files: Sequence[Path], metric: str, column: str, where: str, index_tids: pa.Array,
+                   index_fns: pa.Array) -> VectorSource:
+        """The vectors of ``column`` in ``files`` (same columns as a metric file, e.g. the
+        per-video track embeddings of :mod:`utils.records.track_embeddings`), keyed to the index."""
+        source = cls.__new__(cls)
+        source.column = column
+        source.keys, source.report = match_file_keys(files, metric, where, index_tids, index_fns)
+        source.n = len(index_tids)
+        source._dim = None
+        return source
 
     @property
     def dim(self) -> int:

@@ -7,7 +7,12 @@ everything after it can be tested against known identities without any model:
 - ``class_logits``: ``logit_low`` everywhere and ``logit_high`` at the true class;
 - ``embedding``: a fixed random unit vector per identity (seeded by ``seed`` and the
   identity) plus small seeded noise per (identity, timestamp), renormalised: the same
-  object looks alike over time, different objects do not.
+  object looks alike over time, different objects do not. With ``embedding="class"`` it is
+  instead the class's direction (:func:`text_direction` of its name) plus ``track_noise`` times
+  the identity's vector plus the per-frame noise, renormalised: an open-vocabulary detector
+  whose box embeddings live in its text space, with a known answer;
+- ``embed_text(prompts)``: each prompt's direction (:func:`text_direction` of its label), the
+  text encoder of that space: the class direction of a box is what its class name encodes to.
 
 Ground truth is a table ``{timestamp: [(xyxy, class_index, identity[, score]), ...]}`` (or
 the path of a JSON file with that content, timestamps as keys), or a callable
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from utils.detect.detectors.base import Detections, Detector, check_frames, l2_normalize, register_detector
+from utils.records.prompts import label_of
 
-__all__ = ["GroundTruthDetector", "GroundTruthEntry", "identity_embedding"]
+__all__ = ["GroundTruthDetector", "GroundTruthEntry", "identity_embedding", "text_direction"]
 
 #: ``(xyxy, class_index, identity)`` or ``(xyxy, class_index, identity, score)``
 GroundTruthEntry = tuple[Any, ...]
@@ -42,6 +49,15 @@ def _seeded_rng(*parts: object) -> np.random.Generator:
 def identity_embedding(identity: Hashable, dim: int, seed: int = 0) -> np.ndarray:
     """The fixed unit vector of one identity (float32, ``dim``)."""
     v = _seeded_rng("identity", seed, identity).standard_normal(dim)
+    return l2_normalize(v[None].astype(np.float32))[0]
+
+
+def text_direction(text: str, dim: int, seed: int = 0) -> np.ndarray:
+    """The unit vector (float32, ``dim``) a prompt encodes to: seeded by its label, lower-cased,
+    without a leading article (``"cat (also known as kitty)"``, ``"Cat"`` and ``"a cat"`` are one
+    direction)."""
+    label = re.sub(r"^(?:a|an|the)\s+", "", label_of(text).lower())
+    v = _seeded_rng("text", seed, label).standard_normal(dim)
     return l2_normalize(v[None].astype(np.float32))[0]
 
 
@@ -66,6 +82,9 @@ class GroundTruthDetector(Detector):
         dim: embedding dimension.
         logit_high, logit_low: class logit of the true class / of the others.
         noise: standard deviation of the per-frame embedding noise (before renormalising).
+        embedding: ``"identity"`` (an identity's own vector) or ``"class"`` (the class's text
+            direction plus ``track_noise`` times the identity's vector).
+        track_noise: in ``"class"`` mode, how far each track's embedding strays from its class.
         seed: seeds identity vectors and noise.
         time_tolerance: how far (s) a frame's timestamp may be from a table timestamp.
         clip: clip boxes to the frame and drop those left empty.
@@ -84,6 +103,8 @@ class GroundTruthDetector(Detector):
         logit_high: float = 4.0,
         logit_low: float = -4.0,
         noise: float = 0.02,
+        embedding: str = "identity",
+        track_noise: float = 0.5,
         seed: int = 0,
         time_tolerance: float = 1e-3,
         clip: bool = True,
@@ -101,6 +122,10 @@ class GroundTruthDetector(Detector):
         self.logit_high = float(logit_high)
         self.logit_low = float(logit_low)
         self.noise = float(noise)
+        if embedding not in ("identity", "class"):
+            raise ValueError(f"embedding must be 'identity' or 'class', got {embedding!r}")
+        self.embedding = embedding
+        self.track_noise = float(track_noise)
         self.seed = int(seed)
         self.time_tolerance = float(time_tolerance)
         self.clip = bool(clip)
@@ -148,10 +173,20 @@ class GroundTruthDetector(Detector):
                     best = k
         return [] if best is None else self._table[float(self._keys[best])]
 
-    def _embedding(self, identity: Hashable, ts: float) -> np.ndarray:
-        base = self._identity_cache.get(identity)
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """Each prompt's :func:`text_direction`: (len(prompts), dim) float32, unit rows."""
+        return np.stack([text_direction(p, self.dim, self.seed) for p in prompts]) if len(prompts) else \
+            np.zeros((0, self.dim), np.float32)
+
+    def _embedding(self, identity: Hashable, ts: float, class_index: int) -> np.ndarray:
+        key = (identity, class_index) if self.embedding == "class" else identity
+        base = self._identity_cache.get(key)
         if base is None:
-            base = self._identity_cache[identity] = identity_embedding(identity, self.dim, self.seed)
+            base = identity_embedding(identity, self.dim, self.seed)
+            if self.embedding == "class":
+                direction = text_direction(self.class_names[class_index], self.dim, self.seed)
+                base = l2_normalize((direction + self.track_noise * base)[None])[0]
+            self._identity_cache[key] = base
         if self.noise <= 0:
             return base
         jitter = _seeded_rng("noise", self.seed, identity, round(float(ts), 6)).standard_normal(self.dim)
@@ -185,7 +220,7 @@ class GroundTruthDetector(Detector):
                 boxes.append(xyxy)
                 scores.append(float(entry[3]) if len(entry) == 4 else self.score)
                 logits.append(row)
-                embs.append(self._embedding(entry[2], float(ts)))
+                embs.append(self._embedding(entry[2], float(ts), cls_idx))
             if boxes:
                 out.append(Detections(np.stack(boxes), np.asarray(scores), np.stack(logits), np.stack(embs)))
             else:

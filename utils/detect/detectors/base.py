@@ -21,15 +21,18 @@ from typing import Any
 import numpy as np
 
 from utils.core.boxes import nms, xyxy_to_xywh
-from utils.records.prompts import vocabulary_hash
+from utils.records.prompts import label_of, vocabulary_hash
 
 __all__ = [
     "Detections",
     "Detector",
     "DetectorError",
     "available_detectors",
+    "build_text_encoder",
     "check_frames",
     "detector_factory",
+    "embed_prompts",
+    "has_text_encoder",
     "l2_normalize",
     "make_detector",
     "nms",
@@ -231,6 +234,13 @@ class Detector(abc.ABC):
     Subclasses set ``name`` and ``class_names`` and implement :meth:`detect`. ``timestamps``
     (seconds, one per frame) are optional: real detectors ignore them; detectors fed by
     known ground truth (``ground_truth``) need them.
+
+    Optional text encoder: ``embed_text(prompts) -> (len(prompts), D) float32``, L2-normalised
+    embeddings of prompt lines in the space of ``Detections.embedding`` (described the way the
+    detector describes its own classes, e.g. OWLv2's prompt template), so that a track's stored
+    embedding can be scored against any vocabulary or query without detecting again
+    (relabel_tracks.py, search_tracks.py). OWLv2 and DETIC have one; plug-ins may
+    (:func:`embed_prompts` calls it and checks what it returns).
     """
 
     name: str = "detector"
@@ -362,3 +372,54 @@ def make_detector(spec: str, class_names: Sequence[str], **options: Any) -> Dete
     if not callable(getattr(detector, "detect", None)):
         raise TypeError(f"detector {spec!r} built {type(detector).__name__}, which has no detect() method")
     return detector
+
+
+# ---------------------------------------------------------------------------- text side
+
+
+def has_text_encoder(detector: Any) -> bool:
+    """Whether ``detector`` has the optional ``embed_text`` (see :class:`Detector`)."""
+    return callable(getattr(detector, "embed_text", None))
+
+
+def embed_prompts(detector: Any, prompts: Sequence[str]) -> np.ndarray:
+    """``detector.embed_text(prompts)`` checked: (len(prompts), D) finite float32 rows,
+    L2-normalised here. :class:`DetectorError` when the detector has no text encoder or it
+    returns something else."""
+    name = getattr(detector, "name", type(detector).__name__)
+    if not has_text_encoder(detector):
+        raise DetectorError(f"detector {name!r} has no text encoder (embed_text): its track embeddings cannot be "
+                            "scored against text")
+    prompts = [str(p) for p in prompts]
+    out = np.asarray(detector.embed_text(prompts) if prompts else np.zeros((0, 0)), dtype=np.float32)
+    if out.ndim != 2 or out.shape[0] != len(prompts) or (prompts and out.shape[1] == 0):
+        raise DetectorError(f"detector {name!r}: embed_text returned shape {out.shape} for {len(prompts)} prompts")
+    if not np.all(np.isfinite(out)):
+        raise DetectorError(f"detector {name!r}: embed_text returned NaN or infinite values")
+    try:
+        return l2_normalize(out)
+    except ValueError as exc:
+        raise DetectorError(f"detector {name!r}: embed_text returned an all-zero embedding") from exc
+
+
+def build_text_encoder(spec: str, prompts: Sequence[str], weights: str | None = None, device: str = "cpu") -> Detector:
+    """The detector ``spec`` (a registry name or ``package.module:callable``) over ``prompts``,
+    built to encode text: with the weights id that made the embeddings (``weights`` for DETIC,
+    ``model_id`` for the others, when the factory takes it) and ``device``. Options the factory
+    does not take are left out; a factory that has no weights option cannot honour ``weights``
+    and is refused."""
+    factory = _resolve(spec)
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        accepts: Callable[[str], bool] = (lambda _: True) if takes_all else params.__contains__
+    except (TypeError, ValueError):
+        accepts = lambda _: True  # noqa: E731 (uninspectable factory: offer everything)
+    prompts = [str(p) for p in prompts]
+    options: dict[str, Any] = {k: v for k, v in {"prompts": prompts, "device": device}.items() if accepts(k)}
+    if weights is not None:
+        key = "weights" if spec == "detic" else "model_id"
+        if not accepts(key):
+            raise DetectorError(f"detector {spec!r} takes no {key!r} option: cannot load the weights {weights!r}")
+        options[key] = weights
+    return make_detector(spec, [label_of(p) for p in prompts], **options)

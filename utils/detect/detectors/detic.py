@@ -443,6 +443,29 @@ class DeticDetector(Detector):
             results.extend(self._detect_batch(frames[i : i + self.batch_size]))
         return results
 
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """Prompt lines through Detic's CLIP text encoder, formatted with ``prompt_template``
+        as the vocabulary was (the classifier weights ``reset_cls_test`` installs):
+        (len(prompts), 512) float32, L2-normalised. The encoder is built for the call and
+        dropped (it is not needed while detecting).
+
+        Caveat (not tested end to end here: detectron2 is not installed on the build machine):
+        these live in the space of Detic's zero-shot classifier, which box features reach only
+        through the last cascade stage's projection (``cls_score.linear``); a track embedding of
+        another length is refused by relabel_tracks.py with a message saying so."""
+        import torch
+
+        mods = _import_detic()
+        encoder = mods["build_text_encoder"](pretrain=True).eval().to(self.cfg.MODEL.DEVICE)
+        texts = [self.prompt_template.format(str(p)) for p in prompts]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), 256):
+                emb = encoder(texts[i : i + 256]).float()
+                out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+        del encoder
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 512), np.float32)
+
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
         prov.update(

@@ -17,6 +17,15 @@ are scaled by ``max(h, w)`` (not by ``w`` and ``h``) and then clipped to the fra
 
 Prompt text embeddings are computed once per (model, prompt list) and cached on disk as
 ``<cache_dir>/owlv2-text/<sha256>.npy``; the image side then runs without the text tower.
+
+Precision (``precision``): ``auto`` keeps float16 weights on CUDA and float32 on CPU;
+``fp32`` runs float32 everywhere; ``bf16``/``fp16`` keep float32 weights and run the image side
+under autocast. ``compile=True`` wraps the image side in ``torch.compile``.
+
+``model_id="random:owlv2-base"`` builds the architecture of
+``google/owlv2-base-patch16-ensemble`` with random weights and a locally built tokenizer
+(:func:`build_random_owlv2`): the real model's FLOPs and memory without any download, for
+benchmarks; its detections mean nothing.
 """
 
 from __future__ import annotations
@@ -39,11 +48,26 @@ from utils.core.models import torch_device
 from utils.core.network import hub_cache_dir, hub_endpoint, hub_offline, unreachable
 from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
 
-__all__ = ["DEFAULT_MODEL_ID", "OwlV2Detector", "check_weights"]
+__all__ = ["DEFAULT_MODEL_ID", "PRECISIONS", "RANDOM_PREFIX", "OwlV2Detector", "PreparedBatch", "build_random_owlv2",
+           "check_weights", "spread_random_heads"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "google/owlv2-base-patch16-ensemble"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RANDOM_PREFIX = "random:"
+
+# The published configuration of google/owlv2-base-patch16-ensemble (ViT-B/16 at 960 px, CLIP
+# text tower), for weight-free benchmarking at the real model's cost.
+_RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
+    "owlv2-base": {
+        "text_config": dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                            num_attention_heads=8, max_position_embeddings=16),
+        "vision_config": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              image_size=960, patch_size=16),
+        "projection_dim": 512,
+    },
+}
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -102,6 +126,86 @@ def check_weights(model_id: str = DEFAULT_MODEL_ID, local_files_only: bool = Fal
                   f"and they are not in its cache ({hub_cache_dir()}). {_offline_help(model_id)}")
 
 
+def _local_clip_tokenizer(max_length: int) -> Any:
+    """A CLIP tokenizer over letters only, built from files written here (no download): enough
+    to turn prompts into ids for a random-weight text tower. Its end-of-text token has the
+    highest id, where OWLv2 pools the text."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"!": 0}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory(prefix="owlv2-random-tokenizer-") as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(folder, pad_token="!", model_max_length=max_length)
+
+
+def spread_random_heads(model: Any) -> None:
+    """Give a randomly initialised OWLv2's detection heads fan-in scaled weights (uses the
+    global torch generator): the library's initialisation saturates them (boxes of width 0 or
+    1); these make boxes vary around the patch grid, as trained ones do."""
+    import torch
+
+    with torch.no_grad():
+        for head in (model.box_head, model.objectness_head, model.class_head):
+            for layer in head.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+                    torch.nn.init.zeros_(layer.bias)
+        model.box_head.dense2.weight.mul_(0.3)
+
+
+def build_random_owlv2(model_id: str, seed: int = 0) -> tuple[Any, Any]:
+    """``Owlv2ForObjectDetection`` and ``Owlv2Processor`` for ``random:<name>`` (``name`` in
+    ``owlv2-base``): the named published architecture with seeded random weights (detection
+    heads scaled so boxes vary, as trained ones do) and a local tokenizer. Nothing is downloaded."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    name = model_id[len(RANDOM_PREFIX):] if model_id.startswith(RANDOM_PREFIX) else model_id
+    if name not in _RANDOM_CONFIGS:
+        raise DetectorError(f"unknown random OWLv2 model {model_id!r}: use one of "
+                            + ", ".join(RANDOM_PREFIX + n for n in _RANDOM_CONFIGS))
+    spec = _RANDOM_CONFIGS[name]
+    tokenizer = _local_clip_tokenizer(spec["text_config"]["max_position_embeddings"])
+    ids = tokenizer.get_vocab()
+    text = dict(spec["text_config"], pad_token_id=0, bos_token_id=ids["<|startoftext|>"],
+                eos_token_id=ids["<|endoftext|>"])
+    config = Owlv2Config(text_config=text, vision_config=dict(spec["vision_config"]),
+                         projection_dim=spec["projection_dim"])
+    size = spec["vision_config"]["image_size"]
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": size, "width": size}),
+                               tokenizer=tokenizer)
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's generator
+        torch.manual_seed(seed)
+        model = Owlv2ForObjectDetection(config).eval()
+        spread_random_heads(model)
+    model.config._name_or_path = RANDOM_PREFIX + name
+    return model, processor
+
+
+class PreparedBatch:
+    """Frames already turned into the model's input (:meth:`OwlV2Detector.prepare`): the
+    pixel values on the detector's device and each frame's ``(h, w)``. Sliceable, so the
+    out-of-memory back-off can split it."""
+
+    def __init__(self, pixel_values: Any, shapes: Sequence[tuple[int, int]]) -> None:
+        self.pixel_values = pixel_values
+        self.shapes = list(shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: slice) -> PreparedBatch:
+        return PreparedBatch(self.pixel_values[index], self.shapes[index])
+
+
 @register_detector("owlv2")
 class OwlV2Detector(Detector):
     """OWLv2 detector over ``class_names``.
@@ -117,7 +221,9 @@ class OwlV2Detector(Detector):
             ``prompt_template`` before encoding.
         prompt_template: e.g. ``"a photo of a {}"``; ``"{}"`` uses the prompts verbatim.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``...
-        half: float16 weights; default: on CUDA only.
+        half: float16 weights with ``precision="auto"``; default: on CUDA only.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast, float32 weights).
+        compile: run the image side through ``torch.compile``.
         batch_size: frames per forward pass; halved on CUDA out-of-memory (down to 1).
         nms_threshold: IoU above which lower-scored boxes are suppressed (``>= 1`` disables).
         class_agnostic_nms: suppress across classes (default) or within each arg-max class.
@@ -151,6 +257,8 @@ class OwlV2Detector(Detector):
         use_cache: bool = True,
         local_files_only: bool = False,
         text_batch_size: int = 256,
+        precision: str = "auto",
+        compile: bool = False,
     ) -> None:
         import torch
 
@@ -172,13 +280,24 @@ class OwlV2Detector(Detector):
         self.min_score = float(min_score)
         self.top_k = None if top_k is None else int(top_k)
         self.device = torch_device(device)
-        self.half = (self.device.type == "cuda") if half is None else bool(half)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        if precision == "auto":
+            self.half = (self.device.type == "cuda") if half is None else bool(half)
+        else:
+            self.half = False  # fp32 weights; bf16/fp16 come from autocast
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.compiled = bool(compile)
 
         if (model is None) != (processor is None):
             raise ValueError("pass both model and processor, or neither")
         if model is None:
             model_id = str(model_id) if model_id is not None else DEFAULT_MODEL_ID
-            model, processor = self._load(model_id, local_files_only)
+            if model_id.startswith(RANDOM_PREFIX):
+                model, processor = build_random_owlv2(model_id)
+            else:
+                model, processor = self._load(model_id, local_files_only)
         else:
             model_id = str(model_id) if model_id is not None else (
                 getattr(model.config, "_name_or_path", "") or "in-memory-owlv2"
@@ -202,6 +321,11 @@ class OwlV2Detector(Detector):
             self.model.half()
         self.dtype = next(self.model.parameters()).dtype
         self.text_embeds = torch.from_numpy(text_embeds).to(self.device, self.dtype)
+        # compiled on the first batch, for any batch size at once (the last batch of a run is
+        # smaller; the out-of-memory back-off changes it too): one compilation, not one per size
+        self._forward = torch.compile(self._image_forward, dynamic=True) if self.compiled else self._image_forward
+        self._pinned: list[tuple[Any, Any]] = []  # (host buffer, CUDA event) pairs, reused in turn
+        self._pinned_next = 0
 
     # ------------------------------------------------------------------ loading
     @staticmethod
@@ -237,27 +361,31 @@ class OwlV2Detector(Detector):
         w = self.model.owlv2.text_projection.weight.detach().float().cpu().numpy()
         return hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest()[:16]
 
-    def cache_key(self) -> str:
-        """sha256 of the model id, a fingerprint of its text projection, and the prompt texts."""
+    def cache_key(self, texts: Sequence[str] | None = None) -> str:
+        """sha256 of the model id, a fingerprint of its text projection, and the texts
+        (default: the prompt texts)."""
         payload = json.dumps(
-            {"model": self.weights_id, "weights": self._fingerprint(), "texts": self.texts},
+            {"model": self.weights_id, "weights": self._fingerprint(),
+             "texts": list(self.texts if texts is None else texts)},
             ensure_ascii=False,
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
-    def _text_embeddings(self) -> np.ndarray:
-        path = self.cache_dir / "owlv2-text" / f"{self.cache_key()}.npy"
+    def _text_embeddings(self, texts: Sequence[str] | None = None) -> np.ndarray:
+        """Embeddings of ``texts`` (default: the prompt texts), from the on-disk cache when there."""
+        texts = list(self.texts if texts is None else texts)
+        path = self.cache_dir / "owlv2-text" / f"{self.cache_key(texts)}.npy"
         self.text_cache_path = path
         if self.use_cache and path.is_file():
             try:
                 arr = np.load(path, allow_pickle=False)
-                if arr.ndim == 2 and arr.shape[0] == len(self.texts) and np.all(np.isfinite(arr)):
+                if arr.ndim == 2 and arr.shape[0] == len(texts) and np.all(np.isfinite(arr)):
                     self.text_cache_hit = True
                     return arr.astype(np.float32)
                 log.warning("ignoring malformed OWLv2 text cache %s (shape %s)", path, arr.shape)
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable OWLv2 text cache %s: %s", path, exc)
-        arr = self.encode_texts(self.texts)
+        arr = self.encode_texts(texts)
         if self.use_cache:
             try:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -265,6 +393,23 @@ class OwlV2Detector(Detector):
             except OSError as exc:
                 log.warning("could not write OWLv2 text cache %s: %s", path, exc)
         return arr
+
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """The text embeddings of prompt lines, formatted with ``prompt_template`` as the
+        detector's own prompts are: (len(prompts), D) float32, L2-normalised, in the space of
+        ``Detections.embedding`` (the class embeddings). Cached like the prompts' embeddings;
+        float32 whatever ``half`` (a halved model is put back in float32 while it encodes, so
+        cached values do not depend on the precision)."""
+        texts = [self.prompt_template.format(str(p)) for p in prompts]
+        if not texts:
+            return np.zeros((0, int(self.text_embeds.shape[-1])), np.float32)
+        if not self.half:
+            return self._text_embeddings(texts)
+        self.model.float()
+        try:
+            return self._text_embeddings(texts)
+        finally:
+            self.model.half()
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised (len(texts), D) float32 text embeddings, as OWLv2's forward computes
@@ -301,24 +446,80 @@ class OwlV2Detector(Detector):
         pv = ip(images=frames, **kwargs)["pixel_values"]
         return pv.to(self.device, self.dtype)
 
-    def _detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
-        """One forward pass over ``frames`` (no out-of-memory handling)."""
+    def _staged(self, frames: list[np.ndarray]) -> list[Any]:
+        """The frames (all of one size) as tensors on the device, copied from one of two
+        host buffers used in turn. On CUDA the buffers are page-locked and the copy does not
+        block this thread; a buffer is refilled only once its previous copy has finished (an
+        event recorded after it). On a CPU the tensors are the buffer itself, consumed by
+        :meth:`prepare` before the buffer comes round again."""
         import torch
 
-        model = self.model
+        cuda = self.device.type == "cuda"
+        batch = np.stack(frames)
+        buffer, event = self._pinned[self._pinned_next] if len(self._pinned) == 2 else (None, None)
+        if event is not None:
+            event.synchronize()
+        if buffer is None or buffer.numel() < batch.size:
+            buffer = torch.empty(batch.size, dtype=torch.uint8, pin_memory=cuda)
+        host = buffer[: batch.size].view(batch.shape)
+        host.numpy()[...] = batch
+        on_device = host.to(self.device, non_blocking=True) if cuda else host
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        if len(self._pinned) < 2:
+            self._pinned.append((buffer, event))
+        else:
+            self._pinned[self._pinned_next] = (buffer, event)
+        self._pinned_next = (self._pinned_next + 1) % 2
+        return list(on_device)
+
+    def prepare(self, frames: Sequence[np.ndarray]) -> PreparedBatch:
+        """``frames`` as model input on the device (pixel values), ready for :meth:`detect`:
+        a pipeline prepares the next batch while the current one runs. Frames of one size
+        travel as one tensor (on CUDA through page-locked memory, then resized on the GPU by
+        the processor's torchvision backend)."""
+        import torch
+
+        frames = check_frames(frames)
+        images: list[Any] = frames
+        if len({f.shape for f in frames}) == 1:
+            images = self._staged(frames)
         with torch.inference_mode():
-            pv = self._pixel_values(frames)
-            feature_map = model.image_embedder(pixel_values=pv)[0]
-            b, gh, gw, d = feature_map.shape
-            feats = feature_map.reshape(b, gh * gw, d)
-            queries = self.text_embeds.unsqueeze(0).expand(b, -1, -1)
-            logits, class_embeds = model.class_predictor(feats, queries, None)
-            objectness = model.objectness_predictor(feats)
-            boxes = model.box_predictor(feats, feature_map)  # (B, P, 4) cxcywh in [0, 1] of the padded square
+            pv = self._pixel_values(images)
+        return PreparedBatch(pv, [(int(f.shape[0]), int(f.shape[1])) for f in frames])
+
+    def _image_forward(self, pv: Any, text_embeds: Any) -> tuple[Any, Any, Any, Any]:
+        """The image side of OWLv2 against cached text embeddings: class logits, class
+        embeddings, objectness logits, boxes (cxcywh in [0, 1] of the padded square)."""
+        model = self.model
+        feature_map = model.image_embedder(pixel_values=pv)[0]
+        b, gh, gw, d = feature_map.shape
+        feats = feature_map.reshape(b, gh * gw, d)
+        queries = text_embeds.unsqueeze(0).expand(b, -1, -1)
+        logits, class_embeds = model.class_predictor(feats, queries, None)
+        objectness = model.objectness_predictor(feats)
+        boxes = model.box_predictor(feats, feature_map)
+        return logits, class_embeds, objectness, boxes
+
+    def _detect_batch(self, frames: list[np.ndarray] | PreparedBatch) -> list[Detections]:
+        """One forward pass over ``frames`` (or a :meth:`prepare` d batch; no out-of-memory handling)."""
+        import contextlib
+
+        import torch
+
+        with torch.inference_mode():
+            if isinstance(frames, PreparedBatch):
+                pv, shapes = frames.pixel_values, frames.shapes
+            else:
+                pv, shapes = self._pixel_values(frames), [f.shape[:2] for f in frames]
+            autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                        if self.autocast_dtype is not None else contextlib.nullcontext())
+            with autocast:
+                logits, class_embeds, objectness, boxes = self._forward(pv, self.text_embeds)
 
             results = []
-            for i, frame in enumerate(frames):
-                h, w = frame.shape[:2]
+            for i, (h, w) in enumerate(shapes):
                 lg = logits[i].float()
                 score = torch.sigmoid(objectness[i].float()) * torch.sigmoid(lg.max(dim=-1).values)
                 cx, cy, bw, bh = boxes[i].float().unbind(-1)
@@ -348,13 +549,16 @@ class OwlV2Detector(Detector):
                 )
         return results
 
-    def detect(self, frames: Sequence[np.ndarray], timestamps: Sequence[float] | None = None) -> list[Detections]:
-        """Detections for each frame (``timestamps`` are ignored). Runs ``batch_size`` frames
-        at a time; on CUDA out-of-memory the batch size is halved (and kept halved) until it
-        fits, and a failure at batch size 1 raises :class:`DetectorError`."""
+    def detect(self, frames: Sequence[np.ndarray] | PreparedBatch,
+               timestamps: Sequence[float] | None = None) -> list[Detections]:
+        """Detections for each frame (``timestamps`` are ignored), frames as arrays or a
+        :meth:`prepare` d batch. Runs ``batch_size`` frames at a time; on CUDA out-of-memory
+        the batch size is halved (and kept halved) until it fits, and a failure at batch
+        size 1 raises :class:`DetectorError`."""
         import torch
 
-        frames = check_frames(frames)
+        if not isinstance(frames, PreparedBatch):
+            frames = check_frames(frames)
         results: list[Detections] = []
         i = 0
         while i < len(frames):
@@ -365,8 +569,9 @@ class OwlV2Detector(Detector):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if len(chunk) <= 1:
+                    h, w = chunk.shapes[0] if isinstance(chunk, PreparedBatch) else chunk[0].shape[:2]
                     raise DetectorError(
-                        f"OWLv2 ran out of GPU memory on a single {chunk[0].shape[1]}x{chunk[0].shape[0]} frame "
+                        f"OWLv2 ran out of GPU memory on a single {w}x{h} frame "
                         f"on {self.device}: free GPU memory, use a smaller vocabulary, or run on another device"
                     ) from exc
                 self.batch_size = max(1, len(chunk) // 2)
@@ -383,5 +588,6 @@ class OwlV2Detector(Detector):
             score="sigmoid(objectness)*sigmoid(max class logit)",
             nms_threshold=self.nms_threshold,
             min_score=self.min_score,
+            precision=self.precision,
         )
         return prov
