@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import utils.clips.cut as clips
+import utils.clips.encode as encode
 from tests.conftest import REPO, run_cli
 from utils.clips.cut import ClipTask, decode_spans, plan_tasks, select_tracks
 from utils.clips.geometry import plan_clip
@@ -282,7 +283,7 @@ def test_missing_inputs(tmp_path, synthetic_video):
 def test_encoders_open_only_while_their_tracks_are(monkeypatch, tmp_path, synthetic_video):
     """Memory is bounded by the tracks open at once: tracks in turn never overlap in encoders."""
     open_now, most = set(), [0]
-    real = clips.VideoWriter
+    real = encode.VideoWriter
 
     class Counting(real):
         def __init__(self, *a, **kw):
@@ -294,14 +295,14 @@ def test_encoders_open_only_while_their_tracks_are(monkeypatch, tmp_path, synthe
             open_now.discard(id(self))
             return super().finish()
 
-    monkeypatch.setattr(clips, "VideoWriter", Counting)
+    monkeypatch.setattr(encode, "VideoWriter", Counting)  # one worker: the writers live in this process
     starts = [0.0, 1.0, 2.0, 3.0, 10.5]  # each lasts 0.75 s: the 3.75-10.5 s gap is skipped by seeking
     recs = [record(YID, f"obj{k}", np.arange(t, t + 1.0, 0.25), [[10 + 20 * k, 10, 60, 60]] * 4)
             for k, t in enumerate(starts)]
     info = probe_video(synthetic_video.path)
     selection = select_tracks(recs, lambda r: tmp_path / r.fn)
     planned = plan_tasks(selection.tracks, (info.height, info.width), info.duration)
-    stats = clips.extract_clips(synthetic_video.path, planned.tasks, info.fps)
+    stats = clips.extract_clips(synthetic_video.path, planned.tasks, info.fps, workers=1)
     assert len(stats.clips_written) == 5 and most[0] == 1 and not open_now
     assert stats.frames_decoded <= 94 + 21 < synthetic_video.num_frames / 2  # only the spans with tracks
 
@@ -379,7 +380,7 @@ def test_crop_resize_luma_is_pillows_default_resize_of_the_integer_crop():
                       ((3, 7, 43, 37), (40, 30))]:
         x0, y0, x1, y1 = box
         original = np.asarray(Image.fromarray(y[y0:y1, x0:x1]).resize(size))
-        out = clips.crop_resized(image, box, size)
+        out = encode.crop_resized(image, box, size)
         assert np.array_equal(out.y, original)
         assert out.u.shape == out.v.shape == (size[1] // 2, size[0] // 2)
 
@@ -395,7 +396,7 @@ def test_crop_resize_chroma_covers_the_same_region_at_half_resolution(box):
     image = Yuv420Image(np.zeros((120, 160), np.uint8), u, v)
     x0, y0, x1, y1 = box
     size = (40, 30)
-    out = clips.crop_resized(image, box, size)
+    out = encode.crop_resized(image, box, size)
     # output chroma sample j has its centre at source chroma coordinate x0/2 + (j + 0.5) * scale - 0.5
     cols = x0 / 2 + (np.arange(size[0] // 2) + 0.5) * (x1 - x0) / 2 / (size[0] // 2) - 0.5
     rows = y0 / 2 + (np.arange(size[1] // 2) + 0.5) * (y1 - y0) / 2 / (size[1] // 2) - 0.5
@@ -405,25 +406,31 @@ def test_crop_resize_chroma_covers_the_same_region_at_half_resolution(box):
 
 
 # Runs extract_tracks.py with a limit on file size: a clip that grows past it fails to write (EFBIG),
-# as on a full disk, on whichever worker thread is encoding it.
+# as on a full disk, on whichever worker process is encoding it. The limit is set once the shared
+# frame ring exists (a memfd: the limit applies to it too), before the worker processes start.
 _WITH_FILE_SIZE_LIMIT = """
 import resource, runpy, signal, sys
+import utils.clips.encode as encode
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 limit = int(sys.argv.pop(1))
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+ring_init = encode.FrameRing.__init__
+def limited(self, *args, **kwargs):
+    ring_init(self, *args, **kwargs)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+encode.FrameRing.__init__ = limited
 sys.argv[0] = "extract_tracks.py"
 runpy.run_path("extract_tracks.py", run_name="__main__")
 """
 
 
 def test_a_write_failure_on_a_worker_fails_the_video_and_leaves_no_partial_clip(tmp_path, long_video):
-    """Clips are encoded on worker threads: an error there (here: files may not exceed 40 kB, as
+    """Clips are encoded on worker processes: an error there (here: files may not exceed 40 kB, as
     when the disk fills) must fail the video with the reason, drop every open clip, keep the
     finished ones whole, and leave a re-run with nothing to distrust."""
     records = gt_records(long_video)
     db = tmp_path / "db"
     ids = setup_db(db, long_video.path, records)
-    args = ["--base_dir", db, "--yid_index_fn", ids, "--dataset_name", DATASET, "--threads", "3"]
+    args = ["--base_dir", db, "--yid_index_fn", ids, "--dataset_name", DATASET, "--threads", "3"]  # the old name of --num_workers
     proc = run_cli("-c", _WITH_FILE_SIZE_LIMIT, 40_000, *args)
     assert proc.returncode == EXIT_ITEMS_FAILED, proc.stderr
     failed = journal(db, "failed")
@@ -441,16 +448,18 @@ def test_a_write_failure_on_a_worker_fails_the_video_and_leaves_no_partial_clip(
         [Path(r.fn).name for r in records] + [f"{YID}.done.json"])
 
 
-def test_the_number_of_worker_threads_does_not_change_the_clips(tmp_path, long_video):
+def test_the_number_of_workers_does_not_change_the_clips(tmp_path, long_video):
+    """1 worker cuts in this process, 3 in worker processes: the same clips, frame for frame."""
     records = gt_records(long_video)
     info = probe_video(long_video.path)
     outputs = {}
-    for threads in (1, 3):
-        selection = select_tracks(records, lambda r, t=threads: tmp_path / str(t) / r.fn)
+    for workers in (1, 3):
+        selection = select_tracks(records, lambda r, t=workers: tmp_path / str(t) / r.fn)
         planned = plan_tasks(selection.tracks, (info.height, info.width), info.duration)
-        stats = clips.extract_clips(long_video.path, planned.tasks, info.fps, threads=threads)
+        stats = clips.extract_clips(long_video.path, planned.tasks, info.fps, workers=workers)
         assert sorted(stats.clips_written) == sorted(r.fn for r in records)
-        outputs[threads] = {r.fn: decoded(tmp_path / str(threads) / r.fn) for r in records}
+        assert stats.frames_written == sum(probe_video(tmp_path / str(workers) / r.fn).num_frames for r in records)
+        outputs[workers] = {r.fn: decoded(tmp_path / str(workers) / r.fn) for r in records}
     for fn, frames in outputs[1].items():
         assert len(frames) == len(outputs[3][fn])
         # equal up to x264's run-to-run coding noise (see the SIGKILL test); a frame out of order or
@@ -458,9 +467,10 @@ def test_the_number_of_worker_threads_does_not_change_the_clips(tmp_path, long_v
         assert min(psnr(a, b) for a, b in zip(frames, outputs[3][fn], strict=True)) > 35, fn
 
 
-def test_threads_flag_is_checked():
-    proc = run_cli("extract_tracks.py", "--yid_index_fn", "/nonexistent.txt", "--threads", "0")
-    assert proc.returncode == EXIT_USAGE and "--threads must be at least 1, got 0" in proc.stderr
+@pytest.mark.parametrize("flag", ["--num_workers", "--threads"])
+def test_workers_flag_is_checked(flag):
+    proc = run_cli("extract_tracks.py", "--yid_index_fn", "/nonexistent.txt", flag, "0")
+    assert proc.returncode == EXIT_USAGE and "--num_workers (--threads) must be at least 1, got 0" in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["box.mp4", "cup.mp4", "vtest.avi"])

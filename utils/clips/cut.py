@@ -5,8 +5,9 @@ stretches with no track are skipped by seeking). A clip's encoder opens at its t
 frame and closes after its last, so memory grows with the tracks open at once, not with the
 video's length. Frames stay in the decoder's 4:2:0 form and each clip's crop is resized plane
 by plane with Pillow's bicubic filter, as the released clips were made (``PIL.Image.resize``
-of the integer crop). The open clips of a frame are cut and encoded on worker threads while
-the next frame decodes. What is wrong with a track is reported (:class:`TrackProblem`),
+of the integer crop). With more than one worker, the open clips of a frame are cropped,
+resized and encoded on worker processes fed through shared memory (:mod:`utils.clips.encode`)
+while the next frames decode. What is wrong with a track is reported (:class:`TrackProblem`),
 never raised.
 """
 
@@ -15,17 +16,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from utils.clips.encode import ClipSpec, ClipWorkers, InProcessClips
 from utils.clips.geometry import (
     DEDUP_THRESHOLD,
     DEFAULT_MAX_DURATION,
@@ -40,7 +39,6 @@ from utils.core.resources import available_cpus
 from utils.core.video import (
     ColorTags,
     VideoInfo,
-    VideoWriter,
     Yuv420Image,
     decode_span,
     probe_video,
@@ -245,35 +243,6 @@ def plan_tasks(
 # ---------------------------------------------------------------------------- the one pass
 
 
-def crop_resized(image: Yuv420Image, box: Sequence[int], size: tuple[int, int]) -> Yuv420Image:
-    """The integer crop ``(x0, y0, x1, y1)`` of a 4:2:0 ``image`` resized to ``size`` (w, h, even)
-    with Pillow's bicubic filter (the original's ``PIL.Image.resize`` default), plane by plane:
-    the luma exactly as ``resize`` of the integer crop; the chroma from the same region of the
-    half-size planes (half-pixel edges are resampled, not rounded)."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    w, h = (int(v) for v in size)
-    return Yuv420Image(
-        _resized_region(image.y, (x0, y0, x1, y1), (w, h)),
-        _resized_region(image.u, (x0 / 2, y0 / 2, x1 / 2, y1 / 2), (w // 2, h // 2)),
-        _resized_region(image.v, (x0 / 2, y0 / 2, x1 / 2, y1 / 2), (w // 2, h // 2)),
-    )
-
-
-def _resized_region(plane: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
-    """``box`` (x0, y0, x1, y1, may be fractional) of one uint8 plane, resized to ``size`` (w, h)."""
-    x0, y0, x1, y1 = box
-    ix0, iy0 = math.floor(x0), math.floor(y0)
-    ix1, iy1 = math.ceil(x1), math.ceil(y1)
-    region = plane[iy0:iy1, ix0:ix1]
-    exact = (ix0, iy0, ix1, iy1) == (x0, y0, x1, y1)
-    if exact and (ix1 - ix0, iy1 - iy0) == size:
-        return np.ascontiguousarray(region)
-    # cropping first, then resizing the small image, is much faster than Pillow's resize(box=) on the full plane
-    small = Image.fromarray(np.ascontiguousarray(region))
-    inner = None if exact else (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
-    return np.asarray(small.resize(size, Image.Resampling.BICUBIC, box=inner))
-
-
 def decode_spans(windows: Iterable[tuple[float, float]], gap: float = SEEK_GAP_S) -> list[tuple[float, float]]:
     """Merge clip windows into the spans to decode; gaps shorter than ``gap`` are decoded through."""
     spans: list[list[float]] = []
@@ -285,19 +254,6 @@ def decode_spans(windows: Iterable[tuple[float, float]], gap: float = SEEK_GAP_S
     return [(s, e) for s, e in spans]
 
 
-class _OpenClip:
-    """A clip being written: its encoder and how to cut each source frame."""
-
-    def __init__(self, task: ClipTask, fps: float, color: ColorTags, **encoder: Any):
-        self.task = task
-        w, h = task.plan.out_size
-        self.writer = VideoWriter(task.path, w, h, fps, threads=1, color=color, **encoder)
-
-    def add(self, image: Yuv420Image, t: float) -> None:
-        plan = self.task.plan
-        self.writer.write_yuv(crop_resized(image, plan.box_at(t), plan.out_size))
-
-
 def extract_clips(
     video_path: str | Path,
     tasks: Sequence[ClipTask],
@@ -306,14 +262,15 @@ def extract_clips(
     keyframe_interval: float = 0.5,
     crf: int = 23,
     preset: str = "veryfast",
-    threads: int | None = None,
+    workers: int | None = None,
     on_frames: Callable[[int], None] | None = None,
 ) -> ExtractionStats:
     """Write every task's clip from one decoding pass over ``video_path``.
 
-    Frames stay in the decoder's 4:2:0 form: each open clip crops, resizes and encodes (one
-    x264 thread per clip) its part of a frame on one of ``threads`` workers (default: the CPUs
-    this process may use), while the next frame is being decoded.
+    Frames stay in the decoder's 4:2:0 form. Each open clip's box is cropped, resized and
+    encoded (one x264 thread per clip) in this process with one worker, or on ``workers``
+    worker processes (default: the CPUs this process may use, at most one per clip;
+    :mod:`utils.clips.encode`) while the next frames decode.
 
     A task whose window holds no source frame (it starts after the video's last frame, or
     falls between two frames) becomes a problem; a clip cut short by the end of the video
@@ -325,43 +282,43 @@ def extract_clips(
         return stats
     if not fps > 0:
         raise ValueError(f"{video_path}: unknown frame rate")
-    workers = threads if threads is not None else available_cpus()
-    if workers < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+    n_workers = workers if workers is not None else available_cpus()
+    if n_workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    n_workers = min(n_workers, len(tasks))
     encoder = {"keyframe_interval": keyframe_interval, "crf": crf, "preset": preset}
     windows = [task.window(fps) for task in tasks]
     pending = deque(sorted(range(len(tasks)), key=lambda i: (windows[i][0], i)))
-    active: dict[int, _OpenClip] = {}
+    active: set[int] = set()
     frame_step = 1.0 / fps
     last_time: float | None = None  # of the last frame decoded
     planned_hw = tuple(tasks[0].plan.frame_hw)  # boxes are for frames of this size (the probed one)
     rescaled = False
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="clip") if workers > 1 else None
-    in_flight: list[Future] = []  # the previous frame's writes: each clip writes its frames in order
+    clips: InProcessClips | ClipWorkers = InProcessClips() if n_workers == 1 else ClipWorkers(n_workers, planned_hw)
+    # decoder threads on the CPUs the workers leave: with none left, more threads only cost CPU
+    # time (2 workers on 2 CPUs: 9% faster with 1 decoder thread than with 3)
+    decode_threads = None if n_workers == 1 else max(1, available_cpus() + 1 - n_workers)
 
-    def settle() -> None:
-        """Wait for the previous frame's writes; the first error is raised once all are over."""
-        futures, in_flight[:] = list(in_flight), []
-        wait(futures)
-        for future in futures:
-            future.result()
+    def collect(wait: bool = False) -> None:
+        for i, frames in clips.finished(wait):
+            stats.clips_written.append(tasks[i].name)
+            stats.frames_written += frames
 
     def finish(i: int) -> None:
-        clip = active.pop(i)
-        clip.writer.close()
-        stats.clips_written.append(clip.task.name)
-        stats.frames_written += clip.writer.frames_written
+        active.discard(i)
+        clips.close(i)
+        collect()
 
     try:
         for span_start, span_end in decode_spans(windows):
             span_first = None
             decoded = 0
-            for frame, t in decode_span(video_path, start=max(span_start, 0.0), end=span_end + 1e-6):
+            for frame, t in decode_span(video_path, start=max(span_start, 0.0), end=span_end + 1e-6,
+                                        threads=decode_threads):
                 span_first = t if span_first is None else span_first
                 last_time = t
                 decoded += 1
-                settle()
-                for i in [i for i in active if t > windows[i][1]]:
+                for i in sorted(i for i in active if t > windows[i][1]):
                     finish(i)
                 while pending and windows[pending[0]][0] <= t:
                     i = pending.popleft()
@@ -371,23 +328,21 @@ def extract_clips(
                             f"no source frame in [{tasks[i].plan.t_start:.3f}, {tasks[i].plan.t_end:.3f}] s",
                             "no_frames"))
                         continue
-                    active[i] = _OpenClip(tasks[i], fps, ColorTags.of(frame), **encoder)
+                    plan = tasks[i].plan
+                    spec = ClipSpec(tasks[i].path, plan.out_size, fps, ColorTags.of(frame), encoder)
+                    clips.open(i, spec, (plan.out_size[0] * plan.out_size[1], windows[i][1]), t)
+                    active.add(i)
                 if active:
                     rescaled |= (frame.height, frame.width) != planned_hw  # the stream changed resolution
                     image = Yuv420Image.from_frame(frame, size=(planned_hw[1], planned_hw[0]))
-                    if pool is None:
-                        for clip in active.values():
-                            clip.add(image, t)
-                    else:
-                        in_flight.extend(pool.submit(clip.add, image, t) for clip in active.values())
+                    clips.add_frame(image, [(i, tasks[i].plan.box_at(t)) for i in sorted(active)])
                 if on_frames is not None and decoded % 100 == 0:
                     on_frames(100)
-            settle()
             stats.frames_decoded += decoded
             # the span is over: either its end was reached or the video ended
             if span_first is not None:
                 stats.seconds_decoded += last_time - span_first + frame_step
-            for i in list(active):
+            for i in sorted(active):
                 if last_time is None or last_time + 1.5 * frame_step < tasks[i].plan.t_end:
                     stats.notes.setdefault("cut_short_by_video_end", []).append(tasks[i].name)
                 finish(i)
@@ -399,16 +354,14 @@ def extract_clips(
                     f"starts at {tasks[i].plan.t_start:.3f} s, {where}"
                     + (f" ({last_time:.3f} s)" if last_time is not None else " (no frame decoded)"),
                     "after_end" if where != "between frames" else "no_frames"))
+        collect(wait=True)
         if rescaled:
             stats.notes["frames_rescaled_to_the_probed_size"] = [task.name for task in tasks]
     except BaseException:
-        wait(in_flight)  # no writer may be in use while it is dropped
-        for clip in active.values():
-            clip.writer.abort()
+        clips.abort()
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        clips.shutdown()
     return stats
 
 
@@ -513,7 +466,7 @@ def cut_missing_clips(
 ) -> VideoResult:
     """Cut the clips of ``tracks`` whose file does not exist yet, in one pass over the video
     (not opened at all when every clip exists). ``info`` saves a probe when the caller has one;
-    ``encoder`` goes to :func:`extract_clips` (``crf``, ``preset``, ``keyframe_interval``, ``threads``)."""
+    ``encoder`` goes to :func:`extract_clips` (``crf``, ``preset``, ``keyframe_interval``, ``workers``)."""
     result = VideoResult()
     missing = [(r, p) for r, p in tracks if not p.exists()]
     result.existing = len(tracks) - len(missing)

@@ -71,14 +71,15 @@ class ClipOptions:
 
     max_track_len: float = option(DEFAULT_MAX_DURATION, group=EXTRACT_GROUP,
                                   help="clips keep at most this many seconds from the track's start")
-    threads: int | None = option(None, group=EXTRACT_GROUP,
-                                 help="worker threads cutting and encoding clips (default: the CPUs this process may "
-                                      "use, i.e. --cpus_per_task under Slurm; lower it when several ranks share a "
-                                      "machine)")
+    num_workers: int | None = option(None, group=EXTRACT_GROUP, aliases=("threads",),
+                                     help="worker processes resizing and encoding clips, each one CPU (default: the "
+                                          "CPUs this process may use, i.e. --cpus_per_task under Slurm; lower it when "
+                                          "several ranks share a machine); 1 does it all in the decoding process. "
+                                          "--threads is its old name")
 
     def validate(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise UsageError(f"--num_workers (--threads) must be at least 1, got {self.num_workers}")
         if not self.max_track_len > 0:
             raise UsageError(f"--max_track_len must be positive, got {self.max_track_len}")
 
@@ -158,7 +159,7 @@ def cut_with_progress(video: Path, tracks: Sequence[tuple[TrackRecord, Path]], o
     with progress_bar(unit="frame", desc=f"{item} frames", inner=True) as bar:
         try:
             return cut_missing_clips(video, tracks, options.max_track_len, info=info, on_frames=bar.update,
-                                     threads=options.threads)
+                                     workers=options.num_workers)
         except VideoError as exc:
             raise ItemError(f"corrupt video: {exc}", category=exc.category) from None
 

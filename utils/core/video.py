@@ -159,11 +159,11 @@ def _video_stream(container: av.container.InputContainer, path: str | os.PathLik
     return container.streams.video[0]
 
 
-def _decode_threaded(stream: av.video.VideoStream) -> None:
-    """Frame and slice threads for decoding: one more than the CPUs this process may use, as
-    FFmpeg's own default does, but counting a Slurm task's CPUs rather than the node's."""
+def _decode_threaded(stream: av.video.VideoStream, threads: int | None = None) -> None:
+    """Frame and slice threads for decoding: ``threads``, by default one more than the CPUs this
+    process may use, as FFmpeg's own default does, but counting a Slurm task's CPUs rather than the node's."""
     stream.thread_type = "AUTO"
-    stream.codec_context.thread_count = min(available_cpus() + 1, 16)
+    stream.codec_context.thread_count = threads if threads is not None else min(available_cpus() + 1, 16)
 
 
 def _stream_fps(stream: av.video.VideoStream) -> float:
@@ -218,17 +218,19 @@ def _rgb_converter(out_w: int, out_h: int):
     return convert
 
 
-def decode_span(path: str | os.PathLike, start: float = 0.0, end: float | None = None) -> Iterator[tuple[av.VideoFrame, float]]:
+def decode_span(path: str | os.PathLike, start: float = 0.0, end: float | None = None,
+                threads: int | None = None) -> Iterator[tuple[av.VideoFrame, float]]:
     """Every frame over ``[start, end)`` seconds as PyAV decoded it (no conversion), with its
     presentation time; a frame up to half a frame period before ``start`` counts as inside.
     A stream that ends short of what its container announces raises :class:`TruncatedVideoError`
-    when the span reaches that end."""
+    when the span reaches that end. ``threads``: decoder threads (default: the CPUs + 1; fewer
+    when other processes keep the CPUs busy: each thread costs some CPU time)."""
     if end is not None and end <= start:
         return
     container = _open(path)
     try:
         stream = _video_stream(container, path)
-        _decode_threaded(stream)
+        _decode_threaded(stream, threads)
         half_frame = 0.5 / (_stream_fps(stream) or 30.0)
         for frame, t in _decode_from(container, stream, start, path):
             if t < start - half_frame:
