@@ -7,6 +7,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from utils.core.errors import InvalidItemError
@@ -15,6 +16,7 @@ from utils.core.io import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    cached_rows,
     is_gzip,
     iter_json_lines,
     open_maybe_gzip,
@@ -145,3 +147,30 @@ def test_default_base_dir(monkeypatch):
     assert default_base_dir() == Path("/data/tv")
     monkeypatch.delenv("TRACKVERSE_DB")
     assert default_base_dir() == Path("TrackVerseDB")
+
+
+def test_cached_rows_computes_once_and_recovers_from_a_bad_cache(tmp_path, caplog):
+    """The text-embedding caches (OWLv2's prompts, relabel's vocabularies) share this: a sound
+    cache is used without computing; a damaged or wrong-sized one is computed again and
+    replaced; an unwritable cache folder costs a warning, never the result."""
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    path = tmp_path / "cache" / "x.npy"
+    arr, hit = cached_rows(path, 3, compute)
+    assert not hit and len(calls) == 1 and path.is_file()
+    arr2, hit = cached_rows(path, 3, compute)
+    assert hit and len(calls) == 1 and np.array_equal(arr, arr2)
+    _, hit = cached_rows(path, 4, compute)  # another row count: not this cache's
+    assert not hit and len(calls) == 2
+    path.write_bytes(b"not numpy")
+    arr3, hit = cached_rows(path, 3, compute)
+    assert not hit and np.array_equal(arr3, arr) and np.array_equal(np.load(path), arr)
+    assert "ignoring unreadable cache" in caplog.text
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    arr4, hit = cached_rows(blocked / "x.npy", 3, compute)  # its folder is a file
+    assert not hit and np.array_equal(arr4, arr) and "could not write cache" in caplog.text

@@ -15,15 +15,20 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import socket
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 TMP_MARKER = ".tmp-"
 
@@ -199,3 +204,27 @@ def iter_json_lines(lines: Iterable[bytes | str]) -> Iterator[JsonLine]:
             yield JsonLine(lineno, text, error=exc, torn=not ended)
             continue
         yield JsonLine(lineno, text, value)
+
+
+def cached_rows(path: str | os.PathLike, rows: int, compute: Callable[[], np.ndarray], use_cache: bool = True,
+                what: str = "cache") -> tuple[np.ndarray, bool]:
+    """``(array, hit)``: the float32 ``(rows, D)`` array saved at ``path`` when it is there and
+    sound (finite, ``rows`` rows), else ``compute()``'s, saved atomically for next time. A cache
+    that cannot be read or written is only worth a warning: the array is computed either way."""
+    path = Path(path)
+    if use_cache and path.is_file():
+        try:
+            arr = np.load(path, allow_pickle=False)
+            if arr.ndim == 2 and arr.shape[0] == rows and np.all(np.isfinite(arr)):
+                return arr.astype(np.float32), True
+            log.warning("ignoring malformed %s %s (shape %s)", what, path, arr.shape)
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s %s: %s", what, path, exc)
+    arr = compute()
+    if use_cache:
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+        except OSError as exc:
+            log.warning("could not write %s %s: %s", what, path, exc)
+    return arr, False

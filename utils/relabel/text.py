@@ -26,7 +26,7 @@ import numpy as np
 
 from utils.core.assets import cache_root
 from utils.core.errors import SystemicError
-from utils.core.io import atomic_path, file_signature
+from utils.core.io import cached_rows, file_signature
 from utils.detect.detectors.base import DetectorError, build_text_encoder, embed_prompts
 from utils.records.track_embeddings import EmbeddingsError, embeddings_info, embeddings_path
 
@@ -55,26 +55,17 @@ def text_embeddings(spec: str, weights: str | None, texts: Sequence[str], use_ca
     encoder of the detector ``spec`` with ``weights``. A detector that cannot be built or has no
     text encoder is a :class:`~utils.core.errors.SystemicError` (every item would fail)."""
     texts = [str(t) for t in texts]
-    path = text_cache_path(spec, weights, texts)
-    if use_cache and path.is_file():
+
+    def encode() -> np.ndarray:
         try:
-            arr = np.load(path, allow_pickle=False)
-            if arr.ndim == 2 and arr.shape[0] == len(texts) and np.all(np.isfinite(arr)):
-                return arr.astype(np.float32)
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable text-embedding cache %s: %s", path, exc)
-    try:
-        detector = build_text_encoder(spec, texts, weights, device="cpu")
-        arr = embed_prompts(detector, texts)
-    except (DetectorError, ImportError, OSError, ValueError, TypeError) as exc:
-        raise SystemicError(f"cannot encode text with detector {spec!r} (weights {weights or 'none'}), the one that "
-                            f"made the track embeddings: {exc}") from exc
-    if use_cache:
-        try:
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-        except OSError as exc:
-            log.warning("could not write the text-embedding cache %s: %s", path, exc)
+            detector = build_text_encoder(spec, texts, weights, device="cpu")
+            return embed_prompts(detector, texts)
+        except (DetectorError, ImportError, OSError, ValueError, TypeError) as exc:
+            raise SystemicError(f"cannot encode text with detector {spec!r} (weights {weights or 'none'}), the one "
+                                f"that made the track embeddings: {exc}") from exc
+
+    arr, _ = cached_rows(text_cache_path(spec, weights, texts), len(texts), encode, use_cache,
+                         what="text-embedding cache")
     return arr
 
 

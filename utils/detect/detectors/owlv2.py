@@ -43,7 +43,7 @@ import numpy as np
 
 from utils.core.assets import cache_root
 from utils.core.boxes import nms
-from utils.core.io import atomic_path
+from utils.core.io import cached_rows
 from utils.core.models import torch_device
 from utils.core.network import hub_cache_dir, hub_endpoint, hub_offline, unreachable
 from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
@@ -376,22 +376,9 @@ class OwlV2Detector(Detector):
         texts = list(self.texts if texts is None else texts)
         path = self.cache_dir / "owlv2-text" / f"{self.cache_key(texts)}.npy"
         self.text_cache_path = path
-        if self.use_cache and path.is_file():
-            try:
-                arr = np.load(path, allow_pickle=False)
-                if arr.ndim == 2 and arr.shape[0] == len(texts) and np.all(np.isfinite(arr)):
-                    self.text_cache_hit = True
-                    return arr.astype(np.float32)
-                log.warning("ignoring malformed OWLv2 text cache %s (shape %s)", path, arr.shape)
-            except (OSError, ValueError) as exc:
-                log.warning("ignoring unreadable OWLv2 text cache %s: %s", path, exc)
-        arr = self.encode_texts(texts)
-        if self.use_cache:
-            try:
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                    np.save(f, arr, allow_pickle=False)
-            except OSError as exc:
-                log.warning("could not write OWLv2 text cache %s: %s", path, exc)
+        arr, hit = cached_rows(path, len(texts), lambda: self.encode_texts(texts), self.use_cache,
+                               what="OWLv2 text cache")
+        self.text_cache_hit = self.text_cache_hit or hit
         return arr
 
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
