@@ -330,3 +330,33 @@ def test_a_detector_fault_stops_the_pipelined_run(tmp_path, synthetic_video, mon
     assert not (db / "tracks_meta").exists() or not any((db / "tracks_meta").rglob("*.gzip"))
     assert not [t.name for t in threading.enumerate() if t.name.startswith("parse-")]
     assert not multiprocessing.active_children(), "decode workers left running"
+
+
+class SlowDetector(FixtureDetector):
+    """The fixture detector at a GPU-less pace, so a video takes a few progress polls."""
+
+    def detect(self, frames, timestamps=None):
+        time.sleep(0.05)
+        return super().detect(frames, timestamps)
+
+
+class RecordingBar:
+    """What a tqdm bar is told."""
+
+    def __init__(self) -> None:
+        self.updates: list[float] = []
+
+    def update(self, n: float) -> None:
+        self.updates.append(n)
+
+
+def test_pipeline_progress_advances_while_a_video_is_parsed(tmp_path, synthetic_video):
+    """The bar moves in seconds of video as frames are tracked, not once per video, and ends
+    at the seconds parsed."""
+    truth = write_ground_truth(synthetic_video, tmp_path / "truth.json")
+    config = ParseConfig(batch_size=4, min_track_len=1.0, min_track_area=0.0)
+    bar = RecordingBar()
+    with ParsePipeline(SlowDetector(NAMES, truth), NAMES, config, workers=1) as pipeline:
+        result = pipeline.parse(YIDS[0], synthetic_video.path, synthetic_video.scene_spans(), progress=bar)
+    assert len(bar.updates) > 3 and all(n > 0 for n in bar.updates)
+    assert sum(bar.updates) == pytest.approx(result.video_seconds, abs=0.02)

@@ -162,7 +162,17 @@ class _Unit:
     tracker: ByteTracker | None = None
     expected: int | None = None  # frames, once the worker has sent them all
     tracked: int = 0
+    reached: float | None = None  # time of the last frame tracked
     histories: list[TrackHistory] | None = None
+
+    def seconds_tracked(self) -> float:
+        """Seconds of the segment's video tracked so far (for the progress bar)."""
+        covered = covered_seconds(self.segment, self.video.duration)
+        if self.histories is not None:
+            return covered
+        if self.reached is None:
+            return 0.0
+        return min(max(0.0, self.reached - self.segment[0]), covered)
 
 
 @dataclass(eq=False)
@@ -286,15 +296,23 @@ class ParsePipeline:
         """The submitted video's tracks (waits for them); raises its failure (``VideoError``,
         :class:`~utils.core.errors.ItemError`), or the pipeline's (a detector fault)."""
         video = self._videos[yid]
+        shown = 0.0  # seconds of video the bar shows
+
+        def show(seconds: float) -> None:
+            nonlocal shown
+            if progress is not None and seconds > shown:
+                progress.update(round(seconds - shown, 2))
+                shown = seconds
+
         while not video.done.wait(0.2):
             self._check_alive()
+            show(sum(unit.seconds_tracked() for unit in list(video.units)))  # read while the tracker writes: floats
         with self._lock:
             del self._videos[yid]
         if video.error is not None:
             raise video.error
         assert video.result is not None
-        if progress is not None:
-            progress.update(round(video.result.video_seconds, 2))
+        show(video.result.video_seconds)
         return video.result
 
     def parse(self, yid: str, video_path: str | Path, segments: Sequence[tuple[float, float]],
@@ -517,6 +535,7 @@ class ParsePipeline:
             assert unit.video.context is not None
             update_tracker(unit.tracker, dets, shape, t, unit.video.context.source_size)
             unit.tracked += 1
+            unit.reached = t
             touched[unit.uid] = unit
         for unit in touched.values():
             self._maybe_finish(unit)
