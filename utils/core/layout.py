@@ -20,6 +20,8 @@ log = logging.getLogger("trackverse.curation")
 YID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{11}$")
 DATASET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: what every per-video metadata file name ends with: tracks_meta/<dataset>/<yid[:2]>/<yid>-meta.jsonl.gzip
+META_SUFFIX = "-meta.jsonl.gzip"
 
 
 def validate_yid(yid: str) -> str:
@@ -83,7 +85,7 @@ class DatasetLayout:
     def tracks_meta(self, dataset_name: str, yid: str) -> Path:
         validate_name(dataset_name)
         validate_yid(yid)
-        return self.base_dir / "tracks_meta" / dataset_name / yid[:2] / f"{yid}-meta.jsonl.gzip"
+        return self.base_dir / "tracks_meta" / dataset_name / yid[:2] / f"{yid}{META_SUFFIX}"
 
     def tracks_meta_dir(self, dataset_name: str) -> Path:
         validate_name(dataset_name)

@@ -53,7 +53,14 @@ from utils.core.io import (
     is_temp_file,
     iter_json_lines,
 )
-from utils.core.layout import YID_PATTERN, DatasetLayout, companion_path, report_path, validate_name
+from utils.core.layout import (
+    META_SUFFIX,
+    YID_PATTERN,
+    DatasetLayout,
+    companion_path,
+    report_path,
+    validate_name,
+)
 from utils.core.progress import progress_bar
 from utils.core.resources import peak_memory_gb
 from utils.records.index_file import COMPANION_SCHEMA, companion_table, write_companion
@@ -69,8 +76,7 @@ log = logging.getLogger("trackverse.curation")
 
 
 INDEX_COMPRESSLEVEL = 6
-META_GLOB = "*/*-meta.jsonl.gzip"
-META_SUFFIX = "-meta.jsonl.gzip"
+META_GLOB = f"*/*{META_SUFFIX}"
 
 _PROBLEMS_PER_FILE = 20
 

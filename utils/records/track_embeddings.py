@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from utils.core.io import GZIP_STREAM_ERRORS, atomic_path, atomic_write_bytes
-from utils.core.layout import DatasetLayout
+from utils.core.layout import META_SUFFIX, DatasetLayout
 from utils.records.metrics_store import VectorSource
-from utils.records.tracks import Provenance, TrackRecord, records_to_jsonl_gz_bytes
+from utils.records.tracks import Provenance, TrackRecord, jsonl_to_gz_bytes, records_to_jsonl_bytes
 
 __all__ = [
     "EMBEDDINGS_COLUMN",
@@ -63,7 +63,6 @@ __all__ = [
 EMBEDDINGS_FORMAT = 1
 EMBEDDINGS_COLUMN = "embedding"
 EMBEDDINGS_SUFFIX = "-emb.parquet"
-META_SUFFIX = "-meta.jsonl.gzip"
 _METADATA_KEY = b"trackverse.embeddings"
 
 
@@ -122,9 +121,9 @@ def write_video_tracks(meta_path: str | os.PathLike, records: Sequence[TrackReco
     ``records[i]``'s), each atomically, embeddings first (see the module docstring); ``info``
     is added to the embeddings file's metadata."""
     meta_path = Path(meta_path)
-    data = records_to_jsonl_gz_bytes(records, provenance)
+    lines = records_to_jsonl_bytes(records)
     vectors, present, dim = _stack(embeddings, len(records))
-    meta = {**(info or {}), "format": EMBEDDINGS_FORMAT, "dim": dim, "records_sha256": _sha256(gzip.decompress(data)),
+    meta = {**(info or {}), "format": EMBEDDINGS_FORMAT, "dim": dim, "records_sha256": _sha256(lines),
             "tracks": len(records)}
     if provenance is not None:
         meta.setdefault("detector", provenance.detector)
@@ -133,7 +132,7 @@ def write_video_tracks(meta_path: str | os.PathLike, records: Sequence[TrackReco
     table = _table(records, vectors, present, dim, meta)
     with atomic_path(embeddings_path(meta_path)) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    atomic_write_bytes(meta_path, data)
+    atomic_write_bytes(meta_path, jsonl_to_gz_bytes(lines, provenance))
 
 
 def embeddings_info(path: str | os.PathLike) -> dict[str, Any]:

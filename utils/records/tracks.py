@@ -69,6 +69,8 @@ __all__ = [
     "iter_records",
     "read_provenance",
     "read_records",
+    "jsonl_to_gz_bytes",
+    "records_to_jsonl_bytes",
     "records_to_jsonl_gz_bytes",
     "track_filename",
     "write_records",
@@ -703,7 +705,8 @@ def read_provenance(path: str | os.PathLike, from_records: bool = True) -> Prove
 # ---------------------------------------------------------------------------- files
 
 
-def _jsonl_bytes(records: Iterable[TrackRecord | dict[str, Any]]) -> bytes:
+def records_to_jsonl_bytes(records: Iterable[TrackRecord | dict[str, Any]]) -> bytes:
+    """The canonical JSON lines of ``records``, uncompressed (what a metadata file holds)."""
     lines = []
     for r in records:
         rec = r if isinstance(r, TrackRecord) else TrackRecord.from_dict(r)
@@ -716,7 +719,11 @@ def records_to_jsonl_gz_bytes(records: Iterable[TrackRecord | dict[str, Any]],
     """Gzip-compressed JSON lines of ``records`` (deterministic: no timestamp in the header),
     with ``provenance`` in the gzip header when given (see :func:`read_provenance`).
     Write them atomically, e.g. with ``utils.core.io.atomic_write_bytes``."""
-    data = _jsonl_bytes(records)
+    return jsonl_to_gz_bytes(records_to_jsonl_bytes(records), provenance)
+
+
+def jsonl_to_gz_bytes(data: bytes, provenance: Provenance | None = None) -> bytes:
+    """:func:`records_to_jsonl_gz_bytes` for lines already made by :func:`records_to_jsonl_bytes`."""
     if provenance is not None:
         return _gzip_with_provenance(data, provenance)
     return gzip.compress(data, compresslevel=6, mtime=0)
@@ -724,7 +731,7 @@ def records_to_jsonl_gz_bytes(records: Iterable[TrackRecord | dict[str, Any]],
 
 def write_records(fileobj: IO[bytes], records: Iterable[TrackRecord | dict[str, Any]]) -> int:
     """Write ``records`` as one gzip member to a binary file object; returns how many."""
-    data = _jsonl_bytes(records)
+    data = records_to_jsonl_bytes(records)
     with gzip.GzipFile(fileobj=fileobj, mode="wb", mtime=0) as gz:
         gz.write(data)
     return data.count(b"\n")
