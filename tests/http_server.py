@@ -85,6 +85,9 @@ class RequestRecord:
     range: tuple[int, int] | None = None  # served byte range, inclusive
     bytes_sent: int = 0
     complete: bool = False  # the whole requested body was written
+    # Set when the handler returns: a client can read the last byte before the server thread
+    # records ``complete``, so the counting queries wait for this (see _settled).
+    handled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 @dataclass
@@ -156,10 +159,18 @@ class FaultServer:
 
     def completed_bodies(self, path: str) -> int:
         """How many GETs of ``path`` were answered with the whole file (status 200, all bytes)."""
-        return sum(1 for r in self.requests_for(path) if r.complete and r.status == 200)
+        return sum(1 for r in self._settled(path) if r.complete and r.status == 200)
 
     def bytes_served(self, path: str) -> int:
-        return sum(r.bytes_sent for r in self.requests_for(path))
+        return sum(r.bytes_sent for r in self._settled(path))
+
+    def _settled(self, path: str, timeout: float = 10.0) -> list[RequestRecord]:
+        """GETs of ``path``, after waiting (bounded) for handlers still finishing their bookkeeping."""
+        records = self.requests_for(path)
+        deadline = time.monotonic() + timeout
+        for record in records:
+            record.handled.wait(max(0.0, deadline - time.monotonic()))
+        return records
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> FaultServer:
@@ -216,6 +227,12 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             record = RequestRecord(self.command, path, dict(self.headers.items()), time.time())
             server._record(record)
+            try:
+                self._answer(record, path, head)
+            finally:
+                record.handled.set()
+
+        def _answer(self, record: RequestRecord, path: str, head: bool) -> None:
             entry = server._entries.get(path)
             if entry is None:
                 self._answer_status(record, 404)
