@@ -260,13 +260,19 @@ def _fail_on_video(monkeypatch, exc: BaseException, yid: str) -> None:
     """Make the index's record parsing raise ``exc`` for the records of ``yid`` only."""
     import utils.curate.index as index_module
 
-    original = TrackRecord.from_dict
+    original_fast, original_full = index_module.canonical_line_scalars, TrackRecord.from_dict
+
+    def canonical_line_scalars(text, expected_yid):
+        if expected_yid == yid:
+            raise exc
+        return original_fast(text, expected_yid)
 
     def from_dict(data, validate=True):
         if data.get("yid") == yid:
             raise exc
-        return original(data, validate)
+        return original_full(data, validate)
 
+    monkeypatch.setattr(index_module, "canonical_line_scalars", canonical_line_scalars)
     monkeypatch.setattr(index_module.TrackRecord, "from_dict", from_dict)
 
 
@@ -305,14 +311,15 @@ def test_index_unreadable_file_is_reported_unless_systemic(tmp_path, monkeypatch
 
     build_db(tmp_path, videos=4, per_video=2)
     bad = str(DatasetLayout(tmp_path).tracks_meta(DS, yid_of(2)))
-    original = index_module.gzip.open
+    def failing(opener):
+        def fake_open(path, *args, **kwargs):
+            if str(path) == bad:
+                raise OSError(code, os.strerror(code))
+            return opener(path, *args, **kwargs)
+        return fake_open
 
-    def gzip_open(path, *args, **kwargs):
-        if str(path) == bad:
-            raise OSError(code, os.strerror(code))
-        return original(path, *args, **kwargs)
-
-    monkeypatch.setattr(index_module.gzip, "open", gzip_open)
+    monkeypatch.setattr(index_module.gzip, "open", failing(index_module.gzip.open))
+    monkeypatch.setattr(index_module, "open", failing(open), raising=False)  # the module's plain reads
     assert index(tmp_path) == exit_code
     monkeypatch.undo()
     if exit_code == 1:
@@ -1084,7 +1091,12 @@ def _line_variants(yid: str) -> list[bytes]:
         changed(top10_lbl=[], top10_desc=[], top10_logit_mu=[], top10_logit_std=[], top10_wlogit_mu=[],
                 top10_wlogit_std=[]),
         changed(track_ts=list(reversed(ts))), changed(track_ts=[]), changed(track_ts=[1e300] * len(ts)),
-        changed(track_ts=[*ts[:-1], 1e19]), changed(track_bbox=[[*b[:2], -1.0, b[3]] for b in box]),
+        changed(track_ts=[*ts[:-1], 1e19]), changed(track_ts=[*ts[:-1], 1e16]),  # Python writes 1e+16
+        changed(top10_logit_std=[1e-05, 0.1, 0.1]), changed(top10_logit_mu=[-0.0, 0.5, 0.25]),
+        changed(track_ts=[*ts[:-1], 2**53 + 1]), changed(track_ts=[*ts[:-1], 2**53]),  # not exact as floats
+        changed(track_bbox=[[int(v) for v in b] for b in box]), changed(top10_logit_mu=[1, 0, -1]),
+        changed(scores=None), changed(segment=None), changed(detector=None), changed(top10_desc=None),
+        changed(track_bbox=[[*b[:2], -1.0, b[3]] for b in box]),
         changed(track_bbox=box[:-1]), changed(track_bbox=[b[:3] for b in box]), changed(track_bbox=[1.0] * len(box)),
         changed(scores=[0.5] * (len(ts) + 1)), changed(segment=[2.0, 1.0]), changed(segment=[0.0, 9.0]),
         changed(detector=7), changed(tid=""), changed(tid=5), changed(fn="/abs.mp4"), changed(fn="a/../b.mp4"),
@@ -1152,6 +1164,13 @@ def test_index_of_a_damaged_file_keeps_the_lines_a_stream_keeps(tmp_path):
     fast = index_module.index_meta_file((str(path), path.name))
     full = index_module._index_meta_file_streaming(str(path), path.name, yid)
     assert fast.damaged == full.damaged and fast.members == full.members
+    # not one intact member: two members, zero padding, trailing garbage (the stdlib decides)
+    for variant in (data + data, data + bytes(16), data + b"garbage"):
+        path.write_bytes(variant)
+        fast = index_module.index_meta_file((str(path), path.name))
+        full = index_module._index_meta_file_streaming(str(path), path.name, yid)
+        assert (fast.damaged is None) == (full.damaged is None) and fast.members == full.members
+    assert full.damaged and len(full.members) == 40  # garbage after the data: named, every line kept
 
 
 def test_index_output_does_not_depend_on_the_pool_window(tmp_path):

@@ -45,10 +45,10 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from itertools import chain
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Annotated, Any, BinaryIO
 
+import msgspec
 import numpy as np
 
 from utils.core.boxes import xywh_to_xyxy, xyxy_to_xywh
@@ -64,7 +64,7 @@ __all__ = [
     "RecordsRead",
     "TrackRecord",
     "TrackRecordError",
-    "canonical_record_scalars",
+    "canonical_line_scalars",
     "compute_tid",
     "iter_records",
     "read_provenance",
@@ -137,6 +137,7 @@ _CANONICAL = (
     "scores",
 )
 _TOP10 = ("top10_lbl", "top10_desc", "top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
+_TOP10_FLOATS = ("top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
 # canonical key -> other spellings, in order of preference (track_ts is handled apart)
 _ALIASES = {
     "fn": ("track_mp4_filename", "mp4_filename"),
@@ -471,18 +472,42 @@ class TrackRecord:
 
 # ---------------------------------------------------------------------------- fast check
 
-_TOP10_FLOATS = ("top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
-_FLOAT = {float}
-_BIG = 1e18
-_CANONICAL_SET = frozenset(_CANONICAL)
+# Constraints msgspec checks while it parses. Numbers below 2**53 in magnitude: an integer
+# written where a float belongs is exact then, so msgspec reads the value the full way's
+# json.loads + int -> float coercion gives (a bigger one only costs the full way).
+_Number = Annotated[float, msgspec.Meta(gt=-(2.0**53), lt=2.0**53)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0, lt=2.0**53)]
+_Index = Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)]
+_Size = Annotated[int, msgspec.Meta(gt=0, lt=1 << 31)]
+_Unset = msgspec.UnsetType
+_UNSET = msgspec.UNSET
 
 
-def _floats_ok(values: Any) -> bool:
-    """A list of Python floats, all finite and below 1e18 in magnitude (a sum is finite only
-    when every term is; larger values, where a parser may have read a huge integer as a
-    float, are left to the full check)."""
-    return type(values) is list and set(map(type, values)) <= _FLOAT and math.isfinite(sum(values)) and (
-        not values or (-_BIG < min(values) and max(values) < _BIG))
+class _CanonicalLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A record line in canonical spelling: msgspec checks types and the bounds above while it
+    parses (no dict, no coercion step). Optional keys default to UNSET, so an explicit ``null``
+    (which the canonical form leaves out) does not match."""
+
+    yid: str
+    tid: Annotated[str, msgspec.Meta(min_length=1)]
+    fn: str
+    video_size: tuple[_Size, _Size] | _Unset = _UNSET
+    track_ts: Annotated[list[_Number], msgspec.Meta(min_length=1)]
+    track_bbox: list[tuple[_Number, _Number, _NonNegative, _NonNegative]]
+    top10_lbl: list[_Index] | _Unset = _UNSET
+    top10_desc: list[str] | _Unset = _UNSET
+    top10_logit_mu: list[_Number] | _Unset = _UNSET
+    top10_logit_std: list[_NonNegative] | _Unset = _UNSET
+    top10_wlogit_mu: list[_Number] | _Unset = _UNSET
+    top10_wlogit_std: list[_NonNegative] | _Unset = _UNSET
+    segment: tuple[_Number, _Number] | _Unset = _UNSET
+    detector: str | _Unset = _UNSET
+    vocab_hash: str | _Unset = _UNSET
+    scores: list[_Number] | _Unset = _UNSET
+
+
+assert _CanonicalLine.__struct_fields__ == _CANONICAL
+_decode_canonical = msgspec.json.Decoder(_CanonicalLine).decode
 
 
 _label_cache: dict[str, str] = {}
@@ -497,66 +522,35 @@ def _label(desc: str) -> str:
     return label
 
 
-def canonical_record_scalars(rec: TrackRecord, expected_yid: str) -> tuple | None:
-    """For a record made with ``from_dict(data, validate=False)``: the index's scalars of it
-    (``yid tid fn label label_id score logit duration num_frames t_start t_end video_h
-    video_w``) when its fields already have exactly the types coercion gives (``str``, lists
-    of ``float``, lists of ``int``) and it passes :meth:`TrackRecord.validate` with the yid
-    ``expected_yid``; then the full construction would change nothing. None when it cannot
-    say so cheaply (another type, a bad value): build the record the full way to know.
-    Never accepts a record the full way rejects."""
-    yid, tid, fn, ts, bbox = rec.yid, rec.tid, rec.fn, rec.track_ts, rec.track_bbox
-    if type(yid) is not str or yid != expected_yid or type(tid) is not str or not tid:
+def canonical_line_scalars(text: bytes, expected_yid: str) -> tuple | None:
+    """The index's scalars of one JSON line (``yid tid fn label label_id score logit duration
+    num_frames t_start t_end video_h video_w``) when the line is a record in canonical spelling
+    (keys of :data:`_CANONICAL`, no ``null``, no other key) of video ``expected_yid`` that
+    passes :meth:`TrackRecord.validate`: then reading it the full way (``json.loads``,
+    :meth:`TrackRecord.from_dict`) gives the same values, ``to_dict()`` equals what was read,
+    and the line is kept as read. None when it cannot say so cheaply (another spelling, an
+    explicit null, NaN, a number beyond 2**53, a bad value): read it the full way to know. Never accepts
+    a line the full way rejects; ``tests/test_curate_db.py`` holds the two ways to the same
+    result on every kind of line."""
+    try:
+        rec = _decode_canonical(text)
+    except msgspec.DecodeError:  # also ValidationError: a type, bound, key or null the canonical form does not have
         return None
-    if type(fn) is not str or not fn.endswith(".mp4") or fn.startswith("/") or "\\" in fn or ".." in fn:
-        return None
-    if not _floats_ok(ts) or not ts or sorted(ts) != ts:
-        return None
+    yid, fn, ts = rec.yid, rec.fn, rec.track_ts
     n = len(ts)
-    if type(bbox) is not list or len(bbox) != n or set(map(type, bbox)) != {list} or set(map(len, bbox)) != {4}:
+    if yid != expected_yid or len(rec.track_bbox) != n or sorted(ts) != ts:
         return None
-    flat = list(chain.from_iterable(bbox))
-    if not _floats_ok(flat) or min(flat[2::4]) < 0 or min(flat[3::4]) < 0:
+    if not fn.endswith(".mp4") or fn.startswith("/") or "\\" in fn or ".." in fn:
         return None
-    size = rec.video_size
-    if size is not None:
-        if type(size) is not list or len(size) != 2 or set(map(type, size)) != {int} or min(size) <= 0 \
-                or max(size) >= 1 << 31:
-            return None
-        video_h, video_w = size
-    else:
-        video_h, video_w = -1, -1
-    lengths = set()
-    lbl, desc = rec.top10_lbl, rec.top10_desc
-    if lbl is not None:
-        if type(lbl) is not list or not set(map(type, lbl)) <= {int} or (lbl and (min(lbl) < 0 or max(lbl) >= 1 << 31)):
-            return None
-        lengths.add(len(lbl))
-    if desc is not None:
-        if type(desc) is not list or not set(map(type, desc)) <= {str}:
-            return None
-        lengths.add(len(desc))
-    for name in _TOP10_FLOATS:
-        values = getattr(rec, name)
-        if values is not None:
-            if not _floats_ok(values) or (name.endswith("_std") and values and min(values) < 0):
-                return None
-            lengths.add(len(values))
+    lbl, desc, wmu, mu = rec.top10_lbl, rec.top10_desc, rec.top10_wlogit_mu, rec.top10_logit_mu
+    lengths = {len(v) for v in (lbl, desc, mu, rec.top10_logit_std, wmu, rec.top10_wlogit_std) if v is not _UNSET}
     if len(lengths) > 1:
         return None
-    seg = rec.segment
-    if seg is not None and (not _floats_ok(seg) or len(seg) != 2 or seg[1] < seg[0]):
+    seg, scores = rec.segment, rec.scores
+    if (seg is not _UNSET and seg[1] < seg[0]) or (scores is not _UNSET and len(scores) != n):
         return None
-    if rec.scores is not None and (not _floats_ok(rec.scores) or len(rec.scores) != n):
-        return None
-    for name in ("detector", "vocab_hash"):
-        value = getattr(rec, name)
-        if value is not None and type(value) is not str:
-            return None
-    if type(rec.extra) is not dict or set(rec.extra) & _CANONICAL_SET:
-        return None
-    wmu, mu = rec.top10_wlogit_mu, rec.top10_logit_mu
-    return (yid, tid, fn, _label(desc[0]) if desc else None, lbl[0] if lbl else -1,
+    video_h, video_w = rec.video_size or (-1, -1)
+    return (yid, rec.tid, fn, _label(desc[0]) if desc else None, lbl[0] if lbl else -1,
             wmu[0] if wmu else math.nan, mu[0] if mu else math.nan,
             ts[-1] - ts[0], n, ts[0], ts[-1], video_h, video_w)
 
