@@ -59,6 +59,7 @@ from utils.records.prompts import label_of, label_with_dashes
 __all__ = [
     "TS_DECIMALS",
     "BBOX_DECIMALS",
+    "RELABELLED",
     "Provenance",
     "RecordsFileError",
     "RecordsRead",
@@ -136,6 +137,8 @@ _CANONICAL = (
     "vocab_hash",
     "scores",
 )
+#: the extra key relabel_tracks.py adds (a JSON object: from which dataset and vocabulary, which score)
+RELABELLED = "relabelled"
 _TOP10 = ("top10_lbl", "top10_desc", "top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
 _TOP10_FLOATS = ("top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
 # canonical key -> other spellings, in order of preference (track_ts is handled apart)
@@ -504,9 +507,11 @@ class _CanonicalLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
     detector: str | _Unset = _UNSET
     vocab_hash: str | _Unset = _UNSET
     scores: list[_Number] | _Unset = _UNSET
+    # the one extra key our own stages write (relabel_tracks.py); any other extra key costs the full way
+    relabelled: dict[str, Any] | _Unset = _UNSET
 
 
-assert _CanonicalLine.__struct_fields__ == _CANONICAL
+assert _CanonicalLine.__struct_fields__ == (*_CANONICAL, RELABELLED)
 _decode_canonical = msgspec.json.Decoder(_CanonicalLine).decode
 
 
@@ -525,7 +530,7 @@ def _label(desc: str) -> str:
 def canonical_line_scalars(text: bytes, expected_yid: str) -> tuple | None:
     """The index's scalars of one JSON line (``yid tid fn label label_id score logit duration
     num_frames t_start t_end video_h video_w``) when the line is a record in canonical spelling
-    (keys of :data:`_CANONICAL`, no ``null``, no other key) of video ``expected_yid`` that
+    (keys of :data:`_CANONICAL`, no ``null``, no other key but :data:`RELABELLED`) of video ``expected_yid`` that
     passes :meth:`TrackRecord.validate`: then reading it the full way (``json.loads``,
     :meth:`TrackRecord.from_dict`) gives the same values, ``to_dict()`` equals what was read,
     and the line is kept as read. None when it cannot say so cheaply (another spelling, an

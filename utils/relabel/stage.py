@@ -49,6 +49,7 @@ from utils.records.track_embeddings import (
     write_video_tracks,
 )
 from utils.records.tracks import (
+    RELABELLED,
     Provenance,
     RecordsFileError,
     TrackRecord,
@@ -315,7 +316,7 @@ def _provenance_or_none(path: Path) -> Provenance | None:
 def _relabelled(record: TrackRecord, fields: dict[str, Any], vocab_hash: str, relabelled: dict[str, Any]) -> TrackRecord:
     return dataclasses.replace(
         record, fn=track_filename(record.yid, fields["top10_desc"][0], record.tid), vocab_hash=vocab_hash,
-        top10_logit_std=None, extra={**record.extra, "relabelled": relabelled}, **fields)
+        top10_logit_std=None, extra={**record.extra, RELABELLED: relabelled}, **fields)
 
 
 RELABEL_TRACKS_STAGE = RelabelTracksStage()
