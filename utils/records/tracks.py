@@ -140,7 +140,6 @@ _CANONICAL = (
 #: the extra key relabel_tracks.py adds (a JSON object: from which dataset and vocabulary, which score)
 RELABELLED = "relabelled"
 _TOP10 = ("top10_lbl", "top10_desc", "top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
-_TOP10_FLOATS = ("top10_logit_mu", "top10_logit_std", "top10_wlogit_mu", "top10_wlogit_std")
 # canonical key -> other spellings, in order of preference (track_ts is handled apart)
 _ALIASES = {
     "fn": ("track_mp4_filename", "mp4_filename"),
