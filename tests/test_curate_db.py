@@ -1147,6 +1147,44 @@ def test_index_fast_path_decides_every_line_as_the_full_way(tmp_path):
     assert fast.invalid > 20 and len(fast.members) > 10  # both kinds were there
 
 
+def test_index_fast_path_agrees_with_the_full_way_on_mutated_lines(tmp_path):
+    """Random small edits of canonical records (a character replaced, dropped or doubled, a
+    sign, a null, an exponent, a large integer): whatever each edit makes of the line, the fast
+    path and the full way keep the same lines with the same companion rows, and reject the same
+    ones with the same messages."""
+    import random
+
+    from utils.curate import index as index_module
+
+    rng = random.Random(15)
+    yid = yid_of(7)
+    lines = [make_record(yid, k % 3, 0.25 * k, k, t0=1.5 * k, n=8).to_json().encode() for k in range(6)]
+    lines.append(dataclasses.replace(make_record(yid, 1, 0.5, 9), extra={"relabelled": {"score": "cos"}})
+                 .to_json().encode())
+    inserts = [b"-", b"null", b"e5", b"0", b"9007199254740993", b'"', b",", b"[", b"]", b"1.5", b" ", b"true"]
+    mutated = []
+    for _ in range(400):
+        line = bytearray(rng.choice(lines))
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randrange(len(line))
+            kind = rng.randrange(3)
+            if kind == 0:
+                line[at:at + 1] = b""
+            elif kind == 1:
+                line[at:at] = rng.choice(inserts)
+            else:
+                line[at:at + 1] = bytes([rng.choice(b'0123456789-.e,:[]{}\\"')])
+        mutated.append(bytes(line) + b"\n")
+    path = write_meta(tmp_path, yid, [], raw_lines=mutated)
+    fast = index_module.index_meta_file((str(path), path.name))
+    full = index_module._index_meta_file_streaming(str(path), path.name, yid)
+    assert fast.members == full.members
+    assert repr(fast.rows) == repr(full.rows)
+    for name in ("lines", "invalid", "problems", "damaged"):
+        assert getattr(fast, name) == getattr(full, name), name
+    assert 40 < len(fast.members) < 360 and fast.invalid > 40  # both outcomes were exercised
+
+
 def test_index_fast_path_takes_what_our_stages_write():
     """parse_tracks' records and relabel_tracks' (an extra ``relabelled`` object) are read by the
     fast path, whatever the whitespace or key order; spellings it does not know are not."""
