@@ -275,7 +275,8 @@ def check_index(index_path: str | os.PathLike) -> tuple[dict, pa.Schema]:
     except ValueError:
         meta = {}
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_INDEX_FORMATS:
-        raise IndexMismatchError(f"{path} is not an index companion of format {INDEX_FORMAT}: re-run --action index")
+        raise IndexMismatchError(f"{path} is not an index companion of a format this version reads "
+                                 f"({', '.join(map(str, READABLE_INDEX_FORMATS))}): re-run --action index")
     size = index_path.stat().st_size
     if meta.get("index_size") != size:
         raise IndexMismatchError(
