@@ -18,54 +18,18 @@ skipped damaged files or invalid records (the index is still written), 2 bad fla
 systemic fault (disk full).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from collections.abc import Sequence
 
-from utils.core.config import add_config_arguments, config_from_args
-from utils.core.errors import EXIT_SYSTEMIC, EXIT_USAGE, InvalidItemError, UsageError, is_systemic
-from utils.curate.config import CurateConfig
-from utils.curate.index import build_index
-from utils.curate.subsets import run_sampling
-from utils.runner.stage import setup_logging
+from utils.core.command import run_script
+from utils.curate.command import CurateCommand
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, CurateConfig)
-    return parser
-
-
-def run(config: CurateConfig) -> int:
-    """One index or sampling run; prints its summary, returns the exit status."""
-    index_path = config.index_path
-    if config.action == "index":
-        if not config.dataset_name:
-            raise UsageError("--action index needs --dataset_name (which tracks_meta/<dataset_name> to merge)")
-        summary = build_index(config.base_dir, config.dataset_name, index_path, num_workers=max(1, config.num_workers),
-                              progress=config.progress, allow_mixed=config.allow_mixed_vocabularies)
-        print("\n".join(summary.lines_out()), flush=True)
-        return summary.exit_code
-    result = run_sampling(config)
-    print("\n".join(result.lines), flush=True)
-    return result.exit_code
+COMMAND = CurateCommand(__doc__)
+build_parser = COMMAND.build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = config_from_args(CurateConfig, build_parser().parse_args(argv))
-    setup_logging(config.log_level)
-    try:
-        return run(config)
-    except (UsageError, InvalidItemError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:
-        if is_systemic(exc):
-            print(f"STOPPED: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return EXIT_SYSTEMIC
-        raise
+    return run_script(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -9,41 +9,18 @@ hit's score; the top hits are printed. What it promises: utils/relabel/search.py
 flags or inputs, 3 a systemic fault (the detector's text encoder cannot be built).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from collections.abc import Sequence
 
-from utils.core.config import add_config_arguments, config_from_args
-from utils.core.errors import EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, InvalidItemError, UsageError, is_systemic
-from utils.relabel.search import SearchConfig, print_results, run_search
-from utils.runner.stage import setup_logging
+from utils.core.command import run_script
+from utils.relabel.commands import SearchCommand
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("query", nargs="*", help="texts to search for, e.g. 'a red umbrella'")
-    add_config_arguments(parser, SearchConfig)
-    return parser
+COMMAND = SearchCommand(__doc__)
+build_parser = COMMAND.build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = config_from_args(SearchConfig, args, queries=tuple(args.query))
-    setup_logging(config.log_level)
-    try:
-        results = run_search(config)
-    except (UsageError, InvalidItemError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:
-        if not is_systemic(exc):
-            raise
-        print(f"STOPPED: {exc}", file=sys.stderr)
-        return EXIT_SYSTEMIC
-    print_results(results, config.show)
-    return EXIT_OK
+    return run_script(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -9,39 +9,18 @@ between runs.
   python status.py --base_dir $TRACKVERSE_DB [--dataset_name TrackVerseLVIS] [--json]
 """
 
-import argparse
-import json
 import sys
-from pathlib import Path
+from collections.abc import Sequence
 
-from utils.core.config import RawDescriptionDefaultsHelpFormatter
-from utils.core.layout import default_base_dir
-from utils.runner.status import as_dict, dataset_status, render
+from utils.core.command import run_script
+from utils.runner.status_command import StatusCommand
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionDefaultsHelpFormatter)
-    parser.add_argument("--base_dir", type=Path, default=default_base_dir(),
-                        help="dataset root (default $TRACKVERSE_DB, else ./TrackVerseDB)")
-    parser.add_argument("--dataset_name", default=None,
-                        help="only this dataset's per-dataset stages (default: every dataset's)")
-    parser.add_argument("--stale_minutes", type=float, default=30.0,
-                        help="a running rank whose journal is silent for longer than this many minutes is reported")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
+COMMAND = StatusCommand(__doc__)
+build_parser = COMMAND.build_parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.base_dir.exists():
-        print(f"error: --base_dir {args.base_dir} does not exist", file=sys.stderr)
-        return 2
-    if not args.base_dir.is_dir():
-        print(f"error: --base_dir {args.base_dir} is a file, not a folder", file=sys.stderr)
-        return 2
-    statuses = dataset_status(args.base_dir, args.dataset_name, stale_s=args.stale_minutes * 60)
-    print(json.dumps(as_dict(statuses), indent=1) if args.json else render(statuses))
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_script(COMMAND, argv)
 
 
 if __name__ == "__main__":

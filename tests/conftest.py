@@ -3,39 +3,22 @@ in ../shared, or fetched by tests/data/fetch_samples.sh), CLI runner."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import (  # noqa: F401 (re-exported while test modules move to tests.helpers)
+    ASSET_FOLDERS,
+    FETCH_SAMPLES,
+    REPO,
+    SAMPLES,
+    SHARED,
+    SHARED_ASSETS,
+    SHARED_VIDEOS,
+    VIDEO_FOLDERS,
+    run_cli,
+    shared_asset,
+    shared_video,
+)
 from utils.testing.synthetic import make_synthetic_video
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-# The real sample data: beside the project (../shared, every developer and CI), else what
-# tests/data/fetch_samples.sh fetched into tests/data/samples (a fresh clone; git-ignored).
-FETCH_SAMPLES = "tests/data/fetch_samples.sh"
-SAMPLES = REPO / "tests" / "data" / "samples"
-VIDEO_FOLDERS = (SHARED / "data" / "videos", SAMPLES / "videos")
-ASSET_FOLDERS = (SHARED / "trackverse-assets", SAMPLES / "trackverse-assets")
-
-
-def _holding(folders: tuple[Path, ...], names: tuple[str, ...]) -> Path:
-    """The first folder that holds every one of ``names`` (else the first that holds any, else
-    the first folder): what tests that read a whole folder use."""
-    for test in (all, any):
-        for folder in folders:
-            if test((folder / name).is_file() for name in names):
-                return folder
-    return folders[0]
-
-
-SHARED_VIDEOS = _holding(VIDEO_FOLDERS, ("vtest.avi", "Megamind.avi", "box.mp4", "cup.mp4"))
-SHARED_ASSETS = _holding(ASSET_FOLDERS, ("lvis-prompts.txt", "trackverse-yids-all.txt",
-                                         "trackverse-verified-6perclass.txt"))
 
 
 @pytest.fixture(scope="session")
@@ -48,24 +31,6 @@ def synthetic_video(tmp_path_factory):
 def sparse_keyframe_video(tmp_path_factory):
     """The same content with a single keyframe: exact seeking must decode forward."""
     return make_synthetic_video(tmp_path_factory.mktemp("sparse") / "sparse.mp4", keyframe_interval=100.0)
-
-
-def _sample(folders: tuple[Path, ...], name: str, what: str) -> Path:
-    for folder in folders:
-        if (folder / name).is_file():
-            return folder / name
-    where = " or ".join(os.path.relpath(folder, REPO) for folder in folders)
-    pytest.skip(f"{what} {name} is absent (looked in {where}): run {FETCH_SAMPLES} to fetch it")
-
-
-def shared_video(name: str) -> Path:
-    """A real sample video (Debian's opencv-doc examples), or skip naming the fetch script."""
-    return _sample(VIDEO_FOLDERS, name, "real sample video")
-
-
-def shared_asset(name: str) -> Path:
-    """A TrackVerse asset list, or skip naming the fetch script."""
-    return _sample(ASSET_FOLDERS, name, "TrackVerse asset")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -81,22 +46,3 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = (path, lineno, f"{reason} (run {FETCH_SAMPLES} to fetch the sample data)")
 
 
-def run_cli(*args: str | os.PathLike, timeout: float = 300, env: dict | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` from the repository root, as a user would."""
-    full_env = dict(os.environ)
-    full_env.pop("SLURM_ARRAY_TASK_ID", None)
-    full_env.update(env or {})
-    # Files, not pipes: jobs started by the local submitit backend inherit the descriptors
-    # and outlive the command; with pipes, the call would wait for them too.
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        code = subprocess.run(
-            [sys.executable, *map(str, args)], cwd=REPO, stdout=out, stderr=err,
-            timeout=timeout, env=full_env, check=False,
-        ).returncode
-        out.seek(0)
-        err.seek(0)
-        proc = subprocess.CompletedProcess(args, code, out.read(), err.read())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc

@@ -6,6 +6,7 @@ known to catch what it claims to."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ CROSS_STAGE_EXCEPTIONS = {
     ("utils.clips.released", "utils.ingest.download"),
     # relabel/search encode text with the text encoder of the detector that made the track embeddings
     ("utils.relabel.text", "utils.detect.detectors.base"),
+    ("utils.relabel.text", "utils.detect.detectors.registry"),
 }
 
 
@@ -40,11 +42,21 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
+# "package.module:callable" in a string: a plug-in imported by name (a registry entry)
+IMPORT_STRING = re.compile(r"(utils(?:\.\w+)+):[A-Za-z_][\w.]*")
+
+
 def imports_of(path: Path, module: str) -> set[str]:
-    """Every ``utils...`` module ``module`` imports, at any depth (lazy imports count)."""
+    """Every ``utils...`` module ``module`` imports, at any depth (lazy imports count), also by
+    name: a string ``"utils.pkg.mod:callable"`` (a registry entry) imports ``utils.pkg.mod``."""
     found: set[str] = set()
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.update(m.group(1) for m in IMPORT_STRING.finditer(node.value))
+        elif isinstance(node, ast.JoinedStr):  # f"{__package__}.owlv2:..." is relative to the module's package
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            found.update(m.group(1) for m in IMPORT_STRING.finditer(text.replace("{}", package)))
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -155,12 +167,16 @@ def test_checker_catches_a_cycle_and_cross_stage_imports(tmp_path):
         "utils/clips/__init__.py": "",
         "utils/clips/released.py": "from utils.ingest.download import f\n",  # declared exception
         "utils/clips/cut.py": "from utils.ingest.download import f\n",  # not declared
+        "utils/metrics/stage.py": "PLUGINS = {'x': 'utils.export.frames:Writer'}\n",  # by name, in a registry
+        "utils/export/__init__.py": "",
+        "utils/export/frames.py": "Writer = 1\n",
     })
     graph = import_graph(root)
     problems = layer_violations(graph)
     assert any(p.startswith("utils.core.io imports utils.records.tracks") for p in problems)
     assert any(p.startswith("utils.ingest.download imports utils.curate.index") for p in problems)
     assert any(p.startswith("utils.clips.cut imports utils.ingest.download") for p in problems)
+    assert any(p.startswith("utils.metrics.stage imports utils.export.frames") for p in problems)
     assert not any(p.startswith("utils.clips.released") for p in problems)
     assert sorted(cycles(graph)) == [["utils.core.io", "utils.records.tracks"],
                                      ["utils.curate.index", "utils.curate.report"]]

@@ -89,7 +89,8 @@ def test_every_flag_of_a_stage_is_a_config_field(stage):
 
 def test_library_code_never_takes_parsed_flags():
     """argparse lives in the flag generator and the CLI entry only."""
-    allowed = {ROOT / "utils/core/config.py", ROOT / "utils/runner/cli.py", ROOT / "utils/curate/config.py"}
+    allowed = {ROOT / "utils/core/config.py", ROOT / "utils/core/command.py", ROOT / "utils/runner/cli.py",
+               ROOT / "utils/curate/config.py"}
     offenders = []
     for path in (ROOT / "utils").rglob("*.py"):
         text = path.read_text()

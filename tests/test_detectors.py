@@ -140,6 +140,19 @@ def test_registry_names_and_specs():
     assert isinstance(make_detector("ground_truth", NAMES, table={}), GroundTruthDetector)
 
 
+def test_the_library_registry_names_only_library_detectors():
+    """Plug-ins (the test and example detectors) register themselves when imported; the library's
+    own list never names a module above it (the import-rule test reads registry strings)."""
+    import subprocess
+
+    from tests.helpers import REPO
+
+    code = ("from utils.detect.detectors import available_detectors; print(available_detectors()); "
+            "import utils.testing.ground_truth; print(available_detectors())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["['detic', 'owlv2']", "['detic', 'ground_truth', 'owlv2']"]
+
+
 def test_registry_errors_are_clear():
     with pytest.raises(ValueError, match="unknown detector 'yolo'.*owlv2"):
         make_detector("yolo", NAMES)

@@ -354,8 +354,8 @@ def test_slurm_without_sbatch_is_refused_not_run_here(tmp_path):
                    env={"PATH": str(no_slurm)})
         assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
         assert proc.stderr.strip() == (
-            "error: --slurm: Slurm's sbatch is not on PATH (no Slurm client on this machine, or its module is "
-            "not loaded); nothing was submitted. Run on a Slurm login node, or drop --slurm to process the "
+            "error: --slurm: Slurm's sbatch and srun are not on PATH (no Slurm client on this machine, or its "
+            "module is not loaded); nothing was submitted. Run on a Slurm login node, or drop --slurm to process the "
             "items here (--world_size N --rank R for one shard)")
         assert "submitted" not in proc.stdout
     assert not (tmp_path / "db" / "logs" / "slurm").exists()
@@ -387,6 +387,9 @@ def test_sbatch_refusing_the_submission_is_one_line(tmp_path):
                       "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\n"
                       "exit 1\n")
     sbatch.chmod(0o755)
+    srun = fake_bin / "srun"  # present, as on any Slurm login node; never called at submission
+    srun.write_text("#!/bin/sh\nexit 0\n")
+    srun.chmod(0o755)
     proc = toy(tmp_path, "--slurm", "--partition", "gpux", items=["it0"],
                env={"PATH": f"{fake_bin}:{os.environ['PATH']}"})
     assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
@@ -394,6 +397,22 @@ def test_sbatch_refusing_the_submission_is_one_line(tmp_path):
         "error: --slurm: sbatch refused the submission, nothing was submitted: sbatch: error: invalid partition "
         "specified: gpux; sbatch: error: Batch job submission failed: Invalid partition name specified")
     assert not list((tmp_path / "db" / "logs" / "slurm" / "toy").glob("submissions/*.json"))
+
+
+def test_sbatch_without_srun_is_one_line(tmp_path):
+    """submitit refuses a Slurm client without srun with a RuntimeError traceback: one line, exit 2."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    sbatch = fake_bin / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'Submitted batch job 1'\n")
+    sbatch.chmod(0o755)
+    proc = toy(tmp_path, "--slurm", items=["it0"], env={"PATH": str(fake_bin)})
+    assert proc.returncode == EXIT_USAGE, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: --slurm: Slurm's srun is not on PATH (no Slurm client on this machine, or its module is not loaded); "
+        "nothing was submitted. Run on a Slurm login node, or drop --slurm to process the items here "
+        "(--world_size N --rank R for one shard)"]
+    assert not (tmp_path / "db" / "logs" / "slurm").exists()
 
 
 def test_a_scheduler_interruption_is_no_items_failure(tmp_path):

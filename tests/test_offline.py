@@ -18,7 +18,7 @@ from tests.conftest import run_cli
 from tests.http_server import FaultServer
 from utils.core.network import unreachable
 
-OFFLINE_OPTIONS = ("--model", "HF_HUB_OFFLINE=1", "--detector utils.testing.example:TemplateDetector")
+OFFLINE_OPTIONS = ("--model", "HF_HUB_OFFLINE=1", "`python example.py` with no flags")
 
 
 def closed_port() -> int:

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,7 @@ class ToyStage(Stage[ToyConfig]):
             raise OSError(errno.ENOSPC, "No space left on device")
         return output_path(config.base_dir, item).exists()
 
-    def setup(self, config: ToyConfig) -> ToyConfig:
+    def setup(self, config: ToyConfig, items: Sequence[str]) -> ToyConfig:
         if config.setup_fails:
             raise FileNotFoundError("model weights /nowhere/model.pt not found")
         return config

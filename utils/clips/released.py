@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +203,7 @@ class DownloadTracksStage(Stage[DownloadTracksConfig]):
         marker = read_done_marker(DatasetLayout(config.base_dir).tracks_done_marker(None, item))
         return marker is not None and marker.get("tracks_digest") == index.digests.get(item)
 
-    def setup(self, config: DownloadTracksConfig) -> DownloadSession:
+    def setup(self, config: DownloadTracksConfig, items: Sequence[str]) -> DownloadSession:
         return DownloadSession(config.download, config.max_consecutive_errors)
 
     def process(self, config: DownloadTracksConfig, item: str, res: DownloadSession) -> dict[str, Any]:

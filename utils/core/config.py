@@ -34,16 +34,19 @@ class FlagSpec:
     parse: Callable[[str], Any] | None = None  # argparse ``type=`` when the annotation is not enough
     required: bool = False
     hidden: bool = False
+    positional: str | None = None  # a positional argument (zero or more), shown under this name
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str | None = None, group: str | None = None,
            aliases: Sequence[str] = (), choices: Sequence[Any] | None = None,
            parse: Callable[[str], Any] | None = None, hidden: bool = False,
-           default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field that is also a flag. Without a default the flag is required."""
+           default_factory: Any = dataclasses.MISSING, positional: str | None = None) -> Any:
+    """A config field that is also a flag. Without a default the flag is required. With
+    ``positional``, a tuple field is the command's positional arguments (zero or more), shown
+    under that name."""
     spec = FlagSpec(help=help, group=group, aliases=tuple(aliases), choices=choices, parse=parse,
                     required=default is dataclasses.MISSING and default_factory is dataclasses.MISSING,
-                    hidden=hidden)
+                    hidden=hidden, positional=positional)
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata={_SPEC: spec})
     if default is dataclasses.MISSING:
@@ -127,6 +130,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
         if field.name in defaults:
             kwargs["default"] = defaults[field.name]
         target: Any = parser
+        if spec.positional:
+            parser.add_argument(field.name, metavar=spec.positional, nargs="*", default=list(kwargs.get("default", ())),
+                                help=spec.help)
+            continue
         if spec.group is not None:
             if spec.group not in groups:
                 groups[spec.group] = parser.add_argument_group(spec.group)
@@ -180,6 +187,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return text
+        if isinstance(action.default, list | tuple) and not action.default:  # none given, none assumed
             return text
         if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text

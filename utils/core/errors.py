@@ -8,12 +8,16 @@ by the text of a message.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SYSTEMIC = 3
+# 128 + the signal's number, as a shell reports a process a signal ended
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 class ItemError(Exception):
@@ -70,6 +74,24 @@ class SystemicError(Exception):
 
 class UsageError(Exception):
     """Bad flags or inputs detected before any work starts."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's end) reached a command: raised where
+    the code happens to be, so every ``with``/``finally`` on the way out removes its
+    temporaries. A KeyboardInterrupt, so code that already stops cleanly on Ctrl-C (worker
+    processes forked with the command's handlers) treats SIGTERM the same. ``progress`` is set
+    on the way out by whoever knows what finished (the shard loop)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.progress: str | None = None
+        super().__init__(self.signal_name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 _SYSTEMIC_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}

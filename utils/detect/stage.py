@@ -40,8 +40,8 @@ from utils.core.models import DEVICE_HELP
 from utils.core.progress import progress_bar
 from utils.core.video import VideoError
 from utils.detect.detectors import DEFAULT_DETECTOR, Detector, DetectorError, make_detector
-from utils.detect.detectors.base import detector_factory
 from utils.detect.detectors.owlv2 import DEFAULT_MODEL_ID as OWLV2_DEFAULT_MODEL_ID
+from utils.detect.detectors.registry import detector_factory
 from utils.detect.parse import DEFAULT_PROMPTS_ASSET, PARSE_GROUP, ParseConfig, parse_video
 from utils.detect.pipeline import ParsePipeline
 from utils.records.prompts import Vocabulary, read_prompts
@@ -53,8 +53,6 @@ from utils.runner.stage import (
     StageConfig,
     check_dataset_name,
     read_item_list,
-    resolve_rank,
-    shard_indices,
 )
 
 log = logging.getLogger(__name__)
@@ -245,20 +243,10 @@ def scan_metadata(config: ParseTracksConfig, items: Sequence[str], threads: int 
     return scan
 
 
-def _items_of_this_run(config: ParseTracksConfig) -> list[str]:
-    """This rank's items; every item when the rank is not known (``--slurm`` without ``--rank``)."""
-    items = read_item_list(config.yid_index_fn)
-    try:
-        rank, world_size = resolve_rank(config.rank, config.world_size)
-    except UsageError:
-        return items
-    return [items[i] for i in shard_indices(len(items), world_size, rank)]
-
-
-def check_stale(config: ParseTracksConfig) -> StaleScan:
-    """Raise :class:`UsageError` when metadata of this run's videos were parsed with another
-    detector, weights or vocabulary, unless ``--reparse_stale``; returns the scan."""
-    scan = scan_metadata(config, _items_of_this_run(config))
+def check_stale(config: ParseTracksConfig, items: Sequence[str]) -> StaleScan:
+    """Raise :class:`UsageError` when metadata of this run's videos (``items``) were parsed with
+    another detector, weights or vocabulary, unless ``--reparse_stale``; returns the scan."""
+    scan = scan_metadata(config, items)
     if not scan.stale:
         return scan
     folder = f"tracks_meta/{config.dataset_name}"
@@ -357,9 +345,10 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
             read_prompts(prompts)
         except (AssetError, OSError, ValueError) as exc:
             raise UsageError(f"--class_prompts: {exc}") from None
-        config = dataclasses.replace(config, class_prompts=prompts)
-        check_stale(config)
-        return config
+        return dataclasses.replace(config, class_prompts=prompts)
+
+    def check_items(self, config: ParseTracksConfig, items: Sequence[str]) -> None:
+        check_stale(config, items)
 
     def job_key(self, config: ParseTracksConfig) -> str:
         return f"{self.name}-{config.dataset_name}"
@@ -384,7 +373,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
                         f"not with this run's {expected.describe()}: re-run with --reparse_stale",
                         transient=True, category="stale_metadata")
 
-    def setup(self, config: ParseTracksConfig) -> _Resources:
+    def setup(self, config: ParseTracksConfig, items: Sequence[str]) -> _Resources:
         vocab = read_prompts(config.class_prompts)
         detector = build_detector(config, vocab)
         log.info("parse_tracks: detector %s (%s), %d classes, vocabulary %s",
@@ -396,7 +385,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         if config.parse.decode_workers == 0:
             return _Resources(detector, vocab, config.parse, provenance)
         pipeline = ParsePipeline(detector, vocab.labels, config.parse, vocab_hash=vocab.hash)
-        return _Resources(detector, vocab, config.parse, provenance, pipeline, _items_of_this_run(config))
+        return _Resources(detector, vocab, config.parse, provenance, pipeline, list(items))
 
     def teardown(self, resources: _Resources) -> None:
         if resources.pipeline is not None:

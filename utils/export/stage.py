@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,7 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             return False
         return webdataset.shard_members(config.out_dir / f"{item}.tar") == webdataset.expected_members(samples)
 
-    def setup(self, config: ExportTracksConfig) -> ExportResources:
+    def setup(self, config: ExportTracksConfig, items: Sequence[str]) -> ExportResources:
         config.out_dir.mkdir(parents=True, exist_ok=True)
         return ExportResources(config)
 

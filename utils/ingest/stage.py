@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ class DownloadVideosStage(Stage[DownloadVideosConfig]):
     def output_exists(self, config: DownloadVideosConfig, item: str) -> bool:
         return DatasetLayout(config.base_dir).video_segments(item).exists()
 
-    def setup(self, config: DownloadVideosConfig) -> _Resources:
+    def setup(self, config: DownloadVideosConfig, items: Sequence[str]) -> _Resources:
         from utils.ingest.filters import WeightsError, resolve_clip_weights, resolve_weights
 
         settings = FilterSettings(
@@ -225,7 +226,7 @@ class BlurFacesStage(Stage[BlurFacesConfig]):
     def output_exists(self, config: BlurFacesConfig, item: str) -> bool:
         return is_blurred(*self._paths(config, item), verify=config.verify)
 
-    def setup(self, config: BlurFacesConfig) -> FaceBlurrer:
+    def setup(self, config: BlurFacesConfig, items: Sequence[str]) -> FaceBlurrer:
         return FaceBlurrer(config.execution_provider, config.threshold, config.mask_scale)
 
     def process(self, config: BlurFacesConfig, item: str, resources: FaceBlurrer) -> dict[str, float]:

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +139,7 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
     def output_exists(self, config: VisualMetricsConfig, item: str) -> bool:
         return self.output_path(config, item).exists()
 
-    def setup(self, config: VisualMetricsConfig) -> _Resources:
+    def setup(self, config: VisualMetricsConfig, items: Sequence[str]) -> _Resources:
         tracks = load_track_list(config.index_file)
         if config.metric == EMBEDDINGS:
             return _Resources(ClipEmbedder(config.embedding_weights, config.device), tracks)

@@ -60,7 +60,7 @@ class SearchConfig:
                                       help="dataset whose track embeddings are searched (default: the index's)")
     base_dir: Path = base_dir_option(_GROUP)
     log_level: str = log_level_option(_GROUP)
-    queries: tuple[str, ...] = ()
+    queries: tuple[str, ...] = option((), positional="query", help="texts to search for, e.g. 'a red umbrella'")
 
 
 @dataclass
@@ -158,9 +158,11 @@ def run_search(config: SearchConfig) -> list[SearchResult]:
     return results
 
 
-def print_results(results: list[SearchResult], show: int) -> None:
+def result_lines(results: list[SearchResult], show: int) -> list[str]:
     """Each query's subset file and its best ``show`` hits."""
+    lines = []
     for result in results:
-        print(f"{result.query!r}: {result.rows.size} tracks -> {result.subset}")
-        for i, hit in enumerate(result.hits[: max(0, show)], start=1):
-            print(f"  {i:3d}. {hit['score']:.4f}  {hit['label']}  {hit['fn']}")
+        lines.append(f"{result.query!r}: {result.rows.size} tracks -> {result.subset}")
+        lines += [f"  {i:3d}. {hit['score']:.4f}  {hit['label']}  {hit['fn']}"
+                  for i, hit in enumerate(result.hits[: max(0, show)], start=1)]
+    return lines

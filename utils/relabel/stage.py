@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ from utils.records.tracks import (
 )
 from utils.relabel.scoring import relabel_fields, score_tracks
 from utils.relabel.text import Encoder, encoder_of, text_embeddings
-from utils.runner.stage import Stage, StageConfig, check_dataset_name, resolve_rank, shard_indices
+from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 log = logging.getLogger("trackverse.relabel")
 
@@ -184,18 +185,11 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
         read_vocabulary(prompts)
         config = dataclasses.replace(config, index_file=index_file.absolute(), class_prompts=prompts.absolute(),
                                      source_dataset_name=source)
-        self._check_sources(config)
         return config
 
-    def _check_sources(self, config: RelabelTracksConfig) -> None:
+    def check_items(self, config: RelabelTracksConfig, items: Sequence[str]) -> None:
         """Every source video of this run with embeddings must come from one encoder, and no
         output of this run's videos may hold another vocabulary or encoder."""
-        items = index_videos(config.index_file)
-        try:
-            rank, world_size = resolve_rank(config.rank, config.world_size)
-            items = [items[i] for i in shard_indices(len(items), world_size, rank)]
-        except UsageError:
-            pass  # --slurm without --rank: every item
         layout = DatasetLayout(config.base_dir)
         assert config.source_dataset_name is not None
         src = [layout.tracks_meta(config.source_dataset_name, yid) for yid in items]
@@ -241,7 +235,7 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
         except (EmbeddingsError, FileNotFoundError):
             return False
 
-    def setup(self, config: RelabelTracksConfig) -> RelabelResources:
+    def setup(self, config: RelabelTracksConfig, items: Sequence[str]) -> RelabelResources:
         vocab = vocabulary_of(config)
         layout = DatasetLayout(config.base_dir)
         assert config.source_dataset_name is not None

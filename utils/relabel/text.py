@@ -27,7 +27,8 @@ import numpy as np
 from utils.core.assets import cache_root
 from utils.core.errors import SystemicError
 from utils.core.io import cached_rows, file_signature
-from utils.detect.detectors.base import DetectorError, build_text_encoder, embed_prompts
+from utils.detect.detectors.base import DetectorError, embed_prompts
+from utils.detect.detectors.registry import build_text_encoder
 from utils.records.track_embeddings import EmbeddingsError, embeddings_info, embeddings_path
 
 log = logging.getLogger("trackverse.relabel")

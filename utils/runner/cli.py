@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 
+from utils.core.command import Outcome, run_command
 from utils.core.config import DefaultsHelpFormatter, add_config_arguments, config_from_args
-from utils.core.errors import EXIT_SYSTEMIC, EXIT_USAGE, UsageError, is_systemic
 from utils.runner.slurm import SlurmOptions, require_backend, submit
 from utils.runner.stage import (
     COMMON_GROUP,
@@ -19,7 +18,7 @@ from utils.runner.stage import (
     check_base_dir,
     resolve_rank,
     run_shard,
-    setup_logging,
+    share_of,
 )
 
 log = logging.getLogger("trackverse")
@@ -45,27 +44,25 @@ def parse_config(stage: Stage[ConfigT], argv: Sequence[str] | None = None) -> tu
 
 
 def main(stage: Stage, argv: Sequence[str] | None = None) -> int:
-    """Entry point of every stage script. Returns the exit status."""
+    """Entry point of every stage script: the command contract (:mod:`utils.core.command`)
+    extended with sharding and ``--slurm``. Returns the exit status."""
     config, slurm = parse_config(stage, argv)
-    setup_logging(config.log_level)
-    try:
-        # cheap checks first: nothing is fetched or loaded for a run that cannot start
-        if slurm.slurm:
-            require_backend(slurm)
-        check_base_dir(config.base_dir)
-        config = stage.validate(config)
-        if slurm.slurm:
-            return submit(stage, config, slurm)
-        rank, world_size = resolve_rank(config.rank, config.world_size)
-        config = dataclasses.replace(config, rank=rank, world_size=world_size)
-        summary = run_shard(stage, config)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # a systemic fault before the first item (a full disk): one line, not a traceback
-        if not is_systemic(exc):
-            raise
-        print(f"error: {exc if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return EXIT_SYSTEMIC
-    print(summary.line(), file=sys.stderr)
-    return summary.exit_code
+    return run_command(lambda: run_stage(stage, config, slurm), config.log_level)
+
+
+def run_stage(stage: Stage[ConfigT], config: ConfigT, slurm: SlurmOptions) -> Outcome:
+    """Checks, then a Slurm submission or this rank's shard."""
+    # cheap checks first: nothing is fetched or loaded for a run that cannot start
+    if slurm.slurm:
+        require_backend(slurm)
+    check_base_dir(config.base_dir)
+    config = stage.validate(config)
+    items = stage.list_items(config)
+    if slurm.slurm:
+        stage.check_items(config, share_of(items, config.rank, config.world_size))
+        return Outcome(submit(stage, config, slurm, items))
+    rank, world_size = resolve_rank(config.rank, config.world_size)
+    config = dataclasses.replace(config, rank=rank, world_size=world_size)
+    stage.check_items(config, share_of(items, rank, world_size))
+    summary = run_shard(stage, config, items)
+    return Outcome(summary.exit_code, notes=(summary.line(),))

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable
 
+from utils.core.command import setup_logging
 from utils.core.config import option
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, ItemError, UsageError
 from utils.core.io import atomic_write_json
@@ -35,7 +37,6 @@ from utils.runner.stage import (
     journal_dir,
     previous_failures,
     run_shard,
-    setup_logging,
     shard_indices,
 )
 from utils.runner.status import format_ranges
@@ -185,9 +186,9 @@ def active_ranks(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: s
     return active
 
 
-def ranks_with_work(stage: Stage, config: StageConfig, ranks: list[int], world_size: int) -> list[int]:
-    """Ranks that still have an item without output (cheap checks, no processing)."""
-    items = stage.list_items(config)
+def ranks_with_work(stage: Stage, config: StageConfig, ranks: list[int], world_size: int,
+                    items: Sequence[str]) -> list[int]:
+    """Ranks that still have one of ``items`` (the stage's) without output (cheap checks, no processing)."""
     failed = previous_failures(config, stage)
     pending = []
     for rank in ranks:
@@ -244,22 +245,25 @@ def make_executor(stage: Stage, config: StageConfig, slurm: SlurmOptions, name: 
 
 
 def require_backend(slurm: SlurmOptions) -> None:
-    """UsageError when ``--slurm`` cannot reach Slurm: no ``sbatch`` on PATH. submitit would
-    otherwise run the jobs on this machine, in the background, and the command would exit 0
-    as if they had been queued. The local and debug backends are for tests only, behind the
-    hidden ``--slurm_cluster`` flag."""
+    """UsageError when ``--slurm`` cannot reach Slurm: ``sbatch`` or ``srun`` not on PATH.
+    Without sbatch submitit would run the jobs on this machine, in the background, and the
+    command would exit 0 as if they had been queued; without srun (which runs each job's
+    command) it refuses with a traceback. The local and debug backends are for tests only,
+    behind the hidden ``--slurm_cluster`` flag."""
     if slurm.slurm_cluster in ("local", "debug"):
         return
-    if shutil.which("sbatch") is None:
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
         raise UsageError(
-            "--slurm: Slurm's sbatch is not on PATH (no Slurm client on this machine, or its module is not "
-            "loaded); nothing was submitted. Run on a Slurm login node, or drop --slurm to process the items "
-            "here (--world_size N --rank R for one shard)"
+            f"--slurm: Slurm's {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH (no Slurm "
+            "client on this machine, or its module is not loaded); nothing was submitted. Run on a Slurm login "
+            "node, or drop --slurm to process the items here (--world_size N --rank R for one shard)"
         )
 
 
-def submit(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> int:
-    """Submit one job (``--rank``) or one array of the ranks that still have work."""
+def submit(stage: Stage, config: StageConfig, slurm: SlurmOptions, items: Sequence[str]) -> int:
+    """Submit one job (``--rank``) or one array of the ranks that still have one of ``items``
+    (the stage's, as listed for this submission) to do."""
     require_backend(slurm)
     check_base_dir(config.base_dir)
     world_size = config.world_size or 1
@@ -274,7 +278,7 @@ def submit(stage: Stage, config: StageConfig, slurm: SlurmOptions) -> int:
         if rank in queued:
             print(f"rank {rank}: already queued or running as job {queued[rank]} ({name}); not submitted again")
     ranks = [r for r in ranks if r not in queued]
-    todo = ranks_with_work(stage, config, ranks, world_size)
+    todo = ranks_with_work(stage, config, ranks, world_size, items)
     finished = sorted(set(ranks) - set(todo))
     if finished:
         print(f"{len(finished)} rank(s) have nothing left to do: {format_ranges(finished)}")

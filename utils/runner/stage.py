@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -26,6 +27,7 @@ from utils.core.errors import (
     EXIT_OK,
     EXIT_SYSTEMIC,
     DataError,
+    Interrupted,
     InvalidItemError,
     ItemError,
     NotReady,
@@ -55,6 +57,14 @@ def shard_indices(num_items: int, world_size: int, rank: int) -> range:
     if not 0 <= rank < world_size:
         raise UsageError(f"--rank {rank} is outside [0, --world_size {world_size})")
     return range(rank, num_items, world_size)
+
+
+def share_of(items: Sequence[str], rank: int | None, world_size: int | None) -> list[str]:
+    """The items a run works on: the rank's share, or every item when no rank is given (a
+    ``--slurm`` submission of every rank)."""
+    if rank is None:
+        return list(items)
+    return [items[i] for i in shard_indices(len(items), world_size or 1, rank)]
 
 
 def resolve_rank(rank: int | None, world_size: int | None, environ: dict | None = None) -> tuple[int, int]:
@@ -169,7 +179,8 @@ class StageConfig:
 class Stage(Generic[ConfigT]):
     """A stage is a function over items. Subclasses set ``name`` and ``config_class`` and
     implement ``list_items``, ``output_exists`` and ``process``; ``setup`` loads what every
-    item shares (a model) once per rank. Stages hold no state: submitit pickles them into
+    item shares (a model) once per rank. The items are listed once per run, by the command
+    front, and handed to ``check_items`` and ``setup``. Stages hold no state: submitit pickles them into
     every job, and what a rank caches belongs in ``setup``'s resources."""
 
     name: str = "stage"
@@ -189,10 +200,16 @@ class Stage(Generic[ConfigT]):
     def list_items(self, config: ConfigT) -> list[str]:
         raise NotImplementedError
 
+    def check_items(self, config: ConfigT, items: Sequence[str]) -> None:
+        """Raise UsageError for settings that do not fit this run's items (the rank's share,
+        or every item for a submission of every rank), before any work or submission: e.g.
+        outputs made with another model."""
+
     def output_exists(self, config: ConfigT, item: str) -> bool:
         raise NotImplementedError
 
-    def setup(self, config: ConfigT) -> Any:
+    def setup(self, config: ConfigT, items: Sequence[str]) -> Any:
+        """What every item of the rank shares (``items``: the rank's share, in order)."""
         return None
 
     def process(self, config: ConfigT, item: str, resources: Any) -> dict[str, float] | None:
@@ -266,18 +283,22 @@ def _failures(latest: dict[str, dict]) -> dict[str, dict]:
     return {item: rec for item, rec in latest.items() if rec.get("event") == "failed"}
 
 
-def run_shard(stage: Stage, config: StageConfig,
+def run_shard(stage: Stage, config: StageConfig, items: Sequence[str] | None = None,
               interruptions: tuple[type[Exception], ...] = ()) -> ShardSummary:
-    """Process this rank's items (``config.rank`` of ``config.world_size``, resolved): skip
+    """Process this rank's share of ``items`` (every item of the stage, listed by the caller;
+    listed here when not given) (``config.rank`` of ``config.world_size``, resolved): skip
     finished ones, journal failures, stop on systemic faults. ``interruptions``: errors a job's
     signal handler raises wherever the code happens to be (submitit's "not requeued"): they end
-    the shard and are journaled as such, never as the failure of the item they interrupted."""
+    the shard and are journaled as such, never as the failure of the item they interrupted; so
+    does :class:`Interrupted` (SIGINT / SIGTERM at the command line), which leaves with the
+    shard's summary so far as its ``progress``."""
     rank, world_size = config.rank or 0, config.world_size or 1
     check_base_dir(config.base_dir)
     started = time.time()
     summary = ShardSummary(stage=stage.job_key(config), rank=rank, world_size=world_size)
-    items = stage.list_items(config)
-    mine = [items[i] for i in shard_indices(len(items), world_size, rank)]
+    if items is None:
+        items = stage.list_items(config)
+    mine = share_of(items, rank, world_size)
     summary.total = len(mine)
     latest = latest_item_events(read_journals(journal_dir(config, stage)))
     failed_before = _failures(latest)
@@ -300,8 +321,10 @@ def run_shard(stage: Stage, config: StageConfig,
 
         resources = None
         consecutive_unexpected = 0
+        interrupted: Interrupted | None = None
+        ends: tuple[type[BaseException], ...] = (Interrupted, *interruptions)
         try:
-            resources = stage.setup(config)
+            resources = stage.setup(config, mine)
             bar = progress_bar(mine, desc=f"{stage.job_key(config)} {rank}/{world_size}", unit="item")
             last_progress = time.time()
             for item in bar:
@@ -355,7 +378,9 @@ def run_shard(stage: Stage, config: StageConfig,
                 postfix.update({f"{k}/s": f"{v / elapsed:.2f}" for k, v in summary.stats.items()})
                 bar.set_postfix(postfix, refresh=False)
             bar.close()
-        except interruptions as exc:  # the job's end, decided by the scheduler: no item's fault
+        except ends as exc:  # the job's end, decided outside: no item's fault
+            if isinstance(exc, Interrupted):
+                interrupted = exc
             journal.write("interrupted", error=f"{type(exc).__name__}: {exc}")
             raise
         except Exception as exc:
@@ -377,6 +402,8 @@ def run_shard(stage: Stage, config: StageConfig,
             summary.seconds = round(time.time() - started, 3)
             flush_skipped()
             journal.write("summary", **asdict(summary))
+            if interrupted is not None:
+                interrupted.progress = summary.line()
     return summary
 
 
@@ -406,11 +433,3 @@ def _record_failure(journal: Journal, summary: ShardSummary, item: str, exc: Exc
         seconds=round(seconds, 3), traceback=tb,
     )
     tqdm.write(f"FAILED {item}: {reason}", file=sys.stderr)
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level`` (every script, sharded stage or not)."""
-    logging.basicConfig(
-        level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr, force=True,
-    )

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.detect.detectors.base import Detections, Detector, check_frames, l2_normalize, register_detector
+from utils.detect.detectors.base import Detections, Detector, check_frames, l2_normalize
+from utils.detect.detectors.registry import register_detector
 from utils.records.prompts import label_of
 
 __all__ = ["GroundTruthDetector", "GroundTruthEntry", "identity_embedding", "text_direction"]

@@ -5,7 +5,7 @@
     per_frame = detector.detect(frames)            # list[Detections], boxes in source pixels
 
 Backends: ``owlv2`` (default, transformers), ``detic`` (detectron2, optional, see
-docs/detic.md), ``ground_truth`` (tests/examples), or any ``"package.module:callable"``.
+docs/detic.md), plug-ins registered by name when imported (the test and example detectors), or any ``"package.module:callable"``.
 Backend modules are imported only when built, so importing this package stays cheap.
 """
 
@@ -14,13 +14,11 @@ from utils.detect.detectors.base import (
     Detections,
     Detector,
     DetectorError,
-    available_detectors,
     check_frames,
     l2_normalize,
-    make_detector,
     nms_detections,
-    register_detector,
 )
+from utils.detect.detectors.registry import available_detectors, make_detector, register_detector
 from utils.records.prompts import vocabulary_hash
 
 DEFAULT_DETECTOR = "owlv2"

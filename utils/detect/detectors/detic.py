@@ -28,7 +28,7 @@ import numpy as np
 
 from utils.core.models import resolve_device
 from utils.core.network import unreachable
-from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
+from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames
 
 __all__ = [
     "DETIC_CONFIG_NAME",
@@ -304,7 +304,6 @@ class _RoiCapture:
         return probs[kept], self.last_proposals[i].feat[kept]
 
 
-@register_detector("detic")
 class DeticDetector(Detector):
     """DETIC (detectron2) over a custom vocabulary; see the module docstring and docs/detic.md.
 

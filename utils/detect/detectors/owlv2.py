@@ -46,7 +46,7 @@ from utils.core.boxes import nms
 from utils.core.io import cached_rows
 from utils.core.models import torch_device
 from utils.core.network import hub_cache_dir, hub_endpoint, hub_offline, unreachable
-from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, register_detector
+from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames
 
 __all__ = ["DEFAULT_MODEL_ID", "PRECISIONS", "RANDOM_PREFIX", "OwlV2Detector", "PreparedBatch", "build_random_owlv2",
            "check_weights", "spread_random_heads"]
@@ -71,7 +71,6 @@ _RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-TEMPLATE_DETECTOR = "utils.testing.example:TemplateDetector"
 
 
 def _offline_help(model_id: str) -> str:
@@ -79,8 +78,8 @@ def _offline_help(model_id: str) -> str:
         f"Offline options: (1) a local folder with the model and processor, passed with --model DIR (make it on a "
         f"connected machine with `hf download {model_id} --local-dir DIR`, or `huggingface-cli download`, and copy "
         "it here); (2) that machine's Hugging Face cache (HF_HOME, filled by `hf download "
-        f"{model_id}`) copied here, with HF_HUB_OFFLINE=1 set; (3) only to try the pipeline on example.py's "
-        f"videos, no weights at all: --detector {TEMPLATE_DETECTOR}."
+        f"{model_id}`) copied here, with HF_HUB_OFFLINE=1 set; (3) only to try the pipeline, no weights at all: "
+        "`python example.py` with no flags builds its example dataset offline, with its own template detector."
     )
 
 
@@ -206,7 +205,6 @@ class PreparedBatch:
         return PreparedBatch(self.pixel_values[index], self.shapes[index])
 
 
-@register_detector("owlv2")
 class OwlV2Detector(Detector):
     """OWLv2 detector over ``class_names``.
 
