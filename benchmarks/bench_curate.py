@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from utils.core.io import atomic_path
 from utils.core.layout import META_SUFFIX, DatasetLayout, companion_path
+from utils.curate.index_lines import canonical_line_scalars
 from utils.curate.sampling import rank_within_class
 from utils.records.index_file import (
     IndexReader,
@@ -56,7 +57,7 @@ from utils.records.index_file import (
 )
 from utils.records.metrics_store import metric_dir, write_metric_file
 from utils.records.prompts import label_of
-from utils.records.tracks import TrackRecord, canonical_line_scalars, track_filename
+from utils.records.tracks import TrackRecord, track_filename
 
 REPO = Path(__file__).resolve().parents[1]
 DS = "BenchLVIS"

@@ -41,7 +41,8 @@ import numpy as np
 
 from utils.core.layout import DatasetLayout
 from utils.curate.index import build_index
-from utils.records.tracks import _CANONICAL, Provenance, _gzip_with_provenance, track_filename
+from utils.records.provenance import Provenance, gzip_with_provenance
+from utils.records.tracks import CANONICAL_KEYS, track_filename
 
 DS = "BenchIndex"
 N_CLASSES = 1203
@@ -87,9 +88,9 @@ def _video_bytes(v: int, n_tracks: int, class_cdf: np.ndarray) -> bytes:
             "segment": [0.0, 600.0], "detector": "owlv2", "vocab_hash": "a" * 64,
             "scores": rounded(rng.uniform(0.1, 1, n), 4),
         }
-        record = {k: values[k] for k in _CANONICAL}
+        record = {k: values[k] for k in CANONICAL_KEYS}
         lines.append(json.dumps(record, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode() + b"\n")
-    return _gzip_with_provenance(b"".join(lines), PROVENANCE)
+    return gzip_with_provenance(b"".join(lines), PROVENANCE)
 
 
 def _write_videos(job: tuple[str, list[tuple[int, int]]]) -> int:

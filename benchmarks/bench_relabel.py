@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.resources import peak_memory_gb
+from utils.records.provenance import Provenance
 from utils.records.track_embeddings import embeddings_path, write_video_tracks
-from utils.records.tracks import Provenance, TrackRecord
+from utils.records.tracks import TrackRecord
 from utils.relabel.scoring import CHUNK_ROWS, score_tracks
 
 

@@ -17,7 +17,8 @@ import pytest
 
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
-from utils.records.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
+from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord, compute_tid, track_filename
 from utils.runner.journal import read_journals
 from utils.testing.synthetic import SyntheticVideo
 

@@ -46,13 +46,8 @@ from utils.records.metrics_store import (
     metric_dir,
     write_metric_file,
 )
-from utils.records.tracks import (
-    TrackRecord,
-    compute_tid,
-    read_records,
-    records_to_jsonl_gz_bytes,
-    track_filename,
-)
+from utils.records.track_files import read_records, records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord, compute_tid, track_filename
 
 DS = "TestDS"
 INDEX = f"tracks_subsets/{DS}/{DS}-Full.jsonl.gzip"
@@ -1189,7 +1184,7 @@ def test_index_fast_path_takes_what_our_stages_write():
     """parse_tracks' records and relabel_tracks' (an extra ``relabelled`` object) are read by the
     fast path, whatever the whitespace or key order; spellings it does not know are not."""
     from utils.curate.index import _record_scalars
-    from utils.records.tracks import canonical_line_scalars
+    from utils.curate.index_lines import canonical_line_scalars
 
     yid = yid_of(5)
     rec = make_record(yid, 1, 0.5, 3)

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from utils.core.video import VideoWriter, read_frames, read_frames_at
-from utils.records.tracks import TrackRecord, records_to_jsonl_gz_bytes
+from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord
 from utils.use.dataset import TrackClipDataset, collate_tracks, sample_times
 
 FPS = 25

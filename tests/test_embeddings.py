@@ -16,6 +16,7 @@ from tests.tiny_models import GROUND_TRUTH_ENV, write_ground_truth
 from utils.core.errors import EXIT_OK, EXIT_USAGE
 from utils.core.layout import DatasetLayout
 from utils.detect.stage import PARSE_TRACKS_STAGE
+from utils.records.provenance import Provenance
 from utils.records.track_embeddings import (
     EmbeddingsError,
     embeddings_path,
@@ -24,7 +25,8 @@ from utils.records.track_embeddings import (
     read_video_embeddings,
     write_video_tracks,
 )
-from utils.records.tracks import Provenance, TrackRecord, read_records
+from utils.records.track_files import read_records
+from utils.records.tracks import TrackRecord
 from utils.runner.cli import main, parse_config
 from utils.runner.journal import read_journals
 

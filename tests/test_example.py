@@ -11,7 +11,7 @@ from tests.conftest import run_cli
 from utils.core.layout import DatasetLayout
 from utils.core.video import probe_video
 from utils.records.segments import read_segments
-from utils.records.tracks import read_records
+from utils.records.track_files import read_records
 
 EXPECTED = {"exampleCat1": {"cat", "coffee cup"}, "exampleRkt2": {"rocket", "person"},
             "examplePpl3": {"person", "cat"}}

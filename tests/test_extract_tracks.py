@@ -32,7 +32,8 @@ from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
 from utils.core.video import ColorTags, Yuv420Image, keyframe_times, probe_video, read_frames
-from utils.records.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
+from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord, compute_tid, track_filename
 from utils.runner.cli import main
 from utils.runner.journal import read_journals
 from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video

@@ -155,7 +155,7 @@ def test_stage_with_tiny_owlv2_is_byte_identical_when_batches_align(tmp_path, ti
                          *OWL_FLAGS, *flags, detector="owlv2") == EXIT_OK
         runs[name] = outputs(db)
     assert runs["piped"] == runs["plain"]
-    from utils.records.tracks import read_records
+    from utils.records.track_files import read_records
 
     assert read_records(DatasetLayout(tmp_path / "piped").tracks_meta("TrackVerseLVIS", YIDS[0]))
 

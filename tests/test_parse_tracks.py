@@ -31,7 +31,8 @@ from utils.detect.parse import ParseConfig, keep_track
 from utils.detect.stage import PARSE_TRACKS_STAGE, detector_options
 from utils.detect.tracking import TrackHistory, iou_matrix
 from utils.records.prompts import read_prompts
-from utils.records.tracks import TrackRecord, read_records
+from utils.records.track_files import read_records
+from utils.records.tracks import TrackRecord
 from utils.runner.cli import main, parse_config
 from utils.runner.journal import read_journals
 from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video

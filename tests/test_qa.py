@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import run_cli
 from utils.core.layout import DatasetLayout
 from utils.core.video import VideoWriter
-from utils.records.tracks import TrackRecord, records_to_jsonl_gz_bytes
+from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord
 from utils.testing.synthetic import make_synthetic_video
 from utils.use.qa import box_at, build_gallery, contact_sheet, track_color
 

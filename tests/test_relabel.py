@@ -30,8 +30,10 @@ from utils.detect.stage import PARSE_TRACKS_STAGE
 from utils.export.stage import EXPORT_TRACKS_STAGE
 from utils.records.index_file import load_track_table
 from utils.records.prompts import read_prompts
+from utils.records.provenance import Provenance, read_provenance
 from utils.records.track_embeddings import embeddings_path, read_video_embeddings, write_video_tracks
-from utils.records.tracks import Provenance, TrackRecord, read_provenance, read_records
+from utils.records.track_files import read_records
+from utils.records.tracks import TrackRecord
 from utils.relabel.scoring import score_tracks, top_matches
 from utils.relabel.stage import RELABEL_TRACKS_STAGE
 from utils.runner.cli import main

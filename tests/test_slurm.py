@@ -49,7 +49,8 @@ from utils.core.io import atomic_write_bytes, is_temp_file
 from utils.core.layout import DatasetLayout
 from utils.core.video import VideoWriter
 from utils.records.segments import write_segments
-from utils.records.tracks import TrackRecord, compute_tid, records_to_jsonl_gz_bytes, track_filename
+from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord, compute_tid, track_filename
 from utils.runner.journal import read_journals
 from utils.testing.example import OBJECT_SIZE, PROMPTS, WIDTH, photo
 from utils.testing.synthetic import (

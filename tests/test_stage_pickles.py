@@ -15,8 +15,9 @@ from utils.clips.stage import EXTRACT_TRACKS_STAGE
 from utils.detect.stage import PARSE_TRACKS_STAGE
 from utils.ingest.stage import BLUR_FACES_STAGE, DOWNLOAD_VIDEOS_STAGE
 from utils.metrics.stage import VISUAL_METRICS_STAGE
+from utils.records.provenance import Provenance
 from utils.records.track_embeddings import write_video_tracks
-from utils.records.tracks import Provenance, TrackRecord
+from utils.records.tracks import TrackRecord
 from utils.relabel.stage import RELABEL_TRACKS_STAGE
 from utils.runner.cli import parse_config
 from utils.runner.slurm import ShardJob

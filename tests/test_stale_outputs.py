@@ -33,17 +33,10 @@ from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout, report_path
 from utils.detect.stage import PARSE_TRACKS_STAGE, expected_weights_id, provenance_matches
 from utils.records.prompts import read_prompts, vocabulary_hash
+from utils.records.provenance import Provenance, read_provenance
 from utils.records.track_embeddings import embeddings_path, embeddings_problem
-from utils.records.tracks import (
-    Provenance,
-    TrackRecord,
-    compute_tid,
-    iter_records,
-    read_provenance,
-    read_records,
-    records_to_jsonl_gz_bytes,
-    track_filename,
-)
+from utils.records.track_files import iter_records, read_records, records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord, compute_tid, track_filename
 from utils.runner.cli import main
 
 EMPTY = "emptySegm01"  # a video without segments: done with no tracks

@@ -19,17 +19,8 @@ from utils.records.prompts import (
     read_prompts,
     vocabulary_hash,
 )
-from utils.records.tracks import (
-    RecordsFileError,
-    TrackRecord,
-    TrackRecordError,
-    compute_tid,
-    iter_records,
-    read_records,
-    records_to_jsonl_gz_bytes,
-    track_filename,
-    write_records,
-)
+from utils.records.track_files import iter_records, read_records, records_to_jsonl_gz_bytes, write_records
+from utils.records.tracks import RecordsFileError, TrackRecord, TrackRecordError, compute_tid, track_filename
 
 LVIS_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "trackverse-assets" / "lvis-prompts.txt"
 YID = "dQw4w9WgXcQ"

@@ -202,7 +202,8 @@ def test_visual_metrics_counts_truncated_clips(tmp_path, short_video):
     """A truncated clip has no value and is counted as such; a chunk of only truncated clips
     fails with category truncated."""
     from utils.metrics.stage import VISUAL_METRICS_STAGE
-    from utils.records.tracks import TrackRecord, records_to_jsonl_gz_bytes
+    from utils.records.track_files import records_to_jsonl_gz_bytes
+    from utils.records.tracks import TrackRecord
 
     complete, cut = short_video
     base = tmp_path / "db"

@@ -12,7 +12,8 @@ from tests.conftest import run_cli
 from utils.core.video import VideoWriter
 from utils.metrics.compute import RAFTFlow, frame_pairs, track_motion
 from utils.records.metrics_store import VectorSource, load_metric_columns
-from utils.records.tracks import TrackRecord, records_to_jsonl_gz_bytes
+from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.records.tracks import TrackRecord
 from utils.testing.synthetic import procedural_texture
 
 DATASET = "Synth"
@@ -135,7 +136,7 @@ def test_curate_db_min_motion_keeps_only_moving_tracks(clips_db, tmp_path):
             "--no_plots", check=True)
     # Nc 3: the three moving tracks fill the class, so no relaxation round lowers the threshold
     (subset,) = (base / "tracks_subsets").glob("Synth-CB3-*.jsonl.gzip")
-    from utils.records.tracks import read_records
+    from utils.records.track_files import read_records
 
     kept = {r.yid for r in read_records(subset)}
     assert kept == {"slowmove000", "fastmove000", "samefast000"}  # the static clip is left out

@@ -18,7 +18,7 @@ ISA-L (:func:`utils.records.index_file.compress_member`, index format 2). Per tr
 on one core: inflate ~17 us, parse + check ~40-50 us, compress ~30 us, merge ~10 us.
 
 Before merging, the provenance of every file is read (its gzip header, or the first record of a
-file written before headers; :func:`utils.records.tracks.read_provenance`): each vocabulary
+file written before headers; :func:`utils.records.provenance.read_provenance`): each vocabulary
 (hash, class count, detector, weights) is reported with its number of videos and tracks, and
 files of several of them are not merged unless ``allow_mixed`` (``--allow_mixed_vocabularies``):
 class indices and scores of different vocabularies or detectors do not compare. Files without
@@ -64,14 +64,10 @@ from utils.core.layout import (
 )
 from utils.core.progress import progress_bar
 from utils.core.resources import peak_memory_gb
+from utils.curate.index_lines import canonical_line_scalars
 from utils.records.index_file import COMPANION_SCHEMA, companion_table, compress_member, write_companion
-from utils.records.tracks import (
-    RecordsFileError,
-    TrackRecord,
-    TrackRecordError,
-    canonical_line_scalars,
-    read_provenance,
-)
+from utils.records.provenance import read_provenance
+from utils.records.tracks import RecordsFileError, TrackRecord, TrackRecordError
 
 log = logging.getLogger("trackverse.curation")
 

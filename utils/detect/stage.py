@@ -6,7 +6,7 @@ the embeddings file written with it). A video without a segment file yet is *not
 empty one is done with no tracks.
 
 A metadata file is done only for what produced it: its gzip header records the detector, the
-weights id and the vocabulary hash (:class:`~utils.records.tracks.Provenance`, read without
+weights id and the vocabulary hash (:class:`~utils.records.provenance.Provenance`, read without
 decompressing). Before any work (and before a ``--slurm`` submission) :meth:`ParseTracksStage.validate`
 reads the provenance of the run's existing metadata files; if some were parsed with another
 detector, weights or vocabulary the run stops with a usage error that counts them, unless
@@ -45,9 +45,10 @@ from utils.detect.detectors.registry import detector_factory
 from utils.detect.parse import DEFAULT_PROMPTS_ASSET, PARSE_GROUP, ParseConfig, parse_video
 from utils.detect.pipeline import ParsePipeline
 from utils.records.prompts import Vocabulary, read_prompts
+from utils.records.provenance import Provenance, read_provenance
 from utils.records.segments import read_segments
 from utils.records.track_embeddings import embeddings_path, embeddings_problem, write_video_tracks
-from utils.records.tracks import Provenance, RecordsFileError, read_provenance
+from utils.records.tracks import RecordsFileError
 from utils.runner.stage import (
     Stage,
     StageConfig,

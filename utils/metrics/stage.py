@@ -22,7 +22,8 @@ from utils.core.video import VideoError
 from utils.metrics.compute import QUANTILE_COLUMNS, ClipEmbedder, DISFlow, RAFTFlow, track_motion
 from utils.records.index_file import load_track_table
 from utils.records.metrics_store import EMBEDDINGS, MOTION, metric_dir, write_metric_file
-from utils.records.tracks import RecordsFileError, TrackRecordError, iter_records
+from utils.records.track_files import iter_records
+from utils.records.tracks import RecordsFileError, TrackRecordError
 from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 log = logging.getLogger("trackverse.metrics")

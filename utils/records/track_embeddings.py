@@ -45,7 +45,9 @@ import pyarrow.parquet as pq
 from utils.core.io import GZIP_STREAM_ERRORS, atomic_path, atomic_write_bytes
 from utils.core.layout import META_SUFFIX, DatasetLayout
 from utils.records.metrics_store import VectorSource
-from utils.records.tracks import Provenance, TrackRecord, jsonl_to_gz_bytes, records_to_jsonl_bytes
+from utils.records.provenance import Provenance
+from utils.records.track_files import jsonl_to_gz_bytes, records_to_jsonl_bytes
+from utils.records.tracks import TrackRecord
 
 __all__ = [
     "EMBEDDINGS_COLUMN",

@@ -19,62 +19,41 @@ Added keys: ``segment`` (``[start, end]`` of the scene), ``detector`` (its name)
 ``vocab_hash`` (sha256 of the prompt lines), ``scores`` (per-frame detection score). Any
 other key is kept as is in :attr:`TrackRecord.extra` and written back.
 
-A metadata file written by parse_tracks.py also says what produced it as a whole, even when it
-holds no record: its :class:`Provenance` (detector, weights id, vocabulary hash, class count)
-is JSON in the gzip header's extra field (RFC 1952 ``FEXTRA``, subfield ``TV``), which every
-gzip reader skips, so the lines stay plain records. :func:`records_to_jsonl_gz_bytes` writes
-it, :func:`read_provenance` reads it without decompressing anything (and falls back to the
-first record's ``detector`` / ``weights`` / ``vocab_hash`` for files written before).
-
 Readers accept the released subsets' spelling too: ``track_mp4_filename`` (fn),
 ``frame_ts`` (track_ts; their own ``track_ts`` is the ``[start, end]`` span, kept as
 ``track_span`` when it says more than the frames do), ``frame_bboxes`` (track_bbox),
 ``track_id`` (tid), ``top10_label_ids`` (top10_lbl), ``top10_label_names`` (top10_desc), and
 the original pipeline's ``top10_cls`` / ``top10_wcls`` (``[mu, std]`` pairs) and
-``frame_obj`` (scores). Records are always written in the canonical spelling.
+``frame_obj`` (scores). Records are always written in the canonical spelling. Files of records: :mod:`utils.records.track_files`;
+what made a file: :mod:`utils.records.provenance`.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
-import os
-import struct
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Annotated, Any, BinaryIO
+from typing import Any
 
-import msgspec
 import numpy as np
 
 from utils.core.boxes import xywh_to_xyxy, xyxy_to_xywh
-from utils.core.io import GZIP_MAGIC, GZIP_STREAM_ERRORS, JsonLine, iter_json_lines, open_maybe_gzip
 from utils.core.layout import validate_yid
 from utils.records.prompts import label_of, label_with_dashes
 
 __all__ = [
     "TS_DECIMALS",
     "BBOX_DECIMALS",
+    "CANONICAL_KEYS",
     "RELABELLED",
-    "Provenance",
     "RecordsFileError",
-    "RecordsRead",
     "TrackRecord",
     "TrackRecordError",
-    "canonical_line_scalars",
     "compute_tid",
-    "iter_records",
-    "read_provenance",
-    "read_records",
-    "jsonl_to_gz_bytes",
-    "records_to_jsonl_bytes",
-    "records_to_jsonl_gz_bytes",
     "track_filename",
-    "write_records",
 ]
 
 #: timestamps are stored (and hashed into the tid) rounded to 0.1 ms; 4 decimals write
@@ -119,7 +98,7 @@ def track_filename(yid: str, class_name: str, tid: str) -> str:
 
 # ---------------------------------------------------------------------------- the record
 
-_CANONICAL = (
+CANONICAL_KEYS = (
     "yid",
     "tid",
     "fn",
@@ -282,7 +261,7 @@ class TrackRecord:
                 raise self._fail(f"{len(self.scores)} scores for {n} timestamps")
             if not _finite(self.scores):
                 raise self._fail("scores has NaN or infinite values")
-        clash = set(self.extra) & set(_CANONICAL)
+        clash = set(self.extra) & set(CANONICAL_KEYS)
         if clash:
             raise self._fail(f"extra keys shadow schema keys: {sorted(clash)}")
 
@@ -390,7 +369,7 @@ class TrackRecord:
     def to_dict(self) -> dict[str, Any]:
         """Canonical keys in schema order (``None`` ones left out), then the extra keys."""
         out: dict[str, Any] = {}
-        for name in _CANONICAL:
+        for name in CANONICAL_KEYS:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -431,7 +410,7 @@ class TrackRecord:
                         rest["track_span"] = span
             else:
                 values["track_ts"] = rest.pop("track_ts", None)
-            for name in _CANONICAL:
+            for name in CANONICAL_KEYS:
                 if name != "track_ts":
                     values[name] = take(name)
             # The original pipeline stored [mu, std] pairs.
@@ -470,328 +449,3 @@ class TrackRecord:
         except json.JSONDecodeError as exc:
             raise TrackRecordError(f"not a JSON line: {exc}") from None
         return cls.from_dict(data, validate)
-
-
-# ---------------------------------------------------------------------------- fast check
-
-# Constraints msgspec checks while it parses. Numbers below 2**53 in magnitude: an integer
-# written where a float belongs is exact then, so msgspec reads the value the full way's
-# json.loads + int -> float coercion gives (a bigger one only costs the full way).
-_Number = Annotated[float, msgspec.Meta(gt=-(2.0**53), lt=2.0**53)]
-_NonNegative = Annotated[float, msgspec.Meta(ge=0, lt=2.0**53)]
-_Index = Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)]
-_Size = Annotated[int, msgspec.Meta(gt=0, lt=1 << 31)]
-_Unset = msgspec.UnsetType
-_UNSET = msgspec.UNSET
-
-
-class _CanonicalLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """A record line in canonical spelling: msgspec checks types and the bounds above while it
-    parses (no dict, no coercion step). Optional keys default to UNSET, so an explicit ``null``
-    (which the canonical form leaves out) does not match."""
-
-    yid: str
-    tid: Annotated[str, msgspec.Meta(min_length=1)]
-    fn: str
-    video_size: tuple[_Size, _Size] | _Unset = _UNSET
-    track_ts: Annotated[list[_Number], msgspec.Meta(min_length=1)]
-    track_bbox: list[tuple[_Number, _Number, _NonNegative, _NonNegative]]
-    top10_lbl: list[_Index] | _Unset = _UNSET
-    top10_desc: list[str] | _Unset = _UNSET
-    top10_logit_mu: list[_Number] | _Unset = _UNSET
-    top10_logit_std: list[_NonNegative] | _Unset = _UNSET
-    top10_wlogit_mu: list[_Number] | _Unset = _UNSET
-    top10_wlogit_std: list[_NonNegative] | _Unset = _UNSET
-    segment: tuple[_Number, _Number] | _Unset = _UNSET
-    detector: str | _Unset = _UNSET
-    vocab_hash: str | _Unset = _UNSET
-    scores: list[_Number] | _Unset = _UNSET
-    # the one extra key our own stages write (relabel_tracks.py); any other extra key costs the full way
-    relabelled: dict[str, Any] | _Unset = _UNSET
-
-
-assert _CanonicalLine.__struct_fields__ == (*_CANONICAL, RELABELLED)
-_decode_canonical = msgspec.json.Decoder(_CanonicalLine).decode
-
-
-_label_cache: dict[str, str] = {}
-
-
-def _label(desc: str) -> str:
-    label = _label_cache.get(desc)
-    if label is None:
-        if len(_label_cache) > 100_000:
-            _label_cache.clear()
-        label = _label_cache[desc] = label_of(desc)
-    return label
-
-
-def canonical_line_scalars(text: bytes, expected_yid: str) -> tuple | None:
-    """The index's scalars of one JSON line (``yid tid fn label label_id score logit duration
-    num_frames t_start t_end video_h video_w``) when the line is a record in canonical spelling
-    (keys of :data:`_CANONICAL`, no ``null``, no other key but :data:`RELABELLED`) of video ``expected_yid`` that
-    passes :meth:`TrackRecord.validate`: then reading it the full way (``json.loads``,
-    :meth:`TrackRecord.from_dict`) gives the same values, ``to_dict()`` equals what was read,
-    and the line is kept as read. None when it cannot say so cheaply (another spelling, an
-    explicit null, NaN, a number beyond 2**53, a bad value): read it the full way to know. Never accepts
-    a line the full way rejects; ``tests/test_curate_db.py`` holds the two ways to the same
-    result on every kind of line."""
-    try:
-        rec = _decode_canonical(text)
-    except msgspec.DecodeError:  # also ValidationError: a type, bound, key or null the canonical form does not have
-        return None
-    yid, fn, ts = rec.yid, rec.fn, rec.track_ts
-    n = len(ts)
-    if yid != expected_yid or len(rec.track_bbox) != n or sorted(ts) != ts:
-        return None
-    if not fn.endswith(".mp4") or fn.startswith("/") or "\\" in fn or ".." in fn:
-        return None
-    lbl, desc, wmu, mu = rec.top10_lbl, rec.top10_desc, rec.top10_wlogit_mu, rec.top10_logit_mu
-    lengths = {len(v) for v in (lbl, desc, mu, rec.top10_logit_std, wmu, rec.top10_wlogit_std) if v is not _UNSET}
-    if len(lengths) > 1:
-        return None
-    seg, scores = rec.segment, rec.scores
-    if (seg is not _UNSET and seg[1] < seg[0]) or (scores is not _UNSET and len(scores) != n):
-        return None
-    video_h, video_w = rec.video_size or (-1, -1)
-    return (yid, rec.tid, fn, _label(desc[0]) if desc else None, lbl[0] if lbl else -1,
-            wmu[0] if wmu else math.nan, mu[0] if mu else math.nan,
-            ts[-1] - ts[0], n, ts[0], ts[-1], video_h, video_w)
-
-
-# ---------------------------------------------------------------------------- provenance
-
-#: the gzip ``FEXTRA`` subfield id (RFC 1952) under which a metadata file's provenance is kept
-PROVENANCE_SUBFIELD = b"TV"
-_GZIP_FEXTRA = 0x04
-_PROVENANCE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What produced a metadata file (every record of it, or its empty result).
-
-    ``detector`` is the detector's name (what records' ``detector`` holds), ``weights`` its
-    weights id (the ``--model`` given, else the backend's default; ``None`` for weight-free
-    detectors), ``vocab_hash`` the sha256 of the prompt lines and ``classes`` their number.
-    ``detector_spec`` is the ``--detector`` flag that built it. ``source`` says where it was
-    read: ``"header"`` (the file's gzip header) or ``"records"`` (the first record of a file
-    written before headers: no ``classes`` nor ``detector_spec`` then).
-    """
-
-    detector: str | None = None
-    weights: str | None = None
-    vocab_hash: str | None = None
-    classes: int | None = None
-    detector_spec: str | None = None
-    source: str = "header"
-
-    @property
-    def known(self) -> bool:
-        """Whether it says which detector and vocabulary (files of the original pipeline, or
-        written by other tools, may not)."""
-        return self.detector is not None and self.vocab_hash is not None
-
-    def key(self) -> tuple[str | None, str | None, str | None]:
-        """(detector, weights, vocab_hash): what makes two files' tracks comparable."""
-        return (self.detector, self.weights, self.vocab_hash)
-
-    def describe(self) -> str:
-        """``detector X, weights Y, vocabulary 0123456789ab (N classes)`` for messages."""
-        vocab = self.vocab_hash[:12] if self.vocab_hash else "unknown"
-        classes = "" if self.classes is None else f" ({self.classes} class{'es' if self.classes != 1 else ''})"
-        return f"detector {self.detector_spec or self.detector or 'unknown'}, weights {self.weights or 'none'}, " \
-               f"vocabulary {vocab}{classes}"
-
-    def to_header_bytes(self) -> bytes:
-        payload = {k: v for k, v in asdict(self).items() if k != "source" and v is not None}
-        return json.dumps({"v": _PROVENANCE_VERSION, **payload}, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=True, allow_nan=False).encode("ascii")
-
-    @classmethod
-    def from_header_bytes(cls, data: bytes) -> Provenance:
-        try:
-            value = json.loads(data)
-        except ValueError as exc:
-            raise ValueError(f"provenance header is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ValueError("provenance header is not a JSON object")
-
-        def text(key: str) -> str | None:
-            v = value.get(key)
-            return None if v is None else str(v)
-
-        classes = value.get("classes")
-        return cls(detector=text("detector"), weights=text("weights"), vocab_hash=text("vocab_hash"),
-                   classes=classes if isinstance(classes, int) and not isinstance(classes, bool) else None,
-                   detector_spec=text("detector_spec"), source="header")
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any] | TrackRecord) -> Provenance:
-        """What a record says about its producer (files written before the header)."""
-        data = record.to_dict() if isinstance(record, TrackRecord) else record
-        weights = data.get("weights")
-        return cls(detector=None if data.get("detector") is None else str(data["detector"]),
-                   weights=None if weights is None else str(weights),
-                   vocab_hash=None if data.get("vocab_hash") is None else str(data["vocab_hash"]),
-                   source="records")
-
-
-def _gzip_with_provenance(data: bytes, provenance: Provenance, compresslevel: int = 6) -> bytes:
-    """One gzip member of ``data`` whose header carries ``provenance`` in its extra field
-    (mtime 0, so the bytes depend on the content only)."""
-    payload = provenance.to_header_bytes()
-    extra = PROVENANCE_SUBFIELD + struct.pack("<H", len(payload)) + payload
-    if len(extra) > 0xFFFF:
-        raise ValueError(f"provenance too long for a gzip header ({len(payload)} bytes)")
-    header = struct.pack("<BBBBLBB", 0x1F, 0x8B, 8, _GZIP_FEXTRA, 0, 0, 255) + struct.pack("<H", len(extra)) + extra
-    trailer = struct.pack("<LL", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
-    return header + zlib.compress(data, level=compresslevel, wbits=-15) + trailer
-
-
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    return data if len(data) == n else b""
-
-
-def _header_provenance(f: BinaryIO) -> tuple[bool, Provenance | None]:
-    """(is gzip, the provenance in its header or None), reading only the header's first bytes."""
-    head = _read_exact(f, 10)
-    if len(head) < 10 or head[:2] != GZIP_MAGIC:
-        return False, None
-    if not head[3] & _GZIP_FEXTRA:
-        return True, None
-    size = _read_exact(f, 2)
-    if not size:
-        raise ValueError("gzip header cut in its extra field")
-    extra = _read_exact(f, struct.unpack("<H", size)[0])
-    if not extra:
-        raise ValueError("gzip header cut in its extra field")
-    pos = 0
-    while pos + 4 <= len(extra):
-        sub, length = extra[pos:pos + 2], struct.unpack("<H", extra[pos + 2:pos + 4])[0]
-        if sub == PROVENANCE_SUBFIELD:
-            return True, Provenance.from_header_bytes(extra[pos + 4:pos + 4 + length])
-        pos += 4 + length
-    return True, None
-
-
-def read_provenance(path: str | os.PathLike, from_records: bool = True) -> Provenance | None:
-    """The provenance of a metadata file: from its gzip header (a few hundred bytes read,
-    nothing decompressed), else, with ``from_records``, from its first record (``source
-    == "records"``; fields it lacks are ``None``). ``None``: no header and no record (an empty
-    file written before headers). Raises :class:`RecordsFileError` for a file whose header or
-    first line cannot be read, ``OSError`` when it cannot be opened."""
-    try:
-        with open(path, "rb") as f:
-            _, found = _header_provenance(f)
-    except ValueError as exc:
-        raise RecordsFileError(f"{path}: {exc}") from None
-    if found is not None or not from_records:
-        return found
-    try:
-        with open_maybe_gzip(path) as f:
-            for line in iter_json_lines(f):
-                if line.error is not None or not isinstance(line.value, dict):
-                    raise RecordsFileError(f"{path}:{line.lineno}: not a JSON record")
-                return Provenance.from_record(line.value)
-    except GZIP_STREAM_ERRORS as exc:
-        raise RecordsFileError(f"{path}: damaged or truncated before its first record: {exc}") from exc
-    return None
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def records_to_jsonl_bytes(records: Iterable[TrackRecord | dict[str, Any]]) -> bytes:
-    """The canonical JSON lines of ``records``, uncompressed (what a metadata file holds)."""
-    lines = []
-    for r in records:
-        rec = r if isinstance(r, TrackRecord) else TrackRecord.from_dict(r)
-        lines.append(rec.to_json().encode("utf-8") + b"\n")
-    return b"".join(lines)
-
-
-def records_to_jsonl_gz_bytes(records: Iterable[TrackRecord | dict[str, Any]],
-                              provenance: Provenance | None = None) -> bytes:
-    """Gzip-compressed JSON lines of ``records`` (deterministic: no timestamp in the header),
-    with ``provenance`` in the gzip header when given (see :func:`read_provenance`).
-    Write them atomically, e.g. with ``utils.core.io.atomic_write_bytes``."""
-    return jsonl_to_gz_bytes(records_to_jsonl_bytes(records), provenance)
-
-
-def jsonl_to_gz_bytes(data: bytes, provenance: Provenance | None = None) -> bytes:
-    """:func:`records_to_jsonl_gz_bytes` for lines already made by :func:`records_to_jsonl_bytes`."""
-    if provenance is not None:
-        return _gzip_with_provenance(data, provenance)
-    return gzip.compress(data, compresslevel=6, mtime=0)
-
-
-def write_records(fileobj: IO[bytes], records: Iterable[TrackRecord | dict[str, Any]]) -> int:
-    """Write ``records`` as one gzip member to a binary file object; returns how many."""
-    data = records_to_jsonl_bytes(records)
-    with gzip.GzipFile(fileobj=fileobj, mode="wb", mtime=0) as gz:
-        gz.write(data)
-    return data.count(b"\n")
-
-
-class RecordsRead(list):
-    """The records read from one file (a ``list``), plus what stopped the reading:
-    ``truncated`` is true when a damaged or cut gzip stream ended it early (``error``
-    says how, ``lines`` how many lines were read)."""
-
-    def __init__(self, path: str, records: Iterable[TrackRecord] = ()) -> None:
-        super().__init__(records)
-        self.path = path
-        self.truncated = False
-        self.error: str | None = None
-        self.lines = 0
-
-
-def iter_records(path: str | os.PathLike, validate: bool = True) -> Iterator[TrackRecord]:
-    """Records of a gzip (or plain) JSONL file, one by one; raises :class:`RecordsFileError`
-    on a truncated stream or a bad line (naming the file and line)."""
-    lineno = 0
-    try:
-        with open_maybe_gzip(path) as f:
-            for line in iter_json_lines(f):
-                lineno = line.lineno
-                yield _record_of(path, line, validate)
-    except GZIP_STREAM_ERRORS as exc:
-        raise RecordsFileError(f"{path}: damaged or truncated after line {lineno}: {exc}") from exc
-
-
-def read_records(path: str | os.PathLike, tolerant: bool = False, validate: bool = True) -> RecordsRead:
-    """All records of a gzip (or plain) JSONL file.
-
-    With ``tolerant=True`` a truncated or damaged gzip stream (a killed writer, a cut copy)
-    or a torn last line ends the reading instead of raising: the complete lines before it are
-    returned and the result's ``truncated``/``error`` say what happened. Invalid records
-    always raise :class:`RecordsFileError`.
-    """
-    out = RecordsRead(str(path))
-    try:
-        with open_maybe_gzip(path) as f:
-            for line in iter_json_lines(f):
-                out.lines = line.lineno
-                if line.torn and tolerant:
-                    out.truncated, out.error = True, f"torn last line {line.lineno}"
-                    break
-                out.append(_record_of(path, line, validate))
-    except GZIP_STREAM_ERRORS as exc:
-        message = f"damaged or truncated after line {out.lines}: {type(exc).__name__}: {exc}"
-        if not tolerant:
-            raise RecordsFileError(f"{path}: {message}") from exc
-        out.truncated, out.error = True, message
-    return out
-
-
-def _record_of(path: str | os.PathLike, line: JsonLine, validate: bool) -> TrackRecord:
-    if line.torn:
-        raise RecordsFileError(f"{path}:{line.lineno}: torn last line")
-    if line.error is not None:
-        raise RecordsFileError(f"{path}:{line.lineno}: not a JSON line: {line.error}")
-    try:
-        return TrackRecord.from_dict(line.value, validate)
-    except TrackRecordError as exc:
-        raise RecordsFileError(f"{path}:{line.lineno}: {exc}") from None

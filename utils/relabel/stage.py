@@ -41,6 +41,7 @@ from utils.core.io import file_sha256
 from utils.core.layout import DatasetLayout, companion_path
 from utils.records.index_file import check_index, load_track_table
 from utils.records.prompts import Vocabulary, parse_prompt_lines
+from utils.records.provenance import Provenance, read_provenance
 from utils.records.track_embeddings import (
     EmbeddingsError,
     embeddings_info,
@@ -49,17 +50,8 @@ from utils.records.track_embeddings import (
     read_video_embeddings,
     write_video_tracks,
 )
-from utils.records.tracks import (
-    RELABELLED,
-    Provenance,
-    RecordsFileError,
-    TrackRecord,
-    TrackRecordError,
-    iter_records,
-    read_provenance,
-    read_records,
-    track_filename,
-)
+from utils.records.track_files import iter_records, read_records
+from utils.records.tracks import RELABELLED, RecordsFileError, TrackRecord, TrackRecordError, track_filename
 from utils.relabel.scoring import relabel_fields, score_tracks
 from utils.relabel.text import Encoder, encoder_of, text_embeddings
 from utils.runner.stage import Stage, StageConfig, check_dataset_name

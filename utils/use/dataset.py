@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from utils.core.layout import inside
 from utils.core.video import probe_video, read_frames_at
-from utils.records.tracks import TrackRecord, read_records
+from utils.records.track_files import read_records
+from utils.records.tracks import TrackRecord
 
 
 def sample_times(duration: float, num_frames: int, fps: float) -> np.ndarray:

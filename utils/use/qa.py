@@ -25,7 +25,8 @@ import numpy as np
 from utils.core.io import atomic_path, atomic_write_text
 from utils.core.layout import DatasetLayout, class_plot_path, class_table_path, inside
 from utils.core.video import VideoError, probe_video, read_frames_at
-from utils.records.tracks import TrackRecord, read_records
+from utils.records.track_files import read_records
+from utils.records.tracks import TrackRecord
 
 
 def class_of(record: TrackRecord) -> tuple[int, str]:

@@ -11,7 +11,8 @@ from utils.core.config import base_dir_option, option
 from utils.core.errors import InvalidItemError, UsageError
 from utils.core.layout import DatasetLayout, validate_name, validate_yid
 from utils.core.video import VideoError
-from utils.records.tracks import RecordsFileError, read_records
+from utils.records.track_files import read_records
+from utils.records.tracks import RecordsFileError
 from utils.use.qa import build_gallery, contact_sheet
 
 
