@@ -27,7 +27,8 @@ from utils.core.config import config_from_args
 from utils.core.errors import UsageError
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout, companion_path, report_path
-from utils.curate.config import CurateConfig, validate_sampling
+from utils.curate.actions import validate_sampling
+from utils.curate.config import CurateConfig
 from utils.curate.constraints import (
     NO_VALUE,
     SamplingConstraints,

@@ -5,21 +5,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import base_dir_option, log_level_option, option
 from utils.core.errors import UsageError
 from utils.core.layout import DatasetLayout, validate_name
 from utils.core.resources import available_cpus
 from utils.curate.constraints import SamplingConstraints
-from utils.curate.report import motion_name
-from utils.records.index_file import check_index
-from utils.records.metrics_store import EMBEDDINGS, MOTION, metric_dir, metric_files
 
 ACTIONS = ("index", "sample_random", "sample_class_balanced", "sample_max_motion", "sample_min_red")
 VERIFIED_ASSET = "trackverse-verified-6perclass.txt"
@@ -133,61 +128,3 @@ class CurateConfig:
             raise UsageError("give --index_file (or --dataset_name for the default index name)")
         name = validate_name(self.dataset_name)
         return layout.relative(f"tracks_subsets/{name}/{name}-Full.jsonl.gzip")
-
-
-def validate_sampling(config: CurateConfig) -> CurateConfig:
-    """Check that the flags fit the sampling action; returns the config with repeated values
-    dropped and ``verified_list`` resolved to a local file (raises UsageError).
-
-    Cheap checks first, so that the first error is the one to fix: the flags, then the index and
-    its companion, then the metric files the action needs, and only then the verified list,
-    which may have to be fetched (offline, that error would hide all the others)."""
-    action = config.action
-    if action not in ACTIONS[1:]:
-        raise UsageError(f"unknown sampling action {action!r}")
-    if action == "sample_random" and not config.N:
-        raise UsageError("sample_random needs --N, the subset sizes in thousands of tracks (e.g. --N 0.5 for 500 "
-                         "tracks; TrackVerse used --N 82 184 259 392)")
-    if action != "sample_random" and config.N:
-        raise UsageError(f"--N applies to sample_random; {action} takes --Nc (tracks per class)")
-    try:
-        constraints = config.constraints
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    if action != "sample_class_balanced" and constraints.suffix():
-        raise UsageError("constraints (--min_motion, --min_nn_dist, --max_spt_iou) apply to sample_class_balanced")
-    if action in ("sample_max_motion", "sample_min_red") and config.temperature != (0.0,):
-        raise UsageError(f"--temperature applies to sample_class_balanced, not {action} "
-                         "(sample_min_red starts from the T=0 ranking)")
-    if action != "sample_min_red" and config.max_swaps is not None:
-        raise UsageError("--max_swaps applies to sample_min_red")
-    if action == "sample_max_motion":
-        try:
-            motion_name(config.motion_column)
-        except ValueError as exc:
-            raise UsageError(f"--motion_column: {exc}") from exc
-    if not 0 <= config.max_spt_iou <= 1:
-        raise UsageError(f"--max_spt_iou must be in [0, 1], got {config.max_spt_iou}")
-    meta, _ = check_index(config.index_path)
-    dataset_name = config.dataset_name or meta.get("dataset_name")
-    if not dataset_name:
-        raise UsageError("the index does not record its dataset name: give --dataset_name")
-    validate_name(dataset_name)
-    needs = []
-    if action == "sample_max_motion" or constraints.uses_motion:
-        needs.append(MOTION)
-    if action == "sample_min_red" or constraints.uses_diversity:
-        needs.append(EMBEDDINGS)
-    for metric in needs:
-        folder = metric_dir(config.base_dir, dataset_name, metric)
-        if not metric_files(folder):
-            raise UsageError(f"no {metric} metric files (*.parquet) in {folder}: run visual_metrics.py "
-                             f"--metric {metric} first")
-    try:
-        verified = resolve_asset(config.verified_list, VERIFIED_ASSET)
-    except AssetError as exc:
-        raise UsageError(f"verified evaluation list: {exc}") from exc
-    return dataclasses.replace(
-        config, N=tuple(dict.fromkeys(config.N)), Nc=tuple(dict.fromkeys(config.Nc)),
-        temperature=tuple(dict.fromkeys(config.temperature)), verified_list=str(verified),
-    )
