@@ -67,6 +67,7 @@ from utils.curate.sampling import (
 )
 from utils.records.index_file import Classes, IndexReader, TrackTable, load_track_table
 from utils.records.metrics_store import EMBEDDINGS, MOTION, MetricsError, VectorSource, load_metric_columns
+from utils.records.released import restyle_member
 
 log = logging.getLogger("trackverse.curation")
 
@@ -409,7 +410,11 @@ def write_subset(reader: IndexReader, sampler: _Sampler, plan: SubsetPlan, sourc
     if target.resolve() == sampler.table.index_path.resolve():
         raise UsageError(f"subset {target} would overwrite the index")
     with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        size = reader.copy_rows(plan.rows, out)
+        if sampler.opts.key_style == "compact":  # the index's own members, copied as they are
+            size = reader.copy_rows(plan.rows, out)
+        else:
+            size = sum(out.write(restyle_member(reader.member(row), sampler.opts.key_style))
+                       for row in plan.rows.tolist())
     rows = _class_rows(plan, sampler.codes, sampler.classes)
     write_class_table(class_table_path(target), rows)
     per_round = np.bincount([row.relax_round for row in rows], minlength=RELAX_ROUNDS)

@@ -20,6 +20,7 @@ from typing import Any
 
 from utils.core.io import atomic_path, atomic_write_json
 from utils.export.inputs import ExportSequence
+from utils.records.released import record_dict
 
 SHARD_PREFIX = "shard-"
 INDEX_NAME = "shards.json"
@@ -34,10 +35,10 @@ def plan_shards(sequences: list[ExportSequence], shard_size: int) -> dict[str, l
     return {shard_name(i // shard_size): tracks[i:i + shard_size] for i in range(0, len(tracks), shard_size)}
 
 
-def sample_json(seq: ExportSequence) -> bytes:
+def sample_json(seq: ExportSequence, key_style: str = "compact") -> bytes:
     record = seq.record
     assert record is not None
-    data = {"seq_id": seq.seq_id, "label": seq.label, **record.to_dict()}
+    data = {"seq_id": seq.seq_id, "label": seq.label, **record_dict(record, key_style)}
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
@@ -63,7 +64,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(path: Path, samples: list[tuple[ExportSequence, Path]]) -> dict[str, Any]:
+def write_shard(path: Path, samples: list[tuple[ExportSequence, Path]], key_style: str = "compact") -> dict[str, Any]:
     """Write the shard (deterministic bytes for the same clips and records) atomically."""
     total = 0
     with atomic_path(path) as tmp:
@@ -71,7 +72,7 @@ def write_shard(path: Path, samples: list[tuple[ExportSequence, Path]]) -> dict[
             for seq, clip in samples:
                 clip_bytes = clip.read_bytes()
                 total += len(clip_bytes)
-                _add(tar, f"{seq.seq_id}.json", sample_json(seq))
+                _add(tar, f"{seq.seq_id}.json", sample_json(seq, key_style))
                 _add(tar, f"{seq.seq_id}.mp4", clip_bytes)
     return {"samples": float(len(samples)), "clip_bytes": float(total)}
 
