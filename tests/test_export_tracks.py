@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import REPO
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, ItemError
 from utils.core.layout import DatasetLayout
-from utils.core.video import read_frames
+from utils.core.video import probe_video, read_frames
 from utils.export import sot
 from utils.export.inputs import ExportSequence, read_inputs
 from utils.export.stage import EXPORT_TRACKS_STAGE
@@ -128,7 +128,8 @@ def test_sot_frames_boxes_and_ground_truth_apart(tmp_path, synthetic_video, sour
         first, last = round(rec.track_ts[0] * fps), round(rec.track_ts[-1] * fps)
         stride = min(15, (last - first) // 4)
         assert meta["stride"] == stride and ids == [first + k * stride for k in range(5)]
-        assert meta["clip_fps"] == pytest.approx(fps / stride)
+        # the SOURCE video's frame rate (prepare_sot_dataset's field), not the sampled rate
+        assert meta["clip_fps"] == pytest.approx(probe_video(synthetic_video.path).fps) == pytest.approx(fps)
         for k, fid in enumerate(ids):  # the source frame at that id, from an independent full decode
             assert psnr(png(out / seq_id / "frames" / f"f{k:02d}.png"), source_frames[fid]) >= 40
         # init_bbox: the record's box at the first frame (its first timestamp), in thousandths
@@ -154,6 +155,22 @@ def test_sot_frames_boxes_and_ground_truth_apart(tmp_path, synthetic_video, sour
             if p.suffix == ".json":
                 assert "boxes" not in json.loads(p.read_text()), p
     assert not any(sot.is_inside(p, out) for p in (gt_file, sot.parts_dir(gt_file)))
+
+
+def test_long_sequences_keep_the_two_digit_names(tmp_path, synthetic_video, source_frames):
+    """More than 100 frames: f00 .. f99, f100 (never widened to f000), as prepare_sot_dataset names them."""
+    db = tmp_path / "db"
+    line = {"seq_id": "long", "yid": YID, "init_frame_id": 0, "init_bbox": [100, 100, 400, 500],
+            "canonical_frame_ids": list(range(0, 202, 2))}
+    path = setup_db(db, synthetic_video.path, [line])
+    out = db / "exports" / "long"
+    assert export(db, path, "sot", out, "--nframes", "101") == EXIT_OK
+    names = sorted(p.name for p in (out / "long" / "frames").iterdir())
+    assert names == sorted([f"f{k:02d}.png" for k in range(101)] + ["f00_ann.png", "crop.png"])
+    assert "f100.png" in names and "f000.png" not in names
+    assert psnr(png(out / "long" / "frames" / "f100.png"), source_frames[200]) >= 40
+    meta = json.loads((out / "long" / "sequence_meta.json").read_text())
+    assert meta["nframes"] == 101 and meta["frame_ids"][-1] == 200
 
 
 def test_frame_choice_rules():
