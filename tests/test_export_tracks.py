@@ -309,7 +309,7 @@ def test_webdataset_shards_read_back_with_the_library(tmp_path, synthetic_video)
         clip.parent.mkdir(parents=True, exist_ok=True)
         clip.write_bytes(synthetic_video.path.read_bytes() + bytes([i]))
     out = db / "exports" / "wds"
-    codes = [export(db, path, "webdataset", out, "--shard_size", "3", "--dataset_name", DATASET,
+    codes = [export(db, path, "webdataset", out, "--shard_size", "3", "--min_shards", "1", "--dataset_name", DATASET,
                     "--world_size", "2", "--rank", str(rank)) for rank in (0, 1)]
     assert sorted(codes) == [EXIT_OK, EXIT_ITEMS_FAILED]  # the torn line is one rank's failed item
     shards = sorted(out.glob("shard-*.tar"))
@@ -334,9 +334,44 @@ def test_webdataset_shards_read_back_with_the_library(tmp_path, synthetic_video)
 
     before = {p.name: p.stat().st_mtime_ns for p in shards}
     # the bad line failed permanently before: not retried without --retry_failed
-    assert export(db, path, "webdataset", out, "--shard_size", "3", "--dataset_name", DATASET) == EXIT_OK
+    assert export(db, path, "webdataset", out, "--shard_size", "3", "--min_shards", "1",
+                  "--dataset_name", DATASET) == EXIT_OK
     assert {p.name: p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.tar"))} == before  # done shards skipped
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_readme_webdataset_loader_runs_with_workers_on_a_default_export(tmp_path, synthetic_video, monkeypatch):
+    """The README's snippet, as written, on shards planned with the defaults (10 tracks: 10 shards,
+    not one, so 4 DataLoader workers each get one): clips decoded with PyAV, records as JSON."""
+    db = tmp_path / "db"
+    records = [r for every in (2, 3) for r in gt_records(synthetic_video, every)]
+    path = setup_db(db, synthetic_video.path, records)
+    layout = DatasetLayout(db)
+    for rec in records:
+        clip = layout.track_mp4(DATASET, rec.fn)
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(synthetic_video.path, clip)
+    out = db / "exports" / "wds"
+    assert export(db, path, "webdataset", out, "--dataset_name", DATASET) == EXIT_OK
+    assert len(list(out.glob("shard-*.tar"))) == 10
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("# webdataset-loader")
+    code = readme[start:readme.index("```", start)]
+    monkeypatch.chdir(db)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    frames, meta = namespace["frames"], namespace["record"]
+    assert namespace["loader"].num_workers == 4
+    assert tuple(frames.shape) == (len(source_frames_of(synthetic_video)), synthetic_video.height,
+                                   synthetic_video.width, 3)
+    assert f"{meta['yid']}-{meta['tid']}" == meta["seq_id"] and meta["seq_id"] in {f"{r.yid}-{r.tid}" for r in records}
+    # every sample comes through 4 workers
+    samples = list(namespace["loader"])
+    assert sorted(m["seq_id"] for _, m in samples) == sorted(f"{r.yid}-{r.tid}" for r in records)
+
+
+def source_frames_of(video) -> list:
+    return list(read_frames(video.path))
 
 
 def test_webdataset_waits_for_missing_clips(tmp_path, synthetic_video):

@@ -63,6 +63,10 @@ class ExportTracksConfig(StageConfig):
                                help="frames: image format of the frames")
     num_workers: int = option(4, group=EXPORT_GROUP, help="frames: threads encoding and writing frames")
     shard_size: int = option(1000, group=EXPORT_GROUP, help="webdataset: samples per tar shard at most")
+    min_shards: int = option(8, group=EXPORT_GROUP,
+                             help="webdataset: shards are made smaller than --shard_size until there are at least "
+                                  "this many (when there are enough tracks): a DataLoader with more workers than "
+                                  "shards fails inside webdataset")
     frame_rate: int = option(30, group=EXPORT_GROUP,
                              help="ava: frames per second written (AVA loaders assume 30)")
     time_offset: int = option(900, group=EXPORT_GROUP,
@@ -104,14 +108,14 @@ def load_inputs(path: Path) -> ExportInputs:
 
 
 @functools.lru_cache(maxsize=4)
-def _plan(path: str, size: int, mtime_ns: int, shard_size: int) -> dict[str, list[ExportSequence]]:
-    return webdataset.plan_shards(list(_inputs(path, size, mtime_ns).sequences.values()), shard_size)
+def _plan(path: str, size: int, mtime_ns: int, shard_size: int, min_shards: int) -> dict[str, list[ExportSequence]]:
+    return webdataset.plan_shards(list(_inputs(path, size, mtime_ns).sequences.values()), shard_size, min_shards)
 
 
 def shard_plan(config: ExportTracksConfig) -> dict[str, list[ExportSequence]]:
     load_inputs(config.records)
     st = os.stat(config.records)
-    return _plan(str(config.records), st.st_size, st.st_mtime_ns, config.shard_size)
+    return _plan(str(config.records), st.st_size, st.st_mtime_ns, config.shard_size, config.min_shards)
 
 
 def bad_items(inputs: ExportInputs, format: str) -> list[str]:
@@ -149,7 +153,7 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
         "--format frames: <out_dir>/frames/<yid>/<yid>_<frame:06d>.jpg|png (each source frame of the tracks' spans "
         "once, one video an item), <out_dir>/annotations.csv (video_id,timestamp,x1,y1,x2,y2,label_id,track_id, "
         "normalised to [0, 1]) and <out_dir>/label_map.csv (id,name), merged from per-video parts at each rank's end. "
-        "--format webdataset: <out_dir>/shard-NNNNNN.tar of at most --shard_size samples (<key>.mp4 + <key>.json), "
+        "--format webdataset: <out_dir>/shard-NNNNNN.tar of at most --shard_size samples (fewer while that makes at least --min_shards shards; <key>.mp4 + <key>.json), "
         "the valid records in file order, and <out_dir>/shards.json. "
         "--format ava: <out_dir>/frames/<yid>/img_NNNNN.jpg at --frame_rate from the video's start, "
         "frame_lists/{train,val}.csv, annotations/{train,val}.csv (headerless AVA rows at each whole second of a "
@@ -177,6 +181,8 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             raise UsageError(f"--num_workers must be at least 1, got {config.num_workers}")
         if config.shard_size < 1:
             raise UsageError(f"--shard_size must be at least 1, got {config.shard_size}")
+        if config.min_shards < 1:
+            raise UsageError(f"--min_shards must be at least 1, got {config.min_shards}")
         parse_stride(config.stride)
         if config.frame_rate < 1:
             raise UsageError(f"--frame_rate must be at least 1, got {config.frame_rate}")
