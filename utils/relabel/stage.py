@@ -40,6 +40,7 @@ from utils.core.io import file_sha256
 from utils.core.layout import DatasetLayout, companion_path
 from utils.records.index_file import check_index, load_track_table
 from utils.records.prompts import Vocabulary, parse_prompt_lines
+from utils.records.released import KEY_STYLE_HELP, KEY_STYLES
 from utils.records.track_embeddings import (
     EmbeddingsError,
     embeddings_info,
@@ -140,6 +141,7 @@ class RelabelTracksConfig(StageConfig):
     source_dataset_name: str | None = option(
         None, group=RELABEL_GROUP,
         help="the dataset whose metadata and track embeddings are relabelled (default: the one the index was built from)")
+    key_style: str = option("compact", group=RELABEL_GROUP, choices=KEY_STYLES, help=KEY_STYLE_HELP)
 
 
 @dataclass
@@ -295,6 +297,7 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
             layout.tracks_meta(config.dataset_name, item), out_records, [emb.vectors[i] for i in keep], provenance,
             info={"detector_spec": encoder.spec, "source_meta_sha256": source_sha, "vocab_hash": vocab.hash,
                   "relabelled_from": config.source_dataset_name},
+            key_style=config.key_style,
         )
         stats = {"tracks": float(len(out_records))}
         if keep.size < len(records):  # dropped: nothing to score them with (counted, not hidden)
