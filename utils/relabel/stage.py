@@ -290,7 +290,7 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
         source_prov = read_provenance(source)
         relabelled = {"from_dataset": config.source_dataset_name,
                       "from_vocab_hash": source_prov.vocab_hash if source_prov else None, "score": SCORE_NAME}
-        out_records = [_relabelled(records[i], f, vocab.hash, relabelled) for i, f in zip(keep, fields, strict=True)]
+        out_records = [_relabelled(records[i], f, vocab, relabelled) for i, f in zip(keep, fields, strict=True)]
         provenance = Provenance(detector=encoder.detector, weights=encoder.weights, vocab_hash=vocab.hash,
                                 classes=len(vocab), detector_spec=RELABEL_SPEC_PREFIX + encoder.spec)
         write_video_tracks(
@@ -316,9 +316,10 @@ def _provenance_or_none(path: Path) -> Provenance | None:
         return None
 
 
-def _relabelled(record: TrackRecord, fields: dict[str, Any], vocab_hash: str, relabelled: dict[str, Any]) -> TrackRecord:
+def _relabelled(record: TrackRecord, fields: dict[str, Any], vocab: Vocabulary, relabelled: dict[str, Any]) -> TrackRecord:
+    file_label = vocab.file_labels[fields["top10_lbl"][0]]  # the full prompt line's name (released rule)
     return dataclasses.replace(
-        record, fn=track_filename(record.yid, fields["top10_desc"][0], record.tid), vocab_hash=vocab_hash,
+        record, fn=track_filename(record.yid, file_label, record.tid), vocab_hash=vocab.hash,
         top10_logit_std=None, extra={**record.extra, RELABELLED: relabelled}, **fields)
 
 
