@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_video
-from utils.core.errors import EXIT_OK
+from utils.core.errors import EXIT_OK, EXIT_USAGE
 from utils.core.layout import DatasetLayout
 from utils.core.video import probe_video, read_frames
 from utils.export import ava
@@ -242,6 +242,32 @@ def test_mmaction2_ava_dataset_loads_a_sample(exported):
         assert sample["proposals"].shape[1] == 4
 
 
+def test_rerun_skips_done_videos_and_a_lost_part_is_redone(exported):
+    out, records, videos = exported
+    db = out.parent.parent
+    args = ["--base_dir", str(db), "--records", str(db / "tracks_subsets" / "subset.jsonl.gzip"), "--format", "ava",
+            "--out_dir", str(out)]
+    before = {p: p.read_bytes() for p in sorted((out / "annotations").iterdir())}
+    frame = out / "frames" / VTEST / "img_00001.jpg"
+    stamp = frame.stat().st_mtime_ns
+    assert main(EXPORT_TRACKS_STAGE, args) == EXIT_OK
+    assert frame.stat().st_mtime_ns == stamp  # done videos are not redone
+    ava.part_path(out, CUP).unlink()
+    assert main(EXPORT_TRACKS_STAGE, args) == EXIT_OK
+    assert frame.stat().st_mtime_ns == stamp and ava.part_path(out, CUP).is_file()
+    assert {p: p.read_bytes() for p in sorted((out / "annotations").iterdir())} == before  # same bytes
+
+
+def test_bad_flags_are_usage_errors(exported, capsys):
+    out, records, videos = exported
+    db = out.parent.parent
+    base = ["--base_dir", str(db), "--records", str(db / "tracks_subsets" / "subset.jsonl.gzip"), "--format", "ava",
+            "--out_dir", str(out.parent / "other")]
+    assert main(EXPORT_TRACKS_STAGE, [*base, "--val_fraction", "1.5"]) == EXIT_USAGE
+    assert main(EXPORT_TRACKS_STAGE, [*base, "--frame_rate", "0"]) == EXIT_USAGE
+    assert "--val_fraction" in capsys.readouterr().err
+
+
 def test_val_split_by_video_and_predicted_boxes(tmp_path, exported):
     out, records, videos = exported
     assert ava.split_of(VTEST, 0.0) == "train" and ava.split_of(VTEST, 1.0) == "val"
@@ -250,3 +276,15 @@ def test_val_split_by_video_and_predicted_boxes(tmp_path, exported):
     assert 0.18 < share < 0.32
     assert (out / "annotations" / "val.csv").read_text() == ""
     assert (out / "frame_lists" / "val.csv").read_text().splitlines() == [ava.FRAME_LIST_HEADER]
+    # everything in val: SlowFast's test lists (predicted boxes with a score column) and mmaction2's proposals
+    db = out.parent.parent
+    val_out = out.parent / "ava-val"
+    assert main(EXPORT_TRACKS_STAGE, ["--base_dir", str(db), "--records", str(db / "tracks_subsets" / "subset.jsonl.gzip"),
+                                      "--format", "ava", "--out_dir", str(val_out), "--val_fraction", "1"]) == EXIT_OK
+    ann = val_out / "annotations"
+    assert (ann / "train.csv").read_text() == "" and (ann / "val.csv").read_text() == (out / "annotations" / "train.csv").read_text()
+    predicted = [line.split(",") for line in (ann / "val_predicted_boxes.csv").read_text().splitlines()]
+    gt = [line.split(",") for line in (ann / "val.csv").read_text().splitlines()]
+    assert [p[:7] for p in predicted] == [g[:7] for g in gt] and {p[7] for p in predicted} == {"1.0"}
+    assert pickle.loads((ann / "dense_proposals_val.pkl").read_bytes()).keys() == \
+        pickle.loads((out / "annotations" / "dense_proposals_train.pkl").read_bytes()).keys()

@@ -118,6 +118,19 @@ def shard_plan(config: ExportTracksConfig) -> dict[str, list[ExportSequence]]:
     return _plan(str(config.records), st.st_size, st.st_mtime_ns, config.shard_size, config.min_shards)
 
 
+@functools.lru_cache(maxsize=4)
+def _videos(path: str, size: int, mtime_ns: int) -> tuple[dict[str, list[ExportSequence]], dict[str, int]]:
+    sequences = list(_inputs(path, size, mtime_ns).sequences.values())
+    return frames.group_by_video(sequences), ava.action_ids(sequences)
+
+
+def ava_plan(config: ExportTracksConfig) -> tuple[dict[str, list[ExportSequence]], dict[str, int]]:
+    """The tracks of each video and the AVA action ids, computed once per process (not per video)."""
+    load_inputs(config.records)
+    st = os.stat(config.records)
+    return _videos(str(config.records), st.st_size, st.st_mtime_ns)
+
+
 def bad_items(inputs: ExportInputs, format: str) -> list[str]:
     """Items that fail when processed: bad lines, and benchmark lines for webdataset (no clip)."""
     return [s.seq_id for s in inputs.sequences.values()
@@ -251,13 +264,12 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             return frames.export_video(video, item, tracks, labels, config.out_dir, config.image_format,
                                        config.stride_value() or 1, config.num_workers)
         if config.format == "ava":
-            sequences = list(inputs.sequences.values())
+            videos, actions = ava_plan(config)
             video = layout.video_mp4(item)
             if not video.exists():
                 raise ItemError(f"{video}: the source video is missing", transient=True, category="missing_video")
-            return ava.export_video(video, item, frames.group_by_video(sequences)[item], ava.action_ids(sequences),
-                                    config.out_dir, config.image_format, config.frame_rate, config.time_offset,
-                                    config.val_fraction, config.num_workers)
+            return ava.export_video(video, item, videos[item], actions, config.out_dir, config.image_format,
+                                    config.frame_rate, config.time_offset, config.val_fraction, config.num_workers)
         samples = shard_plan(config)[item]
         clips: list[tuple[ExportSequence, Path]] = []
         missing: list[tuple[ExportSequence, Path]] = []
@@ -279,7 +291,7 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             merge_until_stable(lambda: frames.merge_annotations(config.out_dir, labels),
                                config.out_dir / frames.PARTS, "*.csv")
         elif config.format == "ava":
-            actions = ava.action_ids(list(load_inputs(config.records).sequences.values()))
+            actions = ava_plan(config)[1]
             merge_until_stable(lambda: ava.merge(config.out_dir, actions, config.image_format),
                                config.out_dir / ava.PARTS, "*.json")
         else:
