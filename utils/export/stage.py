@@ -1,6 +1,6 @@
-"""export_tracks.py: a records file exported as SOT sequences (``--format sot``), frame folders
-with AVA-style annotations (``--format frames``) or WebDataset shards (``--format webdataset``),
-sharded with ``--world_size/--rank`` and resumable."""
+"""export_tracks.py: a records file exported as SOT sequences (``--format sot``), folders the AVA
+loaders read (``--format ava``), frame folders with AVA-style annotations (``--format frames``) or
+WebDataset shards (``--format webdataset``), sharded with ``--world_size/--rank`` and resumable."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def merge_until_stable(merge: Callable[[], object], folder: Path, pattern: str, 
 
 
 class ExportTracksStage(Stage[ExportTracksConfig]):
-    """Export a records file as SOT sequences or WebDataset shards."""
+    """Export a records file as SOT sequences, AVA loader folders, frame folders or WebDataset shards."""
 
     name = "export_tracks"
     description = (
