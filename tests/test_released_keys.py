@@ -123,8 +123,10 @@ def test_webdataset_records_follow_the_key_style(tmp_path, synthetic_video, styl
         target.write_bytes(b"\x00\x00\x00\x18ftypmp42")
     out = db / "exports" / "wds"
     assert export(db, path, "webdataset", out, "--dataset_name", DATASET, "--key_style", style) == EXIT_OK
-    with tarfile.open(next(out.glob("shard-*.tar"))) as tar:
-        samples = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    samples = []
+    for shard in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            samples += [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
     assert len(samples) == 2
     for data in samples:
         assert ("track_mp4_filename" in data) == (style == "released") and ("fn" in data) == (style == "compact")
