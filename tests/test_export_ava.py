@@ -258,6 +258,23 @@ def test_rerun_skips_done_videos_and_a_lost_part_is_redone(exported):
     assert {p: p.read_bytes() for p in sorted((out / "annotations").iterdir())} == before  # same bytes
 
 
+def test_a_video_without_usable_seconds_is_done_but_left_out_of_the_lists(tmp_path):
+    """Tracks only in the first 2 s (timestamps before 902): no frames, no list entry (SlowFast
+    wants every listed video annotated), counted in the summary, exit 0."""
+    db = tmp_path / "db"
+    target = DatasetLayout(db).video_mp4(CUP)
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(shared_video("cup.mp4"), target)
+    path = db / "subset.jsonl.gzip"
+    path.write_bytes(gzip.compress((track(CUP, "cup", 0.2, 1.9, (480, 640), 4).to_json() + "\n").encode()))
+    out = db / "ava"
+    assert main(EXPORT_TRACKS_STAGE, ["--base_dir", str(db), "--records", str(path), "--format", "ava",
+                                      "--out_dir", str(out)]) == EXIT_OK
+    assert ava.part_path(out, CUP).is_file() and not list((out / "frames").rglob("*.jpg"))
+    assert (out / "frame_lists" / "train.csv").read_text().splitlines() == [ava.FRAME_LIST_HEADER]
+    assert (out / "annotations" / "train.csv").read_text() == ""
+
+
 def test_bad_flags_are_usage_errors(exported, capsys):
     out, records, videos = exported
     db = out.parent.parent

@@ -15,7 +15,8 @@ and pytorchvideo's ``Ava``, following the conventions their readers hard-code:
   one row per track and keyframe. Keyframes are the whole seconds ``s`` of each track's span,
   written as ``s + --time_offset`` (default 900: AVA's clips start 900 s into their movies;
   pytorchvideo and SlowFast only take timestamps 902..1798, so with the default offset seconds
-  2..898 of a video are kept and the rest are counted as ``keyframes_out_of_range``). Boxes are
+  2..898 of a video are kept and the rest are counted as ``keyframes_out_of_range``; a video
+  left with none is counted in ``videos_without_keyframes`` and stays out of the lists). Boxes are
   the track's boxes linearly interpolated at ``s``, normalised to [0, 1]. ``action_id`` is
   1-based (``annotations/label_map.pbtxt``), ``person_id`` a per-video integer
   (``annotations/person_ids.csv`` maps it back to our ``tid``).
@@ -147,18 +148,17 @@ def export_video(video: Path, yid: str, tracks: list[ExportSequence], actions: d
             box = np.clip(box_at(r, float(sec), width, height) / [width, height, width, height], 0.0, 1.0)
             rows.append([yid, sec + time_offset, *_box_row(box), action, person_id])
             last_second = max(last_second, sec)
-    if not rows:
-        raise ItemError(f"no whole second of its tracks' spans falls in the timestamps AVA loaders accept "
-                        f"({AVA_FIRST_TIMESTAMP}..{AVA_LAST_TIMESTAMP} with --time_offset {time_offset})",
-                        category="too_short")
-    count = int(math.floor((last_second + KEYFRAME_MARGIN_S) * frame_rate)) + 1
-    written = _write_frames(video, frame_dir(out_dir, yid), count, frame_rate, fps, ext, workers)
+    # a video none of whose seconds the loaders accept gets no frames and stays out of the lists
+    # (SlowFast wants every listed video annotated); its part still marks it done
+    count = int(math.floor((last_second + KEYFRAME_MARGIN_S) * frame_rate)) + 1 if rows else 0
+    written = _write_frames(video, frame_dir(out_dir, yid), count, frame_rate, fps, ext, workers) if rows else 0
     rows.sort(key=lambda row: (row[1], row[7]))
     part = {"yid": yid, "split": split_of(yid, val_fraction), "source_fps": fps, "width": width,
             "height": height, "frames": count, "frame_rate": frame_rate, "time_offset": time_offset,
             "rows": rows, "persons": persons}
     atomic_write_text(part_path(out_dir, yid), json.dumps(part, sort_keys=True))
-    return {"frames": float(written), "keyframe_boxes": float(len(rows)), "keyframes_out_of_range": float(dropped)}
+    return {"frames": float(written), "keyframe_boxes": float(len(rows)), "keyframes_out_of_range": float(dropped),
+            "videos_without_keyframes": float(not rows)}
 
 
 def _write_frames(video: Path, folder: Path, count: int, frame_rate: int, fps: float, ext: str,
@@ -250,7 +250,7 @@ def merge(out_dir: Path, actions: dict[str, int], ext: str) -> int:
     lists = out_dir / "frame_lists"
     total = 0
     for split in SPLITS:
-        chosen = [p for p in parts if p["split"] == split]
+        chosen = [p for p in parts if p["split"] == split and p["rows"]]
         frame_rows = []
         for video_index, p in enumerate(chosen):
             frame_rows.extend(f'{p["yid"]} {video_index} {k - 1} {p["yid"]}/{frame_name(k, ext)} ""'

@@ -149,7 +149,8 @@ def run_search(config: SearchConfig) -> list[SearchResult]:
             atomic_write_json(report_path(target), {
                 "action": "search", "query": query, "index_file": str(index_file), "dataset_name": dataset,
                 "detector": encoder.spec, "weights": encoder.weights, "score": "cosine(track mean embedding, query)",
-                "top": config.top, "min_score": config.min_score, "tracks": int(rows.size),
+                "top": config.top, "min_score": config.min_score, "key_style": config.key_style,
+                "tracks": int(rows.size),
                 "indexed_tracks": n, "tracks_with_embedding": with_embedding, "videos_without_embeddings": len(problems),
                 "hits": hits,
             })
