@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from utils.core.video import VideoWriter, read_frames, read_frames_at
 from utils.records.track_files import records_to_jsonl_gz_bytes
 from utils.records.tracks import TrackRecord
-from utils.use.dataset import TrackClipDataset, collate_tracks, sample_times
+from utils.use.dataset import TrackClipDataset, collate_padded, collate_tracks, sample_times
 
 FPS = 25
 
@@ -83,6 +83,26 @@ def test_dataloader_with_workers(subset, workers):
     for i, n in enumerate((50, 60, 40)):
         check_frames(clips / recs[i].fn, frames[i], times[i], n)
     assert [r["fn"] for b in batches for r in b["record"]] == [r.fn for r in recs]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_whole_clips_of_different_lengths_and_sizes_batch_with_padding(tmp_path, subset, workers):
+    path, clips, recs = subset
+    make_clip(clips / recs[2].fn, 40, shape=(32, 80))  # another frame size too
+    ds = TrackClipDataset(path, clips, num_frames=None, size=None)
+    loader = DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=collate_padded)
+    (batch,) = list(loader)
+    assert batch["lengths"].tolist() == [50, 60, 40]
+    assert batch["sizes"].tolist() == [[48, 64], [48, 64], [32, 80]]
+    assert batch["frames"].shape == (3, 60, 48, 80, 3) and batch["label"].tolist() == [3, 7, 3]
+    for i, (n, (h, w)) in enumerate(zip((50, 60, 40), ((48, 64), (48, 64), (32, 80)), strict=True)):
+        reference = np.stack([f.image for f in read_frames(clips / recs[i].fn)])
+        assert np.array_equal(batch["frames"][i, :n, :h, :w].numpy(), reference)  # every frame, in order
+        assert batch["frames"][i, n:].abs().sum() == 0 and batch["frames"][i, :, h:].abs().sum() == 0
+        assert batch["frames"][i, :, :, w:].abs().sum() == 0
+        assert batch["times"][i, :n].tolist() == pytest.approx([k / FPS for k in range(n)], abs=1e-3)
+    with pytest.raises(ValueError, match="num_frames"):
+        TrackClipDataset(path, clips, num_frames=0)
 
 
 def test_released_spelling_is_read(tmp_path, subset):

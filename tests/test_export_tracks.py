@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import REPO
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, ItemError
 from utils.core.layout import DatasetLayout
-from utils.core.video import read_frames
+from utils.core.video import probe_video, read_frames
 from utils.export import sot
 from utils.export.inputs import ExportSequence, read_inputs
 from utils.export.stage import EXPORT_TRACKS_STAGE
@@ -128,7 +128,8 @@ def test_sot_frames_boxes_and_ground_truth_apart(tmp_path, synthetic_video, sour
         first, last = round(rec.track_ts[0] * fps), round(rec.track_ts[-1] * fps)
         stride = min(15, (last - first) // 4)
         assert meta["stride"] == stride and ids == [first + k * stride for k in range(5)]
-        assert meta["clip_fps"] == pytest.approx(fps / stride)
+        # the SOURCE video's frame rate (prepare_sot_dataset's field), not the sampled rate
+        assert meta["clip_fps"] == pytest.approx(probe_video(synthetic_video.path).fps) == pytest.approx(fps)
         for k, fid in enumerate(ids):  # the source frame at that id, from an independent full decode
             assert psnr(png(out / seq_id / "frames" / f"f{k:02d}.png"), source_frames[fid]) >= 40
         # init_bbox: the record's box at the first frame (its first timestamp), in thousandths
@@ -154,6 +155,22 @@ def test_sot_frames_boxes_and_ground_truth_apart(tmp_path, synthetic_video, sour
             if p.suffix == ".json":
                 assert "boxes" not in json.loads(p.read_text()), p
     assert not any(sot.is_inside(p, out) for p in (gt_file, sot.parts_dir(gt_file)))
+
+
+def test_long_sequences_keep_the_two_digit_names(tmp_path, synthetic_video, source_frames):
+    """More than 100 frames: f00 .. f99, f100 (never widened to f000), as prepare_sot_dataset names them."""
+    db = tmp_path / "db"
+    line = {"seq_id": "long", "yid": YID, "init_frame_id": 0, "init_bbox": [100, 100, 400, 500],
+            "canonical_frame_ids": list(range(0, 202, 2))}
+    path = setup_db(db, synthetic_video.path, [line])
+    out = db / "exports" / "long"
+    assert export(db, path, "sot", out, "--nframes", "101") == EXIT_OK
+    names = sorted(p.name for p in (out / "long" / "frames").iterdir())
+    assert names == sorted([f"f{k:02d}.png" for k in range(101)] + ["f00_ann.png", "crop.png"])
+    assert "f100.png" in names and "f000.png" not in names
+    assert psnr(png(out / "long" / "frames" / "f100.png"), source_frames[200]) >= 40
+    meta = json.loads((out / "long" / "sequence_meta.json").read_text())
+    assert meta["nframes"] == 101 and meta["frame_ids"][-1] == 200
 
 
 def test_frame_choice_rules():
@@ -292,7 +309,7 @@ def test_webdataset_shards_read_back_with_the_library(tmp_path, synthetic_video)
         clip.parent.mkdir(parents=True, exist_ok=True)
         clip.write_bytes(synthetic_video.path.read_bytes() + bytes([i]))
     out = db / "exports" / "wds"
-    codes = [export(db, path, "webdataset", out, "--shard_size", "3", "--dataset_name", DATASET,
+    codes = [export(db, path, "webdataset", out, "--shard_size", "3", "--min_shards", "1", "--dataset_name", DATASET,
                     "--world_size", "2", "--rank", str(rank)) for rank in (0, 1)]
     assert sorted(codes) == [EXIT_OK, EXIT_ITEMS_FAILED]  # the torn line is one rank's failed item
     shards = sorted(out.glob("shard-*.tar"))
@@ -317,9 +334,44 @@ def test_webdataset_shards_read_back_with_the_library(tmp_path, synthetic_video)
 
     before = {p.name: p.stat().st_mtime_ns for p in shards}
     # the bad line failed permanently before: not retried without --retry_failed
-    assert export(db, path, "webdataset", out, "--shard_size", "3", "--dataset_name", DATASET) == EXIT_OK
+    assert export(db, path, "webdataset", out, "--shard_size", "3", "--min_shards", "1",
+                  "--dataset_name", DATASET) == EXIT_OK
     assert {p.name: p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.tar"))} == before  # done shards skipped
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_readme_webdataset_loader_runs_with_workers_on_a_default_export(tmp_path, synthetic_video, monkeypatch):
+    """The README's snippet, as written, on shards planned with the defaults (10 tracks: 10 shards,
+    not one, so 4 DataLoader workers each get one): clips decoded with PyAV, records as JSON."""
+    db = tmp_path / "db"
+    records = [r for every in (2, 3) for r in gt_records(synthetic_video, every)]
+    path = setup_db(db, synthetic_video.path, records)
+    layout = DatasetLayout(db)
+    for rec in records:
+        clip = layout.track_mp4(DATASET, rec.fn)
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(synthetic_video.path, clip)
+    out = db / "exports" / "wds"
+    assert export(db, path, "webdataset", out, "--dataset_name", DATASET) == EXIT_OK
+    assert len(list(out.glob("shard-*.tar"))) == 10
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("# webdataset-loader")
+    code = readme[start:readme.index("```", start)]
+    monkeypatch.chdir(db)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    frames, meta = namespace["frames"], namespace["record"]
+    assert namespace["loader"].num_workers == 4
+    assert tuple(frames.shape) == (len(source_frames_of(synthetic_video)), synthetic_video.height,
+                                   synthetic_video.width, 3)
+    assert f"{meta['yid']}-{meta['tid']}" == meta["seq_id"] and meta["seq_id"] in {f"{r.yid}-{r.tid}" for r in records}
+    # every sample comes through 4 workers
+    samples = list(namespace["loader"])
+    assert sorted(m["seq_id"] for _, m in samples) == sorted(f"{r.yid}-{r.tid}" for r in records)
+
+
+def source_frames_of(video) -> list:
+    return list(read_frames(video.path))
 
 
 def test_webdataset_waits_for_missing_clips(tmp_path, synthetic_video):

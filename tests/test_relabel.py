@@ -176,6 +176,31 @@ def test_relabel_with_a_permuted_extended_vocabulary_recovers_every_true_class(p
     assert sorted(r.top10_lbl[0] for r in subset) == sorted(vocab.labels.index(c) for c in ("cat", "table", "cup", "rocket"))
 
 
+def test_relabel_and_search_write_the_released_keys_when_asked(parsed, tmp_path, monkeypatch):
+    """--key_style released: the released schema's keys in the relabelled metadata and in search
+    subsets; a re-run is a no-op and our readers and the index still take them."""
+    released_keys = {"track_id", "track_ts", "frame_ts", "frame_bboxes", "yid", "track_mp4_filename",
+                     "top10_label_ids", "top10_label_names"}
+    db = copy_of(parsed, tmp_path, monkeypatch)
+    prompts = write_lines(tmp_path / "new.txt", NEW_PROMPTS)
+    args = [*relabel_args(db, prompts), "--key_style", "released"]
+    assert main(RELABEL_TRACKS_STAGE, args) == EXIT_OK
+    out_path = DatasetLayout(db).tracks_meta("Relabelled", YID)
+    lines = [json.loads(line) for line in gzip.decompress(out_path.read_bytes()).splitlines()]
+    assert lines and all(released_keys <= set(m) and not {"tid", "fn", "track_bbox"} & set(m) for m in lines)
+    compact = read_records(DatasetLayout(db).tracks_meta(SOURCE, YID))
+    assert [r.tid for r in read_records(out_path)] == [r.tid for r in compact]
+    assert read_video_embeddings(out_path).tids == [r.tid for r in compact]
+    before = out_path.read_bytes()
+    assert main(RELABEL_TRACKS_STAGE, args) == EXIT_OK and out_path.read_bytes() == before  # done, not redone
+    assert search_tracks.main(["--base_dir", str(db), "--index_file", INDEX, "cat", "--top", "2",
+                               "--key_style", "released"]) == EXIT_OK
+    subset = db / "tracks_subsets" / f"{SOURCE}-search-cat-top2.jsonl.gzip"
+    hits = [json.loads(line) for line in gzip.decompress(subset.read_bytes()).splitlines()]
+    assert len(hits) == 2 and all(released_keys <= set(m) for m in hits)
+    assert [r.tid for r in read_records(subset)] == [m["track_id"] for m in hits]
+
+
 def test_relabel_is_redone_when_the_source_changes(parsed, tmp_path, monkeypatch):
     db = copy_of(parsed, tmp_path, monkeypatch)
     prompts = write_lines(tmp_path / "new.txt", NEW_PROMPTS)

@@ -13,6 +13,7 @@ import pytest
 
 from utils.records.prompts import (
     Vocabulary,
+    file_label,
     label_of,
     label_with_dashes,
     parse_prompt_lines,
@@ -59,6 +60,32 @@ def test_labels_and_dashes():
     assert label_with_dashes("crème brûlée / tart") == "crme-brle-tart"
     assert label_with_dashes("bottle_cap") == "bottle_cap"
     assert label_with_dashes("?!") == "object"
+
+
+def test_track_file_names_follow_the_released_verified_list():
+    """Every clip name of the released verified list is what track_filename gives for a prompt line
+    of that class: the label's trailing dash is kept when the name was cut before "(also" after
+    two spaces (``mouse  (also known as computer mouse)`` -> ``<yid>-mouse--<tid>.mp4``)."""
+    from tests.conftest import shared_asset
+
+    prompts = Vocabulary.from_lines(shared_asset("lvis-prompts.txt").read_text().splitlines())
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(prompts.labels):
+        by_label.setdefault(label.replace(" ", "_"), []).append(i)
+    lines = shared_asset("trackverse-verified-6perclass.txt").read_text().splitlines()
+    trailing = 0
+    for line in lines:
+        name, cls = line.split(",", 1)
+        yid, tid = name[:11], name[-36:-4]
+        candidates = by_label[cls.rstrip("_")]  # the class column is the label, spaces as "_"
+        made = {track_filename(yid, prompts.lines[i], tid) for i in candidates}
+        assert f"{yid[:2]}/{name}" in made, (line, made)
+        trailing += name.endswith(f"--{tid}.mp4")
+    assert len(lines) == 4782 and trailing == 186
+    assert file_label("mouse  (also known as computer mouse)") == "mouse-"
+    assert file_label("aerosol can (also known as spray can)") == "aerosol-can"
+    assert file_label("pan (for cooking)") == "pan-for-cooking"  # unsafe after the released rule: as before
+    assert file_label("mouse") == "mouse"
 
 
 def test_vocabulary_from_small_files(tmp_path):

@@ -15,6 +15,7 @@ from utils.core.errors import UsageError
 from utils.core.layout import DatasetLayout, validate_name
 from utils.core.resources import available_cpus
 from utils.curate.constraints import SamplingConstraints
+from utils.records.released import KEY_STYLE_HELP, KEY_STYLES
 
 ACTIONS = ("index", "sample_random", "sample_class_balanced", "sample_max_motion", "sample_min_red")
 VERIFIED_ASSET = "trackverse-verified-6perclass.txt"
@@ -86,6 +87,7 @@ class CurateConfig:
                                             f"characters of each line: a YouTube id); default: the pinned "
                                             f"{VERIFIED_ASSET}")
     no_plots: bool = option(False, group=_SAMPLING, help="skip the class-distribution PNGs")
+    key_style: str = option("compact", group=_SAMPLING, choices=KEY_STYLES, help=KEY_STYLE_HELP)
     min_motion: float = option(0.0, group=_CONSTRAINTS,
                                help="per-track motion (visual_metrics.py --metric motion, column --motion_column) "
                                     ">= this (default: 0, off)")

@@ -44,6 +44,7 @@ from utils.curate.report import (
 )
 from utils.records.index_file import Classes, IndexReader, load_track_table
 from utils.records.metrics_store import MetricsError
+from utils.records.released import restyle_member
 
 log = logging.getLogger("trackverse.curation")
 
@@ -91,7 +92,11 @@ def write_subset(reader: IndexReader, sampler: SamplingRun, plan: SubsetPlan, so
     if target.resolve() == sampler.table.index_path.resolve():
         raise UsageError(f"subset {target} would overwrite the index")
     with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        size = reader.copy_rows(plan.rows, out)
+        if sampler.opts.key_style == "compact":  # the index's own members, copied as they are
+            size = reader.copy_rows(plan.rows, out)
+        else:
+            size = sum(out.write(restyle_member(reader.member(row), sampler.opts.key_style))
+                       for row in plan.rows.tolist())
     rows = _class_rows(plan, sampler.codes, sampler.classes)
     write_class_table(class_table_path(target), rows)
     per_round = np.bincount([row.relax_round for row in rows], minlength=RELAX_ROUNDS)
@@ -108,7 +113,8 @@ def write_subset(reader: IndexReader, sampler: SamplingRun, plan: SubsetPlan, so
         "subset": plan.name, "file": str(target), "bytes": size, "tracks": int(plan.rows.size),
         "classes": len(rows), "class_key": sampler.class_key(), "relaxed_classes": dict(relaxed),
         "classes_short": short,
-        "action": sampler.opts.action, "dataset_name": sampler.dataset_name, **plan.params,
+        "action": sampler.opts.action, "dataset_name": sampler.dataset_name, "key_style": sampler.opts.key_style,
+        **plan.params,
         "exclusions": dict(sampler.exclusions), "warnings": plan.warnings, "notes": plan.notes, **source,
         "class_table": str(class_table_path(target)),
         "plot": None if sampler.opts.no_plots else str(class_plot_path(target)),

@@ -266,13 +266,15 @@ class VideoContext:
     detector_name: str
     vocab_hash: str | None
     extra: dict[str, Any]
+    file_labels: Sequence[str] | None = None  # per class, what track file names carry
 
 
 def video_context(yid: str, source_size: tuple[int, int], detector: Detector, class_names: Sequence[str],
-                  vocab_hash: str | None) -> VideoContext:
+                  vocab_hash: str | None, file_labels: Sequence[str] | None = None) -> VideoContext:
     prov = detector.provenance() if hasattr(detector, "provenance") else {}
     name = str(prov.get("detector") or getattr(detector, "name", type(detector).__name__))
-    return VideoContext(yid, source_size, class_names, name, vocab_hash, {"weights": prov.get("weights")})
+    return VideoContext(yid, source_size, class_names, name, vocab_hash, {"weights": prov.get("weights")},
+                        file_labels)
 
 
 def records_from_histories(
@@ -289,7 +291,7 @@ def records_from_histories(
         records.append(TrackRecord.from_history(
             context.yid, history.timestamps, history.xyxy, history.class_logits, history.scores,
             context.class_names, (src_h, src_w), segment=segment, detector=context.detector_name,
-            vocab_hash=context.vocab_hash, extra=context.extra,
+            vocab_hash=context.vocab_hash, extra=context.extra, file_labels=context.file_labels,
         ))
         embeddings.append(history.embedding_mean)
     return records, embeddings
@@ -304,6 +306,7 @@ def parse_video(
     config: ParseConfig,
     vocab_hash: str | None = None,
     progress: tqdm | None = None,
+    file_labels: Sequence[str] | None = None,
 ) -> VideoTracks:
     """Track records of every segment of one video, in segment order then track order.
 
@@ -311,7 +314,7 @@ def parse_video(
     """
     info = probe_video(video_path)
     src_h, src_w = info.height, info.width
-    context = video_context(yid, (src_h, src_w), detector, class_names, vocab_hash)
+    context = video_context(yid, (src_h, src_w), detector, class_names, vocab_hash, file_labels)
     tracker = config.make_tracker()
     records: list[TrackRecord] = []
     embeddings: list[np.ndarray | None] = []

@@ -212,9 +212,11 @@ class ParsePipeline:
     """
 
     def __init__(self, detector: Detector, class_names: Sequence[str], config: ParseConfig,
-                 vocab_hash: str | None = None, workers: int | None = None) -> None:
+                 vocab_hash: str | None = None, workers: int | None = None,
+                 file_labels: Sequence[str] | None = None) -> None:
         self.detector = detector
         self.class_names = list(class_names)
+        self.file_labels = file_labels
         self.config = config
         self.vocab_hash = vocab_hash
         self.workers_wanted = max(1, int(workers if workers is not None else config.decode_workers))
@@ -267,7 +269,8 @@ class ParsePipeline:
             with self._lock:
                 self._videos[yid] = video
             return
-        context = video_context(yid, (info.height, info.width), self.detector, self.class_names, self.vocab_hash)
+        context = video_context(yid, (info.height, info.width), self.detector, self.class_names, self.vocab_hash,
+                                self.file_labels)
         video = _Video(yid, str(video_path), [(float(a), float(b)) for a, b in segments], context, info.duration)
         with self._lock:
             for index, segment in enumerate(video.segments):

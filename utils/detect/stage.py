@@ -385,7 +385,8 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
                                          classes=len(vocab))
         if config.parse.decode_workers == 0:
             return _Resources(detector, vocab, config.parse, provenance)
-        pipeline = ParsePipeline(detector, vocab.labels, config.parse, vocab_hash=vocab.hash)
+        pipeline = ParsePipeline(detector, vocab.labels, config.parse, vocab_hash=vocab.hash,
+                                 file_labels=vocab.file_labels)
         return _Resources(detector, vocab, config.parse, provenance, pipeline, list(items))
 
     def teardown(self, resources: _Resources) -> None:
@@ -437,7 +438,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
                 else:
                     result = parse_video(
                         video_path, item, segments, resources.detector, resources.vocab.labels, resources.config,
-                        vocab_hash=resources.vocab.hash, progress=bar,
+                        vocab_hash=resources.vocab.hash, progress=bar, file_labels=resources.vocab.file_labels,
                     )
             except VideoError as exc:
                 raise ItemError(f"corrupt video: {exc}", category=exc.category) from None

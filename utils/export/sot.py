@@ -31,8 +31,10 @@ META_NAME = "sequence_meta.json"
 GT_REQUESTS_NAME = "gt_requests.json"
 
 
-def frame_name(k: int, nframes: int) -> str:
-    return f"f{k:0{max(2, len(str(nframes - 1)))}d}"
+def frame_name(k: int) -> str:
+    """``f00``, ``f01`` .. ``f99``, ``f100`` ..: prepare_sot_dataset's names (two digits at least,
+    never widened for long sequences, so ``f00.png`` is always the first frame)."""
+    return f"f{k:02d}"
 
 
 def parts_dir(gt_out: Path) -> Path:
@@ -114,8 +116,8 @@ def sequence_complete(seq_dir: Path, gt_part: Path, nframes: int) -> bool:
     if n < nframes or not gt_part.exists():
         return False
     frames = seq_dir / "frames"
-    return all((frames / f"{frame_name(k, n)}.png").exists() for k in range(n)) and \
-        all((frames / name).exists() for name in (f"{frame_name(0, n)}_ann.png", "crop.png"))
+    return all((frames / f"{frame_name(k)}.png").exists() for k in range(n)) and \
+        all((frames / name).exists() for name in (f"{frame_name(0)}_ann.png", "crop.png"))
 
 
 def export_sequence(seq: ExportSequence, video: Path, seq_dir: Path, gt_part: Path, nframes: int,
@@ -152,18 +154,19 @@ def export_sequence(seq: ExportSequence, video: Path, seq_dir: Path, gt_part: Pa
     if meta_path.exists():  # a sequence being redone is not complete until its metadata is rewritten
         os.unlink(meta_path)
     for k, frame in enumerate(frames):
-        atomic_write_bytes(frames_dir / f"{frame_name(k, nframes)}.png", png_bytes(frame.image))
+        atomic_write_bytes(frames_dir / f"{frame_name(k)}.png", png_bytes(frame.image))
     first = frames[0].image
     annotated = np.ascontiguousarray(first.copy())
     cv2.rectangle(annotated, (x1, y1), (x2 - 1, y2 - 1), (0, 255, 0), 2)
-    atomic_write_bytes(frames_dir / f"{frame_name(0, nframes)}_ann.png", png_bytes(annotated))
+    atomic_write_bytes(frames_dir / f"{frame_name(0)}_ann.png", png_bytes(annotated))
     atomic_write_bytes(frames_dir / "crop.png", png_bytes(np.ascontiguousarray(first[y1:y2, x1:x2])))
 
     record = seq.record
     gt_available = record is not None
     atomic_write_json(gt_part, {"seq_id": seq.seq_id, "yid": seq.yid, "tid": record.tid if record else None,
                                 "gt_available": gt_available, **gt, "units": "thousandths [x1, y1, x2, y2]"})
-    clip_fps = seq.clip_fps if seq.clip_fps is not None else info.fps / (choice.stride or 1)
+    # the SOURCE video's frame rate (prepare_sot_dataset's field): frame ids count source frames
+    clip_fps = seq.clip_fps if seq.clip_fps is not None else info.fps
     atomic_write_json(meta_path, {
         "seq_id": seq.seq_id, "frame_ids": choice.frame_ids, "init_bbox": init, "label": seq.label,
         "yid": seq.yid, "tid": record.tid if record else None, "stride": choice.stride,

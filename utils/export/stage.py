@@ -1,6 +1,6 @@
-"""export_tracks.py: a records file exported as SOT sequences (``--format sot``), frame folders
-with AVA-style annotations (``--format frames``) or WebDataset shards (``--format webdataset``),
-sharded with ``--world_size/--rank`` and resumable."""
+"""export_tracks.py: a records file exported as SOT sequences (``--format sot``), folders the AVA
+loaders read (``--format ava``), frame folders with AVA-style annotations (``--format frames``) or
+WebDataset shards (``--format webdataset``), sharded with ``--world_size/--rank`` and resumable."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from typing import Any
 from utils.core.config import option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError
 from utils.core.layout import DatasetLayout
-from utils.export import frames, sot, webdataset
+from utils.export import ava, frames, sot, webdataset
 from utils.export.inputs import ExportInputs, ExportSequence, read_inputs
+from utils.records.released import KEY_STYLE_HELP, KEY_STYLES
 from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 EXPORT_GROUP = "export_tracks"
-FORMATS = ("sot", "frames", "webdataset")
+FORMATS = ("sot", "frames", "webdataset", "ava")
 
 
 def parse_stride(text: str) -> str:
@@ -46,7 +47,9 @@ class ExportTracksConfig(StageConfig):
     format: str = option(group=EXPORT_GROUP, choices=FORMATS,
                          help="sot: one frame folder + sequence_meta.json per track, ground truth apart; "
                               "frames: per-video frame folders + one CSV of normalised boxes + a label map; "
-                              "webdataset: tar shards of mp4 + json samples")
+                              "webdataset: tar shards of mp4 + json samples; "
+                              "ava: frames at --frame_rate, frame lists, AVA annotation CSVs, label_map.pbtxt and "
+                              "proposals, loadable by mmaction2, SlowFast and pytorchvideo")
     out_dir: Path = option(group=EXPORT_GROUP, help="output folder (relative: under --base_dir)")
     nframes: int = option(8, group=EXPORT_GROUP, help="sot: frames per sequence")
     stride: str = option("auto", group=EXPORT_GROUP, parse=str,
@@ -60,6 +63,19 @@ class ExportTracksConfig(StageConfig):
                                help="frames: image format of the frames")
     num_workers: int = option(4, group=EXPORT_GROUP, help="frames: threads encoding and writing frames")
     shard_size: int = option(1000, group=EXPORT_GROUP, help="webdataset: samples per tar shard at most")
+    min_shards: int = option(8, group=EXPORT_GROUP,
+                             help="webdataset: shards are made smaller than --shard_size until there are at least "
+                                  "this many (when there are enough tracks): a DataLoader with more workers than "
+                                  "shards fails inside webdataset")
+    frame_rate: int = option(30, group=EXPORT_GROUP,
+                             help="ava: frames per second written (AVA loaders assume 30)")
+    time_offset: int = option(900, group=EXPORT_GROUP,
+                              help="ava: added to each keyframe's second in the annotations (AVA's clips start at "
+                                   "900 s; SlowFast and pytorchvideo only take timestamps 902..1798)")
+    val_fraction: float = option(0.0, group=EXPORT_GROUP,
+                                 help="ava: fraction of the videos (chosen by a hash of the id) in the val split")
+    key_style: str = option("compact", group=EXPORT_GROUP, choices=KEY_STYLES,
+                            help="webdataset: " + KEY_STYLE_HELP)
     dataset_name: str = option("TrackVerseLVIS", group=EXPORT_GROUP,
                                help="webdataset: clips are read from tracks_mp4/<dataset_name>/<fn>")
 
@@ -92,14 +108,27 @@ def load_inputs(path: Path) -> ExportInputs:
 
 
 @functools.lru_cache(maxsize=4)
-def _plan(path: str, size: int, mtime_ns: int, shard_size: int) -> dict[str, list[ExportSequence]]:
-    return webdataset.plan_shards(list(_inputs(path, size, mtime_ns).sequences.values()), shard_size)
+def _plan(path: str, size: int, mtime_ns: int, shard_size: int, min_shards: int) -> dict[str, list[ExportSequence]]:
+    return webdataset.plan_shards(list(_inputs(path, size, mtime_ns).sequences.values()), shard_size, min_shards)
 
 
 def shard_plan(config: ExportTracksConfig) -> dict[str, list[ExportSequence]]:
     load_inputs(config.records)
     st = os.stat(config.records)
-    return _plan(str(config.records), st.st_size, st.st_mtime_ns, config.shard_size)
+    return _plan(str(config.records), st.st_size, st.st_mtime_ns, config.shard_size, config.min_shards)
+
+
+@functools.lru_cache(maxsize=4)
+def _videos(path: str, size: int, mtime_ns: int) -> tuple[dict[str, list[ExportSequence]], dict[str, int]]:
+    sequences = list(_inputs(path, size, mtime_ns).sequences.values())
+    return frames.group_by_video(sequences), ava.action_ids(sequences)
+
+
+def ava_plan(config: ExportTracksConfig) -> tuple[dict[str, list[ExportSequence]], dict[str, int]]:
+    """The tracks of each video and the AVA action ids, computed once per process (not per video)."""
+    load_inputs(config.records)
+    st = os.stat(config.records)
+    return _videos(str(config.records), st.st_size, st.st_mtime_ns)
 
 
 def bad_items(inputs: ExportInputs, format: str) -> list[str]:
@@ -125,7 +154,7 @@ def merge_until_stable(merge: Callable[[], object], folder: Path, pattern: str, 
 
 
 class ExportTracksStage(Stage[ExportTracksConfig]):
-    """Export a records file as SOT sequences or WebDataset shards."""
+    """Export a records file as SOT sequences, AVA loader folders, frame folders or WebDataset shards."""
 
     name = "export_tracks"
     description = (
@@ -137,9 +166,13 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
         "--format frames: <out_dir>/frames/<yid>/<yid>_<frame:06d>.jpg|png (each source frame of the tracks' spans "
         "once, one video an item), <out_dir>/annotations.csv (video_id,timestamp,x1,y1,x2,y2,label_id,track_id, "
         "normalised to [0, 1]) and <out_dir>/label_map.csv (id,name), merged from per-video parts at each rank's end. "
-        "--format webdataset: <out_dir>/shard-NNNNNN.tar of at most --shard_size samples (<key>.mp4 + <key>.json), "
-        "the valid records in file order, and <out_dir>/shards.json. Items are sequences (sot), videos "
-        "(frames) or shards (webdataset); a bad line of --records is an item of its own (bad-line-NNNNNN) that fails with category "
+        "--format webdataset: <out_dir>/shard-NNNNNN.tar of at most --shard_size samples (fewer while that makes at least --min_shards shards; <key>.mp4 + <key>.json), "
+        "the valid records in file order, and <out_dir>/shards.json. "
+        "--format ava: <out_dir>/frames/<yid>/img_NNNNN.jpg at --frame_rate from the video's start, "
+        "frame_lists/{train,val}.csv, annotations/{train,val}.csv (headerless AVA rows at each whole second of a "
+        "track, + --time_offset), label_map.pbtxt, person_ids.csv, dense_proposals_{train,val}.pkl, "
+        "val_predicted_boxes.csv, video_info.csv, merged from ava.parts/ at each rank's end. Items are sequences "
+        "(sot), videos (frames, ava) or shards (webdataset); a bad line of --records is an item of its own (bad-line-NNNNNN) that fails with category "
         "bad_record."
     )
     default_slurm = {"cpus_per_task": 2, "mem_gb": 8}
@@ -161,7 +194,13 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             raise UsageError(f"--num_workers must be at least 1, got {config.num_workers}")
         if config.shard_size < 1:
             raise UsageError(f"--shard_size must be at least 1, got {config.shard_size}")
+        if config.min_shards < 1:
+            raise UsageError(f"--min_shards must be at least 1, got {config.min_shards}")
         parse_stride(config.stride)
+        if config.frame_rate < 1:
+            raise UsageError(f"--frame_rate must be at least 1, got {config.frame_rate}")
+        if not 0.0 <= config.val_fraction <= 1.0:
+            raise UsageError(f"--val_fraction must be in [0, 1], got {config.val_fraction}")
         check_dataset_name(config.dataset_name)
         config = dataclasses.replace(config, records=records.absolute(), out_dir=out_dir.absolute())
         gt = config.gt_path()
@@ -180,7 +219,7 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
         inputs = load_inputs(config.records)
         if config.format == "sot":
             return inputs.ids()
-        if config.format == "frames":
+        if config.format in ("frames", "ava"):
             return list(frames.group_by_video(list(inputs.sequences.values()))) + bad_items(inputs, config.format)
         return list(shard_plan(config)) + bad_items(inputs, config.format)
 
@@ -189,6 +228,8 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             return sot.sequence_complete(config.out_dir / item, sot.part_path(config.gt_path(), item), config.nframes)
         if config.format == "frames":
             return frames.part_path(config.out_dir, item).exists()
+        if config.format == "ava":
+            return ava.part_path(config.out_dir, item).exists()
         samples = shard_plan(config).get(item)
         if samples is None:
             return False
@@ -222,6 +263,13 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             labels = frames.label_map(list(inputs.sequences.values()))
             return frames.export_video(video, item, tracks, labels, config.out_dir, config.image_format,
                                        config.stride_value() or 1, config.num_workers)
+        if config.format == "ava":
+            videos, actions = ava_plan(config)
+            video = layout.video_mp4(item)
+            if not video.exists():
+                raise ItemError(f"{video}: the source video is missing", transient=True, category="missing_video")
+            return ava.export_video(video, item, videos[item], actions, config.out_dir, config.image_format,
+                                    config.frame_rate, config.time_offset, config.val_fraction, config.num_workers)
         samples = shard_plan(config)[item]
         clips: list[tuple[ExportSequence, Path]] = []
         missing: list[tuple[ExportSequence, Path]] = []
@@ -231,7 +279,7 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             (clips if path.is_file() else missing).append((s, path))
         if missing:
             raise NotReady(f"{len(missing)} clip(s) not extracted yet, e.g. {missing[0][1]}")
-        return webdataset.write_shard(config.out_dir / f"{item}.tar", clips)
+        return webdataset.write_shard(config.out_dir / f"{item}.tar", clips, config.key_style)
 
     def teardown(self, resources: Any) -> None:
         config = resources.config
@@ -242,6 +290,10 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             labels = frames.label_map(list(load_inputs(config.records).sequences.values()))
             merge_until_stable(lambda: frames.merge_annotations(config.out_dir, labels),
                                config.out_dir / frames.PARTS, "*.csv")
+        elif config.format == "ava":
+            actions = ava_plan(config)[1]
+            merge_until_stable(lambda: ava.merge(config.out_dir, actions, config.image_format),
+                               config.out_dir / ava.PARTS, "*.json")
         else:
             merge_until_stable(lambda: webdataset.write_index(config.out_dir), config.out_dir, "shard-*.tar")
 

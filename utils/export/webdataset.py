@@ -3,7 +3,9 @@ clip (``<key>.mp4``) and its record (``<key>.json``), readable by the ``webdatas
 standard pipeline (``wds.WebDataset(urls).decode()``; keys have no dots).
 
 Shards are planned from the records file alone: the valid track records in file order, cut
-into runs of ``--shard_size``, so every rank agrees on which track goes where. A shard is
+into runs of ``--shard_size`` (shorter when that makes at least ``--min_shards`` shards: a
+DataLoader worker that gets no shard makes webdataset fail), so every rank agrees on which
+track goes where. A shard is
 written under a temporary name and renamed into place; it counts as done only when its
 members are exactly the planned ones. ``<out_dir>/shards.json`` (shard, samples, bytes) is
 rewritten from the shards present at the end of every rank.
@@ -20,6 +22,7 @@ from typing import Any
 
 from utils.core.io import atomic_path, atomic_write_json
 from utils.export.inputs import ExportSequence
+from utils.records.released import record_dict
 
 SHARD_PREFIX = "shard-"
 INDEX_NAME = "shards.json"
@@ -29,15 +32,20 @@ def shard_name(index: int) -> str:
     return f"{SHARD_PREFIX}{index:06d}"
 
 
-def plan_shards(sequences: list[ExportSequence], shard_size: int) -> dict[str, list[ExportSequence]]:
+def plan_shards(sequences: list[ExportSequence], shard_size: int,
+                min_shards: int = 1) -> dict[str, list[ExportSequence]]:
+    """Runs of the valid tracks in file order: at most ``shard_size`` each, and smaller when
+    that gives at least ``min_shards`` shards (webdataset fails in a DataLoader worker that
+    gets no shard, so there should be at least as many shards as workers)."""
     tracks = [s for s in sequences if s.error is None and s.record is not None]
-    return {shard_name(i // shard_size): tracks[i:i + shard_size] for i in range(0, len(tracks), shard_size)}
+    size = max(1, min(shard_size, len(tracks) // max(min_shards, 1)))
+    return {shard_name(i // size): tracks[i:i + size] for i in range(0, len(tracks), size)}
 
 
-def sample_json(seq: ExportSequence) -> bytes:
+def sample_json(seq: ExportSequence, key_style: str = "compact") -> bytes:
     record = seq.record
     assert record is not None
-    data = {"seq_id": seq.seq_id, "label": seq.label, **record.to_dict()}
+    data = {"seq_id": seq.seq_id, "label": seq.label, **record_dict(record, key_style)}
     return json.dumps(data, sort_keys=True).encode("utf-8")
 
 
@@ -63,7 +71,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(path: Path, samples: list[tuple[ExportSequence, Path]]) -> dict[str, Any]:
+def write_shard(path: Path, samples: list[tuple[ExportSequence, Path]], key_style: str = "compact") -> dict[str, Any]:
     """Write the shard (deterministic bytes for the same clips and records) atomically."""
     total = 0
     with atomic_path(path) as tmp:
@@ -71,7 +79,7 @@ def write_shard(path: Path, samples: list[tuple[ExportSequence, Path]]) -> dict[
             for seq, clip in samples:
                 clip_bytes = clip.read_bytes()
                 total += len(clip_bytes)
-                _add(tar, f"{seq.seq_id}.json", sample_json(seq))
+                _add(tar, f"{seq.seq_id}.json", sample_json(seq, key_style))
                 _add(tar, f"{seq.seq_id}.mp4", clip_bytes)
     return {"samples": float(len(samples)), "clip_bytes": float(total)}
 

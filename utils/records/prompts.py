@@ -20,12 +20,14 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 __all__ = [
     "Vocabulary",
     "label_of",
     "is_prompt_line",
+    "file_label",
     "label_with_dashes",
     "parse_prompt_lines",
     "read_prompts",
@@ -71,6 +73,22 @@ def label_with_dashes(label: str) -> str:
     return text or "object"
 
 
+def file_label(prompt: str) -> str:
+    """What a track file name carries for a class: the released TrackVerse rule, where each
+    space of the text before ``" (also"`` becomes ``-`` and nothing is stripped after the cut,
+    so ``"mouse  (also known as computer mouse)"`` gives ``"mouse-"`` (clip
+    ``<yid>-mouse--<tid>.mp4``, as 186 lines of the released verified list show). Text that
+    rule would leave unsafe for a file name (characters outside ``[A-Za-z0-9_-]``, or nothing)
+    falls back to :func:`label_with_dashes` of :func:`label_of`. A label already cut (``"mouse"``)
+    gives itself: the trailing dash comes only from the full prompt line."""
+    text = _PHOTO_PREFIX.sub("", str(prompt).strip())
+    cut = re.split(r" \(also\b", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    dashed = cut.replace(" ", "-")
+    if dashed.strip("-") and not _NOT_FILENAME_SAFE.search(dashed):
+        return dashed
+    return label_with_dashes(label_of(prompt))
+
+
 def is_prompt_line(line: str) -> bool:
     """Whether a line of a prompts file is a class: not blank, not a ``#`` comment."""
     text = str(line).strip()
@@ -110,6 +128,11 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.lines)
+
+    @cached_property
+    def file_labels(self) -> tuple[str, ...]:
+        """:func:`file_label` of each line: what its tracks' file names carry."""
+        return tuple(file_label(line) for line in self.lines)
 
     @property
     def hash(self) -> str:

@@ -46,6 +46,7 @@ from utils.core.io import GZIP_STREAM_ERRORS, atomic_path, atomic_write_bytes
 from utils.core.layout import META_SUFFIX, DatasetLayout
 from utils.records.metrics_store import VectorSource
 from utils.records.provenance import Provenance
+from utils.records.released import record_line
 from utils.records.track_files import jsonl_to_gz_bytes, records_to_jsonl_bytes
 from utils.records.tracks import TrackRecord
 
@@ -118,12 +119,14 @@ def _table(records: Sequence[TrackRecord], vectors: np.ndarray, present: np.ndar
 
 def write_video_tracks(meta_path: str | os.PathLike, records: Sequence[TrackRecord],
                        embeddings: Sequence[np.ndarray | None], provenance: Provenance | None = None,
-                       info: Mapping[str, Any] | None = None) -> None:
+                       info: Mapping[str, Any] | None = None, key_style: str = "compact") -> None:
     """Write one video's metadata file and its embeddings file (``embeddings[i]`` is
     ``records[i]``'s), each atomically, embeddings first (see the module docstring); ``info``
-    is added to the embeddings file's metadata."""
+    is added to the embeddings file's metadata. ``key_style``: the records' spelling
+    (:mod:`utils.records.released`)."""
     meta_path = Path(meta_path)
-    lines = records_to_jsonl_bytes(records)
+    lines = records_to_jsonl_bytes(records) if key_style == "compact" else \
+        b"".join(record_line(r, key_style) for r in records)
     vectors, present, dim = _stack(embeddings, len(records))
     meta = {**(info or {}), "format": EMBEDDINGS_FORMAT, "dim": dim, "records_sha256": _sha256(lines),
             "tracks": len(records)}

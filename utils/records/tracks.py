@@ -42,7 +42,7 @@ import numpy as np
 
 from utils.core.boxes import xywh_to_xyxy, xyxy_to_xywh
 from utils.core.layout import validate_yid
-from utils.records.prompts import label_of, label_with_dashes
+from utils.records.prompts import file_label, label_of
 
 __all__ = [
     "TS_DECIMALS",
@@ -92,8 +92,8 @@ def compute_tid(yid: str, track_ts: Sequence[float], track_bbox: Sequence[Sequen
 
 def track_filename(yid: str, class_name: str, tid: str) -> str:
     """``<yid[:2]>/<yid>-<label-with-dashes>-<tid>.mp4``; ``class_name`` may be a full prompt
-    line (its label is taken, see :func:`utils.records.prompts.label_of`)."""
-    return f"{yid[:2]}/{yid}-{label_with_dashes(label_of(class_name))}-{tid}.mp4"
+    line (the released naming rule: :func:`utils.records.prompts.file_label`)."""
+    return f"{yid[:2]}/{yid}-{file_label(class_name)}-{tid}.mp4"
 
 
 # ---------------------------------------------------------------------------- the record
@@ -304,6 +304,7 @@ class TrackRecord:
         vocab_hash: str | None = None,
         top_k: int = 10,
         extra: dict[str, Any] | None = None,
+        file_labels: Sequence[str] | None = None,
     ) -> TrackRecord:
         """A record from a tracker's per-frame history.
 
@@ -313,6 +314,8 @@ class TrackRecord:
             class_logits: (T, C) per-frame class logits over ``class_names``.
             scores: (T,) per-frame detection scores (objectness-like, in [0, 1]).
             video_size: ``(h, w)`` of the frames the boxes refer to.
+            file_labels: per class, what file names carry (:attr:`Vocabulary.file_labels`); default the
+                class name.
 
         The top-``top_k`` classes are those with the highest mean weighted logit, where the
         weighted logit of a frame is ``logit * score``; ties keep the lower class index.
@@ -348,7 +351,7 @@ class TrackRecord:
         return cls(
             yid=yid,
             tid=tid,
-            fn=track_filename(yid, names[0], tid),
+            fn=track_filename(yid, file_labels[order[0]] if file_labels is not None else names[0], tid),
             video_size=[int(v) for v in video_size],
             track_ts=track_ts,
             track_bbox=track_bbox,

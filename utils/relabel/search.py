@@ -33,6 +33,7 @@ from utils.core.io import atomic_path, atomic_write_json
 from utils.core.layout import SUBSET_EXT, DatasetLayout, report_path, validate_name
 from utils.records.index_file import IndexReader, check_index, load_track_table
 from utils.records.prompts import label_with_dashes
+from utils.records.released import KEY_STYLE_HELP, KEY_STYLES, restyle_member
 from utils.records.track_embeddings import index_embedding_source
 from utils.relabel.scoring import best_rows
 from utils.relabel.text import encoder_of_embeddings, text_embeddings
@@ -58,6 +59,7 @@ class SearchConfig:
     show: int = option(10, group=_GROUP, help="hits printed per query")
     dataset_name: str | None = option(None, group=_GROUP,
                                       help="dataset whose track embeddings are searched (default: the index's)")
+    key_style: str = option("compact", group=_GROUP, choices=KEY_STYLES, help=KEY_STYLE_HELP)
     base_dir: Path = base_dir_option(_GROUP)
     log_level: str = log_level_option(_GROUP)
     queries: tuple[str, ...] = option((), positional="query", help="texts to search for, e.g. 'a red umbrella'")
@@ -139,14 +141,16 @@ def run_search(config: SearchConfig) -> list[SearchResult]:
                 raise UsageError(f"subset {target} would overwrite the index")
             with atomic_path(target) as tmp, open(tmp, "wb") as out:
                 for row in rows.tolist():  # best first: copied one member at a time, each checked
-                    out.write(reader.member(row))
+                    member = reader.member(row)
+                    out.write(member if config.key_style == "compact" else restyle_member(member, config.key_style))
             labels, tids, fns = (table.table.column(c).take(rows).to_pylist() for c in ("label", "tid", "fn"))
             hits = [{"tid": t, "fn": f, "label": lb, "score": round(float(s), 6)}
                     for t, f, lb, s in zip(tids, fns, labels, best, strict=True)]
             atomic_write_json(report_path(target), {
                 "action": "search", "query": query, "index_file": str(index_file), "dataset_name": dataset,
                 "detector": encoder.spec, "weights": encoder.weights, "score": "cosine(track mean embedding, query)",
-                "top": config.top, "min_score": config.min_score, "tracks": int(rows.size),
+                "top": config.top, "min_score": config.min_score, "key_style": config.key_style,
+                "tracks": int(rows.size),
                 "indexed_tracks": n, "tracks_with_embedding": with_embedding, "videos_without_embeddings": len(problems),
                 "hits": hits,
             })

@@ -42,6 +42,7 @@ from utils.core.layout import DatasetLayout, companion_path
 from utils.records.index_file import check_index, load_track_table
 from utils.records.prompts import Vocabulary, parse_prompt_lines
 from utils.records.provenance import Provenance, read_provenance
+from utils.records.released import KEY_STYLE_HELP, KEY_STYLES
 from utils.records.track_embeddings import (
     EmbeddingsError,
     embeddings_info,
@@ -133,6 +134,7 @@ class RelabelTracksConfig(StageConfig):
     source_dataset_name: str | None = option(
         None, group=RELABEL_GROUP,
         help="the dataset whose metadata and track embeddings are relabelled (default: the one the index was built from)")
+    key_style: str = option("compact", group=RELABEL_GROUP, choices=KEY_STYLES, help=KEY_STYLE_HELP)
 
 
 @dataclass
@@ -274,13 +276,14 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
         source_prov = read_provenance(source)
         relabelled = {"from_dataset": config.source_dataset_name,
                       "from_vocab_hash": source_prov.vocab_hash if source_prov else None, "score": SCORE_NAME}
-        out_records = [_relabelled(records[i], f, vocab.hash, relabelled) for i, f in zip(keep, fields, strict=True)]
+        out_records = [_relabelled(records[i], f, vocab, relabelled) for i, f in zip(keep, fields, strict=True)]
         provenance = Provenance(detector=encoder.detector, weights=encoder.weights, vocab_hash=vocab.hash,
                                 classes=len(vocab), detector_spec=RELABEL_SPEC_PREFIX + encoder.spec)
         write_video_tracks(
             layout.tracks_meta(config.dataset_name, item), out_records, [emb.vectors[i] for i in keep], provenance,
             info={"detector_spec": encoder.spec, "source_meta_sha256": source_sha, "vocab_hash": vocab.hash,
                   "relabelled_from": config.source_dataset_name},
+            key_style=config.key_style,
         )
         stats = {"tracks": float(len(out_records))}
         if keep.size < len(records):  # dropped: nothing to score them with (counted, not hidden)
@@ -299,9 +302,10 @@ def _provenance_or_none(path: Path) -> Provenance | None:
         return None
 
 
-def _relabelled(record: TrackRecord, fields: dict[str, Any], vocab_hash: str, relabelled: dict[str, Any]) -> TrackRecord:
+def _relabelled(record: TrackRecord, fields: dict[str, Any], vocab: Vocabulary, relabelled: dict[str, Any]) -> TrackRecord:
+    file_label = vocab.file_labels[fields["top10_lbl"][0]]  # the full prompt line's name (released rule)
     return dataclasses.replace(
-        record, fn=track_filename(record.yid, fields["top10_desc"][0], record.tid), vocab_hash=vocab_hash,
+        record, fn=track_filename(record.yid, file_label, record.tid), vocab_hash=vocab.hash,
         top10_logit_std=None, extra={**record.extra, RELABELLED: relabelled}, **fields)
 
 

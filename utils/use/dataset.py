@@ -8,6 +8,12 @@ download_tracks.py (``track_mp4_filename``, ``top10_label_ids``...) alike.
     ds = TrackClipDataset("TrackVerseDB/tracks_subsets/TrackVerseLVIS-CB100-1K-T0.jsonl.gzip",
                           clips_dir="TrackVerseDB/tracks_mp4/TrackVerseLVIS", num_frames=8)
     loader = DataLoader(ds, batch_size=16, num_workers=4, collate_fn=collate_tracks)
+
+Whole clips of different lengths (and, with ``size=None``, different frame sizes):
+
+    ds = TrackClipDataset(subset, clips_dir=..., num_frames=None, size=None)
+    loader = DataLoader(ds, batch_size=16, collate_fn=collate_padded)
+    # frames (B, T_max, H_max, W_max, 3) zero-padded; lengths (B,); sizes (B, 2) = (h, w)
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.core.layout import inside
-from utils.core.video import probe_video, read_frames_at
+from utils.core.video import probe_video, read_frames, read_frames_at
 from utils.records.track_files import read_records
 from utils.records.tracks import TrackRecord
 
@@ -40,19 +46,23 @@ class TrackClipDataset(Dataset):
     ``clips_dir`` is the folder the records' file names are relative to:
     ``<base_dir>/tracks_mp4/<dataset_name>`` for clips made by extract_tracks.py,
     ``<base_dir>/tracks_mp4`` for released subsets rebuilt by download_tracks.py.
-    ``size`` = (h, w) resizes every frame (needed to batch clips of different shapes).
+    ``size`` = (h, w) resizes every frame (needed by :func:`collate_tracks` to batch clips of
+    different shapes; :func:`collate_padded` pads instead). ``num_frames=None`` returns every
+    frame of the clip (lengths differ: batch with :func:`collate_padded`).
     """
 
     def __init__(
         self,
         subset_file: str | os.PathLike,
         clips_dir: str | os.PathLike,
-        num_frames: int = 8,
+        num_frames: int | None = 8,
         size: tuple[int, int] | None = (224, 224),
         transform: Callable[[torch.Tensor], Any] | None = None,
         class_names: list[str] | None = None,
         skip_missing: bool = False,
     ):
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be a positive number or None (the whole clip), got {num_frames}")
         self.clips_dir = Path(clips_dir)
         self.num_frames = num_frames
         self.size = size
@@ -85,10 +95,12 @@ class TrackClipDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
         path = self.clip_path(record)
-        info = probe_video(path, decode_check=False)
-        times = sample_times(info.duration, self.num_frames, info.fps)
         size = (self.size[1], self.size[0]) if self.size is not None else None
-        frames = read_frames_at(path, times, size=size)
+        if self.num_frames is None:
+            frames = list(read_frames(path, size=size))
+        else:
+            info = probe_video(path, decode_check=False)
+            frames = read_frames_at(path, sample_times(info.duration, self.num_frames, info.fps), size=size)
         video = torch.from_numpy(np.stack([f.image for f in frames]))
         label, name = self.label_of(record)
         return {
@@ -106,6 +118,33 @@ def collate_tracks(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "frames": torch.stack([b["frames"] for b in batch]),
         "times": torch.stack([b["times"] for b in batch]),
+        "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+        "label_name": [b["label_name"] for b in batch],
+        "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
+        "record": [b["record"] for b in batch],
+    }
+
+
+def collate_padded(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch clips of different lengths and frame sizes: each (T, ...) frames tensor zero-padded
+    at the end of every dimension to the largest, with ``lengths`` (B,) = each T and ``sizes``
+    (B, 2) = each clip's dimensions 1 and 2 ((h, w) for the default (T, H, W, 3) frames) before
+    padding; the rest as :func:`collate_tracks`."""
+    clips = [b["frames"] for b in batch]
+    lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
+    sizes = torch.tensor([[c.shape[1], c.shape[2]] for c in clips], dtype=torch.long)
+    shape = [int(lengths.max()), *(max(c.shape[d] for c in clips) for d in range(1, clips[0].dim()))]
+    frames = clips[0].new_zeros((len(clips), *shape))
+    for i, c in enumerate(clips):
+        frames[(i, *(slice(0, n) for n in c.shape))] = c
+    times = torch.zeros((len(batch), shape[0]), dtype=torch.float64)
+    for i, b in enumerate(batch):
+        times[i, :b["times"].shape[0]] = b["times"]
+    return {
+        "frames": frames,
+        "lengths": lengths,
+        "sizes": sizes,
+        "times": times,
         "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
         "label_name": [b["label_name"] for b in batch],
         "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
