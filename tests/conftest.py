@@ -1,23 +1,12 @@
-"""Shared fixtures: synthetic videos with ground truth, the real sample data (beside the project
-in ../shared, or fetched by tests/data/fetch_samples.sh), CLI runner."""
+"""Shared fixtures: synthetic videos with ground truth, the local video server. Shared helpers that
+are not fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers import (  # noqa: F401 (re-exported while test modules move to tests.helpers)
-    ASSET_FOLDERS,
-    FETCH_SAMPLES,
-    REPO,
-    SAMPLES,
-    SHARED,
-    SHARED_ASSETS,
-    SHARED_VIDEOS,
-    VIDEO_FOLDERS,
-    run_cli,
-    shared_asset,
-    shared_video,
-)
+from tests.helpers import FETCH_SAMPLES
+from tests.http_server import FaultServer
 from utils.testing.synthetic import make_synthetic_video
 
 
@@ -31,6 +20,13 @@ def synthetic_video(tmp_path_factory):
 def sparse_keyframe_video(tmp_path_factory):
     """The same content with a single keyframe: exact seeking must decode forward."""
     return make_synthetic_video(tmp_path_factory.mktemp("sparse") / "sparse.mp4", keyframe_interval=100.0)
+
+
+@pytest.fixture()
+def server():
+    """The local stand-in for YouTube: serves fixture videos, injects faults (tests/http_server.py)."""
+    with FaultServer() as s:
+        yield s
 
 
 @pytest.hookimpl(hookwrapper=True)

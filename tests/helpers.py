@@ -13,12 +13,26 @@ import sys
 import tempfile
 from pathlib import Path
 
+import av
+import cv2
+import numpy as np
 import pytest
 
+import curate_db
+from tests.http_server import FaultServer
+from utils.clips.released import DOWNLOAD_TRACKS_STAGE
+from utils.clips.stage import EXTRACT_TRACKS_STAGE
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
-from utils.records.track_files import records_to_jsonl_gz_bytes
+from utils.core.video import read_frames
+from utils.detect.stage import PARSE_TRACKS_STAGE
+from utils.export.stage import EXPORT_TRACKS_STAGE
+from utils.ingest.stage import BLUR_FACES_STAGE, DOWNLOAD_VIDEOS_STAGE
+from utils.metrics.stage import VISUAL_METRICS_STAGE
+from utils.records.track_files import read_records, records_to_jsonl_gz_bytes
 from utils.records.tracks import TrackRecord, compute_tid, track_filename
+from utils.relabel.stage import RELABEL_TRACKS_STAGE
+from utils.runner.cli import main
 from utils.runner.journal import read_journals
 from utils.testing.synthetic import SyntheticVideo
 
@@ -94,26 +108,32 @@ def journal(db: Path, job_key: str, event: str | None = None) -> list[dict]:
 # ------------------------------------------------------------- a video with track metadata
 
 
-def track_record(yid: str, label: str, ts, boxes_xywh, video_size=(240, 320)) -> TrackRecord:
+def track_record(yid: str, label: str, ts, boxes_xywh, video_size=(240, 320),
+                 label_id: int | None = None) -> TrackRecord:
+    """A record of ``label`` (with ``top10_lbl``/``top10_desc`` when ``label_id`` is given)."""
     track_ts = [round(float(t), 4) for t in ts]
     track_bbox = [[round(float(v), 2) for v in b] for b in boxes_xywh]
     tid = compute_tid(yid, track_ts, track_bbox)
+    labels = {} if label_id is None else {"top10_desc": [label], "top10_lbl": [label_id]}
     return TrackRecord(yid=yid, tid=tid, fn=track_filename(yid, label, tid), track_ts=track_ts,
-                       track_bbox=track_bbox, video_size=list(video_size))
+                       track_bbox=track_bbox, video_size=list(video_size), **labels)
 
 
-def gt_records(video: SyntheticVideo, yid: str, every: int = 2) -> list[TrackRecord]:
-    """One record per ground-truth object, sampled every ``every`` frames (as a tracker would)."""
+def gt_records(video: SyntheticVideo, yid: str, every: int = 2,
+               label_ids: dict[str, int] | None = None) -> list[TrackRecord]:
+    """One record per ground-truth object, sampled every ``every`` frames (as a tracker would);
+    with ``label_ids``, labelled with the object's class id."""
     out = []
     for boxes in video.identities().values():
         boxes = boxes[::every]
-        out.append(track_record(yid, boxes[0].class_name, [b.time for b in boxes],
+        name = boxes[0].class_name
+        out.append(track_record(yid, name, [b.time for b in boxes],
                                 [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (b.xyxy for b in boxes)],
-                                (video.height, video.width)))
+                                (video.height, video.width), None if label_ids is None else label_ids[name]))
     return out
 
 
-def write_meta(db: Path, dataset: str, yid: str, records: list) -> None:
+def write_meta(db: Path, yid: str, records: list, dataset: str) -> None:
     """``records`` may hold raw dicts (records the schema would refuse)."""
     meta = DatasetLayout(db).tracks_meta(dataset, yid)
     if all(isinstance(r, TrackRecord) for r in records):
@@ -123,13 +143,211 @@ def write_meta(db: Path, dataset: str, yid: str, records: list) -> None:
         atomic_write_bytes(meta, gzip.compress("".join(lines).encode()))
 
 
-def setup_db(db: Path, dataset: str, video: Path, records: list, yid: str) -> Path:
+def setup_db(db: Path, video: Path, records: list, yid: str, dataset: str) -> Path:
     """Put the video and its metadata where download_videos / parse_tracks would; returns the id list."""
     target = DatasetLayout(db).video_mp4(yid)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         shutil.copyfile(video, target)
-    write_meta(db, dataset, yid, records)
+    write_meta(db, yid, records, dataset)
     ids = db.parent / f"{db.name}-yids.txt"
     ids.write_text(yid + "\n")
     return ids
+
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of the luma of two RGB images. Luma, as usual for video: H.264 clips are
+    yuv420p, whose halved chroma alone caps RGB PSNR near 25 dB on the fixture's saturated
+    stripes, whatever the cutting."""
+    ya, yb = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2YUV)[..., 0].astype(np.float64) for x in (a, b))
+    mse = np.mean((ya - yb) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    """Every frame of a video, RGB."""
+    return [f.image for f in read_frames(path)]
+
+
+# ------------------------------------------------------------- a curation dataset (curate_db.py)
+
+CURATE_DS = "TestDS"
+CURATE_INDEX = f"tracks_subsets/{CURATE_DS}/{CURATE_DS}-Full.jsonl.gzip"
+CURATE_CLASSES = ["cat", "dog", "horse", "aerosol can", "bird", "zebra"]
+
+
+def yid_of(i: int) -> str:
+    return f"v{i:05d}_xy-Z"  # 11 characters
+
+
+def curation_record(yid: str, cls: int, score: float, k: int, *, t0: float = 0.0, n: int = 6,
+                box: tuple[float, float, float, float] | None = None) -> TrackRecord:
+    """A valid record of class ``CURATE_CLASSES[cls]`` with top-1 weighted logit ``score``."""
+    ts = [round(t0 + i / 16, 4) for i in range(n)]
+    x, y, w, h = box or (10.0 * (k % 7), 5.0 * (k % 5), 40.0 + k % 3, 30.0)
+    bbox = [[round(x + i * 0.5, 2), y, w, h] for i in range(n)]
+    tid = compute_tid(yid, ts, bbox)
+    others = [(cls + d) % len(CURATE_CLASSES) for d in (1, 2)]
+    return TrackRecord(
+        yid=yid, tid=tid, fn=track_filename(yid, CURATE_CLASSES[cls], tid), track_ts=ts, track_bbox=bbox,
+        video_size=[360, 640], top10_lbl=[cls, *others], top10_desc=[CURATE_CLASSES[c] for c in (cls, *others)],
+        top10_logit_mu=[round(score + 1, 5), 0.0, -1.0], top10_logit_std=[0.1, 0.1, 0.1],
+        top10_wlogit_mu=[round(score, 5), -2.0, -3.0], top10_wlogit_std=[0.1, 0.1, 0.1],
+        scores=[0.9] * n, detector="test",
+    )
+
+
+def build_curation_db(base: Path, videos: int = 40, per_video: int = 6, seed: int = 0) -> list[TrackRecord]:
+    """Clean metadata: ``videos`` videos, class sizes differ (class c has about c+1 shares)."""
+    rng = np.random.default_rng(seed)
+    weights = np.arange(1, len(CURATE_CLASSES) + 1, dtype=float)
+    records = []
+    for v in range(videos):
+        yid = yid_of(v)
+        recs = [curation_record(yid, int(rng.choice(len(CURATE_CLASSES), p=weights / weights.sum())),
+                            float(np.round(rng.normal(), 4)), v * per_video + k, t0=k * 2.0)
+                for k in range(per_video)]
+        write_meta(base, yid, recs, CURATE_DS)
+        records.extend(recs)
+    return records
+
+
+def curate(*args: str | os.PathLike) -> int:
+    """curate_db.py in this process."""
+    return curate_db.main([*map(str, args)])
+
+
+def index_curation_db(base: Path, *extra: str) -> int:
+    return curate("--action", "index", "--base_dir", base, "--dataset_name", CURATE_DS, "--index_file", CURATE_INDEX,
+               "--num_workers", "1", *extra)
+
+
+def sample_subsets(base: Path, action: str, verified: Path, *extra: str) -> int:
+    return curate("--action", action, "--base_dir", base, "--index_file", CURATE_INDEX, "--verified_list", verified,
+               "--no_plots", *extra)
+
+
+def subset_records(base: Path, name: str) -> list[TrackRecord]:
+    return list(read_records(DatasetLayout(base).subset_file(name)))
+
+
+# every sharded stage
+STAGES = [DOWNLOAD_VIDEOS_STAGE, BLUR_FACES_STAGE, PARSE_TRACKS_STAGE, EXTRACT_TRACKS_STAGE, VISUAL_METRICS_STAGE,
+          DOWNLOAD_TRACKS_STAGE, EXPORT_TRACKS_STAGE, RELABEL_TRACKS_STAGE]
+
+
+# ------------------------------------------------------------- damaged videos
+
+
+def faststart_copy(source: Path, target: Path) -> Path:
+    """``source`` remuxed (no re-encoding) as a faststart mp4: the index (moov) before the data."""
+    with av.open(str(source)) as src, av.open(str(target), "w", format="mp4",
+                                              options={"movflags": "faststart"}) as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is None:  # the demuxer's final flush packet
+                continue
+            packet.stream = out
+            dst.mux(packet)
+    return target
+
+
+def cut_in_data(source: Path, target: Path, keep: float = 0.5) -> Path:
+    """A faststart copy of ``source`` holding only the first ``keep`` of its frames' packets, cut
+    where the next packet starts: the index is intact, what follows is missing. (A cut inside a
+    packet reads the same with the threaded decoding the readers use.)"""
+    whole = faststart_copy(source, target.with_name(target.stem + ".whole.mp4"))
+    with av.open(str(whole)) as container:
+        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.dts is not None]
+    data = whole.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat") < starts[0], "the index must come first"
+    target.write_bytes(data[: starts[int(len(starts) * keep)]])
+    return target
+
+
+# ------------------------------------------------------------- a parse dataset (parse_tracks.py)
+
+PARSE_YID = "synthVideo1"
+PARSE_JOB = "parse_tracks-TrackVerseLVIS"
+FIXTURE = "tests.tiny_models:FixtureDetector"
+PARSE_PROMPTS = [
+    "cat (also known as kitty)",
+    "cup",
+    "rocket",
+    "person (also known as human, people)",
+    "table",
+]
+
+
+def add_video(db: Path, yid: str, video: Path | None, segments: list[tuple[float, float]] | None) -> None:
+    """Put a video and its segment file (None: no file) where download_videos.py would."""
+    layout = DatasetLayout(db)
+    if video is not None:
+        target = layout.video_mp4(yid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(video, target)
+    if segments is not None:
+        segm = layout.video_segments(yid)
+        segm.parent.mkdir(parents=True, exist_ok=True)
+        segm.write_text("".join(f"{a},{b}\n" for a, b in segments))
+
+
+def item_list(tmp_path: Path, yids: list[str]) -> Path:
+    path = tmp_path / "yids.txt"
+    path.write_text("\n".join(yids) + "\n")
+    return path
+
+
+def parse_args(db: Path, yids: Path, prompts: Path, *extra: str, detector: str = FIXTURE) -> list[str]:
+    return [
+        "--base_dir", str(db), "--yid_index_fn", str(yids), "--class_prompts", str(prompts),
+        "--detector", detector, *extra,
+    ]
+
+
+def meta_path(db: Path, yid: str = PARSE_YID) -> Path:
+    return DatasetLayout(db).tracks_meta("TrackVerseLVIS", yid)
+
+
+# ------------------------------------------------------------- exports (export_tracks.py)
+
+
+def write_records_file(db: Path, video: Path, lines: list, yid: str) -> Path:
+    """The source video in place and a records file (gzip JSON lines; raw strings are written as they are)."""
+    target = DatasetLayout(db).video_mp4(yid)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        shutil.copyfile(video, target)
+    path = db / "tracks_subsets" / "subset.jsonl.gzip"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join((x.to_json() if isinstance(x, TrackRecord) else x if isinstance(x, str) else json.dumps(x)) + "\n"
+                   for x in lines)
+    path.write_bytes(gzip.compress(text.encode()))
+    return path
+
+
+def export(db: Path, records: Path, fmt: str, out: Path, *extra: str) -> int:
+    return main(EXPORT_TRACKS_STAGE, ["--base_dir", str(db), "--records", str(records), "--format", fmt,
+                                      "--out_dir", str(out), *extra])
+
+
+# ------------------------------------------------------------- released subsets (download_tracks.py)
+
+REBUILD_FAST = ["--backoff_base", "0.02", "--backoff_max", "0.1", "--socket_timeout", "5", "--download_retries", "1"]
+REBUILD_TEMPLATE = "/v/{yid}.mp4"
+RELEASED_SUBSET = "TrackVerse-Test.jsonl.gzip"
+
+
+def rebuild_subset(tmp_path: Path, server: FaultServer, *args: str, subset: Path | None = None, cli: bool = False):
+    """download_tracks.py over ``subset`` (default <tmp_path>/RELEASED_SUBSET), videos from ``server``."""
+    argv = ["--base_dir", str(tmp_path / "db"), "--db_meta_file", str(subset or tmp_path / RELEASED_SUBSET),
+            "--url_template", server.url_template(REBUILD_TEMPLATE), *REBUILD_FAST, *args]
+    if cli:
+        return run_cli("download_tracks.py", *argv)
+    return main(DOWNLOAD_TRACKS_STAGE, argv)
+
+
+def rebuilt_clip(tmp_path: Path, fn: str) -> Path:
+    return DatasetLayout(tmp_path / "db").track_mp4(None, fn)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from utils.core.io import file_sha256
 from utils.core.layout import DatasetLayout
 from utils.core.video import VideoWriter, read_frames

@@ -190,3 +190,16 @@ def test_library_imports_without_the_launcher(module):
             "or m.startswith('utils.runner')); print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_test_modules_share_helpers_only_through_tests_helpers():
+    """Shared test code lives in tests/helpers.py (and fixtures in conftest.py): no test module
+    imports another test module or conftest, so a helper exists once."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name} imports {n}" for n in names
+                          if n == "tests.conftest" or n.startswith("tests.test_") or n in ("conftest",)]
+    assert offenders == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_ASSETS
+from tests.helpers import SHARED_ASSETS
 from tests.tiny_models import build_tiny_owlv2
 from utils.core.assets import ASSETS, Asset, AssetError, asset_path, cache_root, resolve_asset
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_config import STAGES
+from tests.helpers import STAGES, run_cli
 from tests.toy_stage import STAGE as TOY_STAGE
 from utils.core.errors import EXIT_USAGE, UsageError
 from utils.runner.cli import build_parser, main

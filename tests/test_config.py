@@ -11,20 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from utils.clips.released import DOWNLOAD_TRACKS_STAGE
-from utils.clips.stage import EXTRACT_TRACKS_STAGE
+from tests.helpers import STAGES
 from utils.core.config import add_config_arguments, config_fields, config_from_args, nested, option
 from utils.detect.stage import PARSE_TRACKS_STAGE
-from utils.export.stage import EXPORT_TRACKS_STAGE
-from utils.ingest.stage import BLUR_FACES_STAGE, DOWNLOAD_VIDEOS_STAGE
-from utils.metrics.stage import VISUAL_METRICS_STAGE
-from utils.relabel.stage import RELABEL_TRACKS_STAGE
 from utils.runner.cli import build_parser
 from utils.runner.slurm import SlurmOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = [DOWNLOAD_VIDEOS_STAGE, BLUR_FACES_STAGE, PARSE_TRACKS_STAGE, EXTRACT_TRACKS_STAGE, VISUAL_METRICS_STAGE,
-          DOWNLOAD_TRACKS_STAGE, EXPORT_TRACKS_STAGE, RELABEL_TRACKS_STAGE]
 
 
 @dataclass(frozen=True, kw_only=True)

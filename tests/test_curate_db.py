@@ -22,7 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 
 import curate_db
-from tests.conftest import SHARED_ASSETS, run_cli
+from tests.helpers import CURATE_CLASSES as CLASSES
+from tests.helpers import CURATE_DS as DS
+from tests.helpers import CURATE_INDEX as INDEX
+from tests.helpers import SHARED_ASSETS, run_cli, subset_records, yid_of
+from tests.helpers import build_curation_db as build_db
+from tests.helpers import curate as run
+from tests.helpers import curation_record as make_record
+from tests.helpers import index_curation_db as index
+from tests.helpers import sample_subsets as sample
 from utils.core.config import config_from_args
 from utils.core.errors import UsageError
 from utils.core.io import atomic_write_bytes
@@ -48,35 +56,9 @@ from utils.records.metrics_store import (
     write_metric_file,
 )
 from utils.records.track_files import read_records, records_to_jsonl_gz_bytes
-from utils.records.tracks import TrackRecord, compute_tid, track_filename
-
-DS = "TestDS"
-INDEX = f"tracks_subsets/{DS}/{DS}-Full.jsonl.gzip"
-CLASSES = ["cat", "dog", "horse", "aerosol can", "bird", "zebra"]
-
+from utils.records.tracks import TrackRecord, track_filename
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-def yid_of(i: int) -> str:
-    return f"v{i:05d}_xy-Z"  # 11 characters
-
-
-def make_record(yid: str, cls: int, score: float, k: int, *, t0: float = 0.0, n: int = 6,
-                box: tuple[float, float, float, float] | None = None) -> TrackRecord:
-    """A valid record of class ``CLASSES[cls]`` with top-1 weighted logit ``score``."""
-    ts = [round(t0 + i / 16, 4) for i in range(n)]
-    x, y, w, h = box or (10.0 * (k % 7), 5.0 * (k % 5), 40.0 + k % 3, 30.0)
-    bbox = [[round(x + i * 0.5, 2), y, w, h] for i in range(n)]
-    tid = compute_tid(yid, ts, bbox)
-    others = [(cls + d) % len(CLASSES) for d in (1, 2)]
-    return TrackRecord(
-        yid=yid, tid=tid, fn=track_filename(yid, CLASSES[cls], tid), track_ts=ts, track_bbox=bbox,
-        video_size=[360, 640], top10_lbl=[cls, *others], top10_desc=[CLASSES[c] for c in (cls, *others)],
-        top10_logit_mu=[round(score + 1, 5), 0.0, -1.0], top10_logit_std=[0.1, 0.1, 0.1],
-        top10_wlogit_mu=[round(score, 5), -2.0, -3.0], top10_wlogit_std=[0.1, 0.1, 0.1],
-        scores=[0.9] * n, detector="test",
-    )
 
 
 def write_meta(base: Path, yid: str, records: list, raw_lines: list[bytes] | None = None) -> Path:
@@ -86,39 +68,6 @@ def write_meta(base: Path, yid: str, records: list, raw_lines: list[bytes] | Non
     else:
         atomic_write_bytes(path, gzip.compress(b"".join(raw_lines), mtime=0))
     return path
-
-
-def build_db(base: Path, videos: int = 40, per_video: int = 6, seed: int = 0) -> list[TrackRecord]:
-    """Clean metadata: ``videos`` videos, class sizes differ (class c has about c+1 shares)."""
-    rng = np.random.default_rng(seed)
-    weights = np.arange(1, len(CLASSES) + 1, dtype=float)
-    records = []
-    for v in range(videos):
-        yid = yid_of(v)
-        recs = [make_record(yid, int(rng.choice(len(CLASSES), p=weights / weights.sum())),
-                            float(np.round(rng.normal(), 4)), v * per_video + k, t0=k * 2.0)
-                for k in range(per_video)]
-        write_meta(base, yid, recs)
-        records.extend(recs)
-    return records
-
-
-def run(*args: str) -> int:
-    return curate_db.main([*map(str, args)])
-
-
-def index(base: Path, *extra: str) -> int:
-    return run("--action", "index", "--base_dir", base, "--dataset_name", DS, "--index_file", INDEX,
-               "--num_workers", "1", *extra)
-
-
-def sample(base: Path, action: str, verified: Path, *extra: str) -> int:
-    return run("--action", action, "--base_dir", base, "--index_file", INDEX, "--verified_list", verified,
-               "--no_plots", *extra)
-
-
-def subset_records(base: Path, name: str) -> list[TrackRecord]:
-    return list(read_records(DatasetLayout(base).subset_file(name)))
 
 
 def subset_names(base: Path) -> set[str]:
@@ -978,7 +927,7 @@ def test_classes_with_the_same_name_are_balanced_and_counted_apart(tmp_path, cap
 
 
 def test_an_index_of_the_lvis_list_has_1203_classes(tmp_path):
-    from tests.conftest import shared_asset
+    from tests.helpers import shared_asset
     from utils.records.prompts import parse_prompt_lines
 
     lines = parse_prompt_lines(shared_asset("lvis-prompts.txt").read_text(encoding="utf-8").splitlines())

@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from tests.http_server import Fault, FaultServer
-from tests.test_extract_tracks import decoded, gt_records, psnr
+from tests.helpers import RELEASED_SUBSET as SUBSET
+from tests.helpers import decoded, gt_records, journal, psnr
+from tests.helpers import rebuild_subset as run
+from tests.helpers import rebuilt_clip as clip
+from tests.http_server import Fault
 from utils.clips.geometry import plan_clip
 from utils.clips.released import DOWNLOAD_TRACKS_STAGE, SubsetIndex, resolve_meta_file
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, UsageError
@@ -24,12 +26,10 @@ from utils.core.layout import DatasetLayout
 from utils.core.video import VideoWriter, probe_video, read_frames
 from utils.records.tracks import TrackRecord
 from utils.runner.cli import main
-from utils.runner.journal import read_journals
 from utils.testing.synthetic import SyntheticVideo
 
-FAST = ["--backoff_base", "0.02", "--backoff_max", "0.1", "--socket_timeout", "5", "--download_retries", "1"]
-TEMPLATE = "/v/{yid}.mp4"
-SUBSET = "TrackVerse-Test.jsonl.gzip"
+YID = "synthVideo1"
+JOB = "download_tracks-TrackVerse-Test"
 
 
 def released(rec: TrackRecord) -> dict:
@@ -48,23 +48,6 @@ def write_subset(path: Path, lines: list) -> Path:
     return path
 
 
-def run(tmp_path: Path, server: FaultServer, *args: str, subset: Path | None = None, cli: bool = False):
-    argv = ["--base_dir", str(tmp_path / "db"), "--db_meta_file", str(subset or tmp_path / SUBSET),
-            "--url_template", server.url_template(TEMPLATE), *FAST, *args]
-    if cli:
-        return run_cli("download_tracks.py", *argv)
-    return main(DOWNLOAD_TRACKS_STAGE, argv)
-
-
-def journal(tmp_path: Path, event: str | None = None) -> list[dict]:
-    records = read_journals(tmp_path / "db" / "logs" / "download_tracks-TrackVerse-Test")
-    return [r for r in records if event is None or r["event"] == event]
-
-
-def clip(tmp_path: Path, fn: str) -> Path:
-    return DatasetLayout(tmp_path / "db").track_mp4(None, fn)
-
-
 def with_yid(records: list[TrackRecord], yid: str, video_size=None) -> list[TrackRecord]:
     """The same tracks as if found in video ``yid`` (file names follow)."""
     out = []
@@ -75,12 +58,6 @@ def with_yid(records: list[TrackRecord], yid: str, video_size=None) -> list[Trac
         out.append(TrackRecord(yid=yid, tid=r.tid, fn=f"{yid[:2]}/{yid}-{Path(r.fn).name.split('-', 1)[1]}",
                                track_ts=r.track_ts, track_bbox=boxes, video_size=list(size)))
     return out
-
-
-@pytest.fixture()
-def server():
-    with FaultServer() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +74,7 @@ def half_size_video(tmp_path_factory, synthetic_video: SyntheticVideo) -> Path:
 
 
 def test_rebuilds_a_subset_end_to_end_with_yt_dlp(tmp_path, server, synthetic_video, half_size_video):
-    base = gt_records(synthetic_video)
+    base = gt_records(synthetic_video, YID)
     same = with_yid(base[:3], "sameSizeAAA")
     # records made on a 640x480 copy; the server only has 160x120: boxes are scaled by 1/4
     scaled = with_yid(base[:3], "otherSizeAA", video_size=[480, 640])
@@ -114,7 +91,7 @@ def test_rebuilds_a_subset_end_to_end_with_yt_dlp(tmp_path, server, synthetic_vi
     proc = run(tmp_path, server, "--remove_video_mp4", cli=True)
     assert proc.returncode == EXIT_ITEMS_FAILED, proc.stderr
     assert "5 items: 3 done, 0 skipped (already done), 2 failed" in proc.stderr
-    failed = {r["item"]: r for r in journal(tmp_path, "failed")}
+    failed = {r["item"]: r for r in journal(tmp_path / "db", JOB, "failed")}
     assert failed["goneVideoAA"]["category"] in ("not_found", "unavailable")
     assert failed[f"{SUBSET}:6"]["category"] == "bad_record" and "not a JSON track record" in failed[f"{SUBSET}:6"]["reason"]
     for rec in same + scaled + last:  # the released names are kept
@@ -123,7 +100,7 @@ def test_rebuilds_a_subset_end_to_end_with_yt_dlp(tmp_path, server, synthetic_vi
     for yid in ("sameSizeAAA", "otherSizeAA", "lastVideoAA"):  # --remove_video_mp4, after the clips
         assert not layout.video_mp4(yid).exists()
         assert layout.tracks_done_marker(None, yid).exists()
-    done = {r["item"]: r for r in journal(tmp_path, "done")}
+    done = {r["item"]: r for r in journal(tmp_path / "db", JOB, "done")}
     assert "boxes scaled by 0.25 x 0.25" in done["otherSizeAA"]["notes"]["scaled_boxes"]
     assert "scaled_boxes" not in done["sameSizeAAA"]["notes"]
 
@@ -143,13 +120,13 @@ def test_rebuilds_a_subset_end_to_end_with_yt_dlp(tmp_path, server, synthetic_vi
     requests = len(server.requests)
     assert run(tmp_path, server) == EXIT_OK
     assert len(server.requests) == requests
-    summary = journal(tmp_path, "summary")[-1]
+    summary = journal(tmp_path / "db", JOB, "summary")[-1]
     assert summary["skipped"] == 3 and summary["previously_failed"] == 2
 
 
 def test_every_video_of_a_shard_is_processed_the_last_one_too(tmp_path, server, synthetic_video):
     yids = ["shardVideo0", "shardVideo1", "shardVideo2", "shardVideo3", "shardVideo4"]
-    cat = gt_records(synthetic_video)[:1]
+    cat = gt_records(synthetic_video, YID)[:1]
     lines = []
     for yid in yids:
         server.add(f"/v/{yid}.mp4", synthetic_video.path)
@@ -158,7 +135,7 @@ def test_every_video_of_a_shard_is_processed_the_last_one_too(tmp_path, server, 
     done: list[str] = []
     for rank in (1, 0):  # rank 1 holds videos 1 and 3, rank 0 holds 0, 2 and the file's last one
         assert run(tmp_path, server, "--world_size", "2", "--rank", str(rank)) == EXIT_OK
-        now = [r["item"] for r in journal(tmp_path, "done")]
+        now = [r["item"] for r in journal(tmp_path / "db", JOB, "done")]
         assert sorted(set(now) - set(done)) == yids[rank::2]
         done = now
     layout = DatasetLayout(tmp_path / "db")
@@ -168,15 +145,15 @@ def test_every_video_of_a_shard_is_processed_the_last_one_too(tmp_path, server, 
 
 def test_bad_tracks_fail_the_video_and_keep_its_source(tmp_path, server, synthetic_video):
     yid = "badTracksAA"
-    good = with_yid(gt_records(synthetic_video)[:1], yid)[0]
-    late = released(with_yid(gt_records(synthetic_video)[:1], yid)[0])
+    good = with_yid(gt_records(synthetic_video, YID)[:1], yid)[0]
+    late = released(with_yid(gt_records(synthetic_video, YID)[:1], yid)[0])
     late.update(frame_ts=[50.0, 51.0], track_ts=[50.0, 51.0], frame_bboxes=[[10, 10, 40, 40]] * 2,
                 track_mp4_filename=f"{yid[:2]}/{yid}-late-x.mp4")
     escape = {**released(good), "track_mp4_filename": "/etc/evil.mp4"}
     server.add(f"/v/{yid}.mp4", synthetic_video.path)
     write_subset(tmp_path / SUBSET, [released(good), late, escape])
     assert run(tmp_path, server, "--remove_video_mp4") == EXIT_ITEMS_FAILED
-    failed = journal(tmp_path, "failed")[-1]
+    failed = journal(tmp_path / "db", JOB, "failed")[-1]
     assert failed["category"] == "bad_tracks"
     assert "badTracksAA-late-x.mp4: starts at 50.000 s, after the video ends" in failed["reason"]
     assert "/etc/evil.mp4" in failed["reason"] and "is kept" in failed["reason"]
@@ -188,9 +165,9 @@ def test_a_transient_download_failure_is_retried_by_a_plain_rerun(tmp_path, serv
     yid = "flakyVideoA"
     server.add(f"/v/{yid}.mp4", synthetic_video.path)
     server.fail(f"/v/{yid}.mp4", Fault.status(503, times=None))
-    write_subset(tmp_path / SUBSET, [released(r) for r in with_yid(gt_records(synthetic_video)[:2], yid)])
+    write_subset(tmp_path / SUBSET, [released(r) for r in with_yid(gt_records(synthetic_video, YID)[:2], yid)])
     assert run(tmp_path, server) == EXIT_ITEMS_FAILED
-    failed = journal(tmp_path, "failed")[-1]
+    failed = journal(tmp_path / "db", JOB, "failed")[-1]
     assert failed["transient"] and failed["category"] == "server_error"
     server.clear_faults(f"/v/{yid}.mp4")
     assert run(tmp_path, server) == EXIT_OK
@@ -199,7 +176,7 @@ def test_a_transient_download_failure_is_retried_by_a_plain_rerun(tmp_path, serv
 
 def test_another_subset_with_more_tracks_of_a_done_video_cuts_only_the_new_ones(tmp_path, server, synthetic_video):
     yid = "twoSubsetsA"
-    records = with_yid(gt_records(synthetic_video), yid)
+    records = with_yid(gt_records(synthetic_video, YID), yid)
     server.add(f"/v/{yid}.mp4", synthetic_video.path)
     small = write_subset(tmp_path / "small" / SUBSET, [released(r) for r in records[:2]])
     assert run(tmp_path, server, subset=small) == EXIT_OK

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yt_dlp
 
-from tests.conftest import REPO, run_cli, shared_video
+from tests.helpers import REPO, journal, run_cli, shared_video
 from tests.http_server import Fault, FaultServer
 from utils.core.layout import DatasetLayout
 from utils.ingest.download import (
@@ -32,6 +32,7 @@ from utils.runner.journal import read_journals
 FAST = ["--backoff_base", "0.02", "--backoff_max", "0.1", "--socket_timeout", "2",
         "--skip_cartoon_filter", "--skip_aesthetics_filter"]
 TEMPLATE = "/v/{yid}.mp4"
+JOB = "download_videos"
 
 
 def path_of(yid: str, ext: str = "mp4") -> str:
@@ -47,11 +48,6 @@ def stage(tmp_path: Path, server: FaultServer, ids: list[str] | None, *args: str
                    "--url_template", server.url_template(template), *FAST, *args, **kw)
 
 
-def journal(tmp_path: Path, event: str | None = None) -> list[dict]:
-    records = read_journals(tmp_path / "db" / "logs" / "download_videos")
-    return [r for r in records if event is None or r["event"] == event]
-
-
 def layout(tmp_path: Path) -> DatasetLayout:
     return DatasetLayout(tmp_path / "db")
 
@@ -60,12 +56,6 @@ def folder_names(tmp_path: Path, yid: str) -> list[str]:
     """Files of ``yid`` (final or temporary) in its videos_mp4 folder."""
     folder = layout(tmp_path).video_mp4(yid).parent
     return sorted(p.name for p in folder.iterdir() if yid in p.name) if folder.is_dir() else []
-
-
-@pytest.fixture()
-def server():
-    with FaultServer() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +80,7 @@ def test_real_ytdlp_downloads_through_the_url_template_and_segments(tmp_path, se
     assert read_segments(db.video_segments("cupAAAAAAAA")) == [(0.0, 8.104)]  # no cut: one segment
     for yid in ("synthAAAAAA", "cupAAAAAAAA"):  # nothing but the video and its scores
         assert folder_names(tmp_path, yid) == [f"{yid}.mp4", f"{yid}.segm-scores.json"]
-    done = {r["item"]: r["stats"] for r in journal(tmp_path, "done")}
+    done = {r["item"]: r["stats"] for r in journal(tmp_path / "db", JOB, "done")}
     assert done["cupAAAAAAAA"]["downloaded_MB"] == pytest.approx(cup.stat().st_size / 1e6)
     assert done["synthAAAAAA"]["segments"] == 3
 
@@ -134,7 +124,7 @@ def test_transient_faults_are_retried_and_succeed(tmp_path, server, synthetic_vi
     proc = stage(tmp_path, server, list(cases), "--socket_timeout", "1.5")
     assert proc.returncode == 0, proc.stderr
     assert "4 done, 0 skipped (already done), 0 failed" in proc.stderr
-    assert not journal(tmp_path, "failed")
+    assert not journal(tmp_path / "db", JOB, "failed")
     for yid in cases:
         assert layout(tmp_path).video_mp4(yid).read_bytes() == cup.read_bytes()
         assert folder_names(tmp_path, yid) == [f"{yid}.mp4", f"{yid}.segm-scores.json"]
@@ -157,7 +147,7 @@ def test_permanent_failures_are_journaled_with_their_reason_and_not_retried(tmp_
     server.add(path_of("goodAAAAAAA"), synthetic_video.path)
     proc = stage(tmp_path, server, ids)
     assert proc.returncode == 1, proc.stderr
-    failed = {r["item"]: r for r in journal(tmp_path, "failed")}
+    failed = {r["item"]: r for r in journal(tmp_path / "db", JOB, "failed")}
     assert set(failed) == {"goneAAAAAAA", "removedAAAA", "garbageAAAA", "aviAAAAAAAA"}
     assert not any(r["transient"] for r in failed.values())
     assert failed["goneAAAAAAA"]["category"] == "not_found"
@@ -189,7 +179,7 @@ def test_no_mp4_format_at_all_fails_permanently_with_ytdlps_message(tmp_path, se
     server.add(path_of("aviAAAAAAAA", "avi"), shared_video("Megamind.avi"))
     proc = stage(tmp_path, server, ["aviAAAAAAAA"], template="/v/{yid}.avi")
     assert proc.returncode == 1
-    [record] = journal(tmp_path, "failed")
+    [record] = journal(tmp_path / "db", JOB, "failed")
     assert record["category"] == "no_format" and not record["transient"]
     assert "Requested format is not available" in record["reason"]
 
@@ -199,7 +189,7 @@ def test_transient_failure_that_persists_is_retried_by_a_plain_rerun(tmp_path, s
     server.fail(path_of("flakyAAAAAA"), Fault.status(502, times=None))
     proc = stage(tmp_path, server, ["flakyAAAAAA"], "--download_retries", "1")
     assert proc.returncode == 1
-    [record] = journal(tmp_path, "failed")
+    [record] = journal(tmp_path / "db", JOB, "failed")
     assert record["transient"] and record["category"] == "server_error"
     assert "HTTP Error 502" in record["reason"] and "(after 2 attempts)" in record["reason"]
     assert len(server.requests_for(path_of("flakyAAAAAA"))) == 2
@@ -221,7 +211,7 @@ def test_rate_limits_in_a_row_pause_the_rank_with_a_plain_message(tmp_path, serv
     assert proc.stderr.count("RATE LIMITED") == 2  # after the 2nd and the 4th 429 in a row
     assert "Pausing this rank for 0.3 s" in proc.stderr and "Pausing this rank for 0.5 s" in proc.stderr
     assert "--cookiefile" in proc.stderr and "fewer ranks" in proc.stderr and "--sleep_interval" in proc.stderr
-    failed = journal(tmp_path, "failed")
+    failed = journal(tmp_path / "db", JOB, "failed")
     assert {r["category"] for r in failed} == {"rate_limited"} and all(r["transient"] for r in failed)
     first_item = server.requests_for(path_of("limitAAAAAA"))
     second_item = server.requests_for(path_of("limitBBBBBB"))
@@ -269,7 +259,7 @@ def test_a_host_refusing_connections_stops_the_rank_within_seconds(tmp_path):
     assert f"127.0.0.1:{port} refused the connection for 3 downloads in a row" in stopped
     assert "Check --url_template" in stopped and f"http://127.0.0.1:{port}/v/{{yid}}.mp4" in stopped
     assert "retry" not in proc.stderr  # not waited on
-    failed = journal(tmp_path, "failed")
+    failed = journal(tmp_path / "db", JOB, "failed")
     assert [r["item"] for r in failed] == ids[:2]
     assert all(r["category"] == "connection_refused" and r["transient"] for r in failed)
 
@@ -282,7 +272,7 @@ def test_a_host_name_that_does_not_resolve_stops_the_rank(tmp_path):
                    "--skip_cartoon_filter", "--skip_aesthetics_filter", timeout=180)
     assert proc.returncode == 3, proc.stderr
     assert "trackverse-test.invalid" in proc.stderr and "did not resolve for 3 downloads in a row" in proc.stderr
-    assert {r["category"] for r in journal(tmp_path, "failed")} == {"dns"}
+    assert {r["category"] for r in journal(tmp_path / "db", JOB, "failed")} == {"dns"}
 
 
 class _ScriptedDownloader:
@@ -370,7 +360,7 @@ def test_three_ranks_download_every_id_exactly_once(tmp_path, server, synthetic_
     for p in procs:
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err
-    done = journal(tmp_path, "done")
+    done = journal(tmp_path / "db", JOB, "done")
     assert sorted(r["item"] for r in done) == sorted(ids)  # each id done once, by one rank
     logs = tmp_path / "db" / "logs" / "download_videos"
     for rank in range(3):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from utils.core.layout import DatasetLayout
 from utils.core.video import probe_video
 from utils.records.segments import read_segments

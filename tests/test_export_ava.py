@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import shared_video
+from tests.helpers import shared_video
 from utils.core.errors import EXIT_OK, EXIT_USAGE
 from utils.core.layout import DatasetLayout
 from utils.core.video import probe_video, read_frames

@@ -9,7 +9,6 @@ partial sequences completed, bad records journaled while the rest are exported.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -23,15 +22,15 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, export, track_record, write_records_file
+from tests.helpers import gt_records as labelled_gt_records
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, ItemError
 from utils.core.layout import DatasetLayout
 from utils.core.video import probe_video, read_frames
 from utils.export import sot
 from utils.export.inputs import ExportSequence, read_inputs
 from utils.export.stage import EXPORT_TRACKS_STAGE
-from utils.records.tracks import TrackRecord, compute_tid, track_filename
-from utils.runner.cli import main
+from utils.records.tracks import TrackRecord
 from utils.runner.journal import read_journals
 
 YID = "synthVideo1"
@@ -40,40 +39,15 @@ LABEL_IDS = {"cat": 3, "cup": 5, "rocket": 7, "person": 11}
 
 
 def record(yid: str, label: str, ts, boxes_xywh, video_size) -> TrackRecord:
-    track_ts = [round(float(t), 4) for t in ts]
-    track_bbox = [[round(float(v), 2) for v in b] for b in boxes_xywh]
-    tid = compute_tid(yid, track_ts, track_bbox)
-    return TrackRecord(yid=yid, tid=tid, fn=track_filename(yid, label, tid), track_ts=track_ts,
-                       track_bbox=track_bbox, video_size=list(video_size), top10_desc=[label], top10_lbl=[LABEL_IDS[label]])
+    return track_record(yid, label, ts, boxes_xywh, video_size, LABEL_IDS[label])
 
 
 def gt_records(video, every: int = 2) -> list[TrackRecord]:
-    out = []
-    for boxes in video.identities().values():
-        boxes = boxes[::every]
-        out.append(record(YID, boxes[0].class_name, [b.time for b in boxes],
-                          [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (b.xyxy for b in boxes)],
-                          (video.height, video.width)))
-    return out
+    return labelled_gt_records(video, YID, every, LABEL_IDS)
 
 
 def setup_db(db: Path, video: Path, lines: list) -> Path:
-    """The source video in place and a records file (gzip JSON lines; raw strings are written as they are)."""
-    target = DatasetLayout(db).video_mp4(YID)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        shutil.copyfile(video, target)
-    path = db / "tracks_subsets" / "subset.jsonl.gzip"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join((x.to_json() if isinstance(x, TrackRecord) else x if isinstance(x, str) else json.dumps(x)) + "\n"
-                   for x in lines)
-    path.write_bytes(gzip.compress(text.encode()))
-    return path
-
-
-def export(db: Path, records: Path, fmt: str, out: Path, *extra: str) -> int:
-    return main(EXPORT_TRACKS_STAGE, ["--base_dir", str(db), "--records", str(records), "--format", fmt,
-                                      "--out_dir", str(out), *extra])
+    return write_records_file(db, video, lines, YID)
 
 
 def journal(db: Path, key: str, event: str | None = None) -> list[dict]:

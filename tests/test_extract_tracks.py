@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,8 @@ import pytest
 
 import utils.clips.cut as clips
 import utils.clips.encode as encode
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, decoded, gt_records, journal, psnr, run_cli, setup_db, write_meta
+from tests.helpers import track_record as record
 from utils.clips.cut import ClipTask, decode_spans, plan_tasks, select_tracks
 from utils.clips.geometry import plan_clip
 from utils.clips.stage import EXTRACT_TRACKS_STAGE
@@ -32,59 +32,16 @@ from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE
 from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
 from utils.core.video import ColorTags, Yuv420Image, keyframe_times, probe_video, read_frames
-from utils.records.track_files import records_to_jsonl_gz_bytes
-from utils.records.tracks import TrackRecord, compute_tid, track_filename
+from utils.records.tracks import TrackRecord
 from utils.runner.cli import main
-from utils.runner.journal import read_journals
 from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
 YID = "synthVideo1"
 DATASET = "TestSet"
+JOB = f"extract_tracks-{DATASET}"
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def record(yid: str, label: str, ts, boxes_xywh, video_size=(240, 320)) -> TrackRecord:
-    track_ts = [round(float(t), 4) for t in ts]
-    track_bbox = [[round(float(v), 2) for v in b] for b in boxes_xywh]
-    tid = compute_tid(yid, track_ts, track_bbox)
-    return TrackRecord(yid=yid, tid=tid, fn=track_filename(yid, label, tid), track_ts=track_ts,
-                       track_bbox=track_bbox, video_size=list(video_size))
-
-
-def gt_records(video: SyntheticVideo, yid: str = YID, every: int = 2) -> list[TrackRecord]:
-    """One record per ground-truth object, sampled every ``every`` frames (as a tracker would)."""
-    out = []
-    for boxes in video.identities().values():
-        boxes = boxes[::every]
-        out.append(record(yid, boxes[0].class_name, [b.time for b in boxes],
-                          [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (b.xyxy for b in boxes)],
-                          (video.height, video.width)))
-    return out
-
-
-def setup_db(db: Path, video: Path, records: list, yid: str = YID) -> Path:
-    """Put the video and its metadata where download_videos / parse_tracks would; returns the id list.
-    ``records`` may hold raw dicts (records the schema would refuse)."""
-    layout = DatasetLayout(db)
-    target = layout.video_mp4(yid)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        shutil.copyfile(video, target)
-    write_meta(db, yid, records)
-    ids = db.parent / f"{db.name}-yids.txt"
-    ids.write_text(yid + "\n")
-    return ids
-
-
-def write_meta(db: Path, yid: str, records: list) -> None:
-    meta = DatasetLayout(db).tracks_meta(DATASET, yid)
-    if all(isinstance(r, TrackRecord) for r in records):
-        atomic_write_bytes(meta, records_to_jsonl_gz_bytes(records))
-    else:
-        lines = [(r.to_json() if isinstance(r, TrackRecord) else json.dumps(r)) + "\n" for r in records]
-        atomic_write_bytes(meta, gzip.compress("".join(lines).encode()))
 
 
 def extract(db: Path, ids: Path, *extra: str) -> int:
@@ -93,24 +50,6 @@ def extract(db: Path, ids: Path, *extra: str) -> int:
 
 def clip_path(db: Path, rec: TrackRecord) -> Path:
     return DatasetLayout(db).track_mp4(DATASET, rec.fn)
-
-
-def journal(db: Path, event: str | None = None) -> list[dict]:
-    records = read_journals(db / "logs" / f"extract_tracks-{DATASET}")
-    return [r for r in records if event is None or r["event"] == event]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of the luma of two RGB images. Luma, as usual for video: H.264 clips are
-    yuv420p, whose halved chroma alone caps RGB PSNR near 25 dB on the fixture's saturated
-    stripes, whatever the cutting."""
-    ya, yb = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2YUV)[..., 0].astype(np.float64) for x in (a, b))
-    mse = np.mean((ya - yb) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def decoded(path: Path) -> list[np.ndarray]:
-    return [f.image for f in read_frames(path)]
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +62,8 @@ def source_frames(synthetic_video) -> list:
 
 def test_clips_are_the_crops_of_the_source_at_the_interpolated_boxes(tmp_path, synthetic_video, source_frames):
     db = tmp_path / "db"
-    records = gt_records(synthetic_video)
-    ids = setup_db(db, synthetic_video.path, records)
+    records = gt_records(synthetic_video, YID)
+    ids = setup_db(db, synthetic_video.path, records, YID, DATASET)
     assert extract(db, ids) == EXIT_OK
     fps = synthetic_video.fps
     for rec in records:
@@ -157,28 +96,28 @@ def test_clips_are_the_crops_of_the_source_at_the_interpolated_boxes(tmp_path, s
     marker = json.loads(DatasetLayout(db).tracks_done_marker(DATASET, YID).read_text())
     assert sorted(marker["clips"]) == sorted(r.fn for r in records)
     assert extract(db, ids) == EXIT_OK
-    assert journal(db, "summary")[-1]["skipped"] == 1
+    assert journal(db, JOB, "summary")[-1]["skipped"] == 1
 
 
 def test_overlapping_duplicates_give_one_clip(tmp_path, synthetic_video):
     db = tmp_path / "db"
-    cat = gt_records(synthetic_video)[0]
+    cat = gt_records(synthetic_video, YID)[0]
     nudged = record(YID, "kitten", cat.track_ts, [[x + 1, y + 1, w, h] for x, y, w, h in cat.track_bbox])
     half = len(cat.track_ts) // 2  # the same object for half the time: overlap about 0.5
     partial = record(YID, "cat", cat.track_ts[:half], cat.track_bbox[:half])
-    ids = setup_db(db, synthetic_video.path, [cat, nudged, partial])
+    ids = setup_db(db, synthetic_video.path, [cat, nudged, partial], YID, DATASET)
     assert extract(db, ids) == EXIT_OK
     assert clip_path(db, cat).exists() and clip_path(db, partial).exists()
     assert not clip_path(db, nudged).exists()
     marker = json.loads(DatasetLayout(db).tracks_done_marker(DATASET, YID).read_text())
     assert marker["duplicates"] == {nudged.fn: cat.fn}
-    done = journal(db, "done")[-1]
+    done = journal(db, JOB, "done")[-1]
     assert nudged.fn in done["notes"]["duplicates_not_cut"] and done["stats"]["clips"] == 2
 
 
 def test_bad_tracks_are_journaled_and_the_rest_are_cut(tmp_path, synthetic_video):
     db = tmp_path / "db"
-    good = gt_records(synthetic_video)[0]
+    good = gt_records(synthetic_video, YID)[0]
     after_end = record(YID, "ghost", [100.0, 100.5, 101.0], [[10, 10, 50, 50]] * 3)
     zero = record(YID, "flat", [1.0, 1.5, 2.0], [[10, 10, 0, 0]] * 3)
     single = record(YID, "blink", [2.0], [[20, 30, 60, 40]])
@@ -186,9 +125,9 @@ def test_bad_tracks_are_journaled_and_the_rest_are_cut(tmp_path, synthetic_video
     escaping = {**record(YID, "evil", [1.0, 2.0], [[10, 10, 40, 40]] * 2).to_dict(), "fn": "../../../escape.mp4"}
     negative = {**record(YID, "neg", [1.0, 2.0], [[10, 10, 40, 40]] * 2).to_dict(),
                 "track_bbox": [[10, 10, -5, 40], [10, 10, 40, 40]]}
-    ids = setup_db(db, synthetic_video.path, [good, after_end, zero, single, outside, escaping, negative])
+    ids = setup_db(db, synthetic_video.path, [good, after_end, zero, single, outside, escaping, negative], YID, DATASET)
     assert extract(db, ids) == EXIT_ITEMS_FAILED
-    failed = journal(db, "failed")[-1]
+    failed = journal(db, JOB, "failed")[-1]
     assert failed["category"] == "bad_tracks" and not failed["transient"]
     for name in (after_end.fn, zero.fn, "../../../escape.mp4", negative["fn"]):
         assert name in failed["reason"]
@@ -202,10 +141,10 @@ def test_bad_tracks_are_journaled_and_the_rest_are_cut(tmp_path, synthetic_video
     # a plain re-run leaves the permanent failure alone; --retry_failed re-checks without re-cutting
     before = {p: p.stat().st_mtime_ns for p in (db / "tracks_mp4").rglob("*.mp4")}
     assert extract(db, ids) == EXIT_OK
-    assert journal(db, "summary")[-1]["previously_failed"] == 1
+    assert journal(db, JOB, "summary")[-1]["previously_failed"] == 1
     assert extract(db, ids, "--retry_failed") == EXIT_ITEMS_FAILED
     assert {p: p.stat().st_mtime_ns for p in (db / "tracks_mp4").rglob("*.mp4")} == before
-    assert journal(db, "failed")[-1]["reason"] == failed["reason"]
+    assert journal(db, JOB, "failed")[-1]["reason"] == failed["reason"]
 
 
 
@@ -215,14 +154,14 @@ def test_a_record_missing_a_key_fails_only_its_own_track(tmp_path, synthetic_vid
     other clips are cut, the video fails (bad_tracks) naming it, and a line that is not JSON is
     one more bad record."""
     db = tmp_path / "db"
-    good = gt_records(synthetic_video)[:3]
+    good = gt_records(synthetic_video, YID)[:3]
     no_boxes = {k: v for k, v in record(YID, "nobox", [1.0, 2.0], [[10, 10, 40, 40]] * 2).to_dict().items()
                 if k != "track_bbox"}
     no_yid = {k: v for k, v in record(YID, "noyid", [1.0, 2.0], [[10, 10, 40, 40]] * 2).to_dict().items()
               if k != "yid"}
-    ids = setup_db(db, synthetic_video.path, [good[0], no_boxes, good[1], no_yid, good[2]])
+    ids = setup_db(db, synthetic_video.path, [good[0], no_boxes, good[1], no_yid, good[2]], YID, DATASET)
     assert extract(db, ids) == EXIT_ITEMS_FAILED
-    failed = journal(db, "failed")[-1]
+    failed = journal(db, JOB, "failed")[-1]
     assert failed["category"] == "bad_tracks" and not failed["transient"]
     assert "2 of 5 tracks cannot be cut (bad_record)" in failed["reason"]
     assert no_boxes["fn"] in failed["reason"] and no_yid["fn"] in failed["reason"]
@@ -234,20 +173,20 @@ def test_a_record_missing_a_key_fails_only_its_own_track(tmp_path, synthetic_vid
     lines = gzip.decompress(meta.read_bytes()).decode().splitlines(keepends=True)
     atomic_write_bytes(meta, gzip.compress("".join([lines[0], "{not json\n", *lines[1:]]).encode()))
     assert extract(db, ids, "--retry_failed") == EXIT_ITEMS_FAILED
-    failed = journal(db, "failed")[-1]
+    failed = journal(db, JOB, "failed")[-1]
     assert "3 of 6 tracks" in failed["reason"] and f"{meta.name}: line 2: not a JSON line" in failed["reason"]
     atomic_write_bytes(meta, gzip.compress("".join([*lines, '{"yid": "synthVid']).encode()))
     assert extract(db, ids, "--retry_failed") == EXIT_ITEMS_FAILED
-    assert journal(db, "failed")[-1]["category"] == "bad_metadata"
+    assert journal(db, JOB, "failed")[-1]["category"] == "bad_metadata"
 
 def test_repairs_are_noted_in_the_journal(tmp_path, synthetic_video):
     db = tmp_path / "db"
     single = record(YID, "blink", [2.0], [[20, 30, 60, 40]])
     outside = record(YID, "edge", [1.0, 2.0, 3.0], [[-30, -20, 80, 60], [280, 200, 80, 60], [100, 100, 80, 60]])
     holes = record(YID, "holes", [1.0, 1.5, 2.0, 2.5], [[10, 10, 60, 60], [0, 0, 0, 0], [14, 10, 60, 60], [16, 10, 60, 60]])
-    ids = setup_db(db, synthetic_video.path, [single, outside, holes])
+    ids = setup_db(db, synthetic_video.path, [single, outside, holes], YID, DATASET)
     assert extract(db, ids, "--max_track_len", "1.0") == EXIT_OK
-    notes = journal(db, "done")[-1]["notes"]
+    notes = journal(db, JOB, "done")[-1]["notes"]
     assert notes["single_timestamp_one_frame"] == single.fn
     assert notes["boxes_outside_frame_shifted_in"] == outside.fn
     assert notes["zero_size_boxes_skipped"] == holes.fn
@@ -257,15 +196,15 @@ def test_repairs_are_noted_in_the_journal(tmp_path, synthetic_video):
 
 def test_new_metadata_reopens_a_done_video_and_only_new_clips_are_cut(tmp_path, synthetic_video):
     db = tmp_path / "db"
-    records = gt_records(synthetic_video)
-    ids = setup_db(db, synthetic_video.path, records[:2])
+    records = gt_records(synthetic_video, YID)
+    ids = setup_db(db, synthetic_video.path, records[:2], YID, DATASET)
     assert extract(db, ids) == EXIT_OK
     first = {r.fn: clip_path(db, r).stat().st_mtime_ns for r in records[:2]}
-    write_meta(db, YID, records)  # parse_tracks re-ran: a new metadata file
+    write_meta(db, YID, records, DATASET)  # parse_tracks re-ran: a new metadata file
     assert extract(db, ids) == EXIT_OK
     assert {r.fn: clip_path(db, r).stat().st_mtime_ns for r in records[:2]} == first
     assert all(clip_path(db, r).exists() for r in records)
-    done = journal(db, "done")[-1]
+    done = journal(db, JOB, "done")[-1]
     assert done["stats"]["clips"] == len(records) - 2 and done["notes"]["skipped"] == "2 clips existed already"
 
 
@@ -273,10 +212,10 @@ def test_missing_inputs(tmp_path, synthetic_video):
     db = tmp_path / "db"
     ids = tmp_path / "ids.txt"
     ids.write_text("noMetaYet01\nnoVideo0001\nnot-an-id\n")
-    write_meta(db, "noVideo0001", gt_records(synthetic_video, "noVideo0001")[:1])
+    write_meta(db, "noVideo0001", gt_records(synthetic_video, "noVideo0001")[:1], DATASET)
     assert extract(db, ids) == EXIT_ITEMS_FAILED
-    assert journal(db, "not_ready")[0]["item"] == "noMetaYet01"
-    failed = {r["item"]: r for r in journal(db, "failed")}
+    assert journal(db, JOB, "not_ready")[0]["item"] == "noMetaYet01"
+    failed = {r["item"]: r for r in journal(db, JOB, "failed")}
     assert failed["noVideo0001"]["category"] == "missing_video"
     assert "not a YouTube id" in failed["not-an-id"]["reason"]
 
@@ -332,12 +271,12 @@ def long_video(tmp_path_factory) -> SyntheticVideo:
 
 
 def test_sigkill_mid_extraction_then_rerun_equals_an_uninterrupted_run(tmp_path, long_video):
-    records = gt_records(long_video)
+    records = gt_records(long_video, YID)
     reference_db = tmp_path / "reference"
-    assert extract(reference_db, setup_db(reference_db, long_video.path, records)) == EXIT_OK
+    assert extract(reference_db, setup_db(reference_db, long_video.path, records, YID, DATASET)) == EXIT_OK
 
     db = tmp_path / "db"
-    ids = setup_db(db, long_video.path, records)
+    ids = setup_db(db, long_video.path, records, YID, DATASET)
     args = ["extract_tracks.py", "--base_dir", str(db), "--yid_index_fn", str(ids), "--dataset_name", DATASET]
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clips_dir = DatasetLayout(db).track_mp4(DATASET, f"{YID[:2]}/x.mp4").parent
@@ -428,13 +367,13 @@ def test_a_write_failure_on_a_worker_fails_the_video_and_leaves_no_partial_clip(
     """Clips are encoded on worker processes: an error there (here: files may not exceed 40 kB, as
     when the disk fills) must fail the video with the reason, drop every open clip, keep the
     finished ones whole, and leave a re-run with nothing to distrust."""
-    records = gt_records(long_video)
+    records = gt_records(long_video, YID)
     db = tmp_path / "db"
-    ids = setup_db(db, long_video.path, records)
+    ids = setup_db(db, long_video.path, records, YID, DATASET)
     args = ["--base_dir", db, "--yid_index_fn", ids, "--dataset_name", DATASET, "--threads", "3"]  # the old name of --num_workers
     proc = run_cli("-c", _WITH_FILE_SIZE_LIMIT, 40_000, *args)
     assert proc.returncode == EXIT_ITEMS_FAILED, proc.stderr
-    failed = journal(db, "failed")
+    failed = journal(db, JOB, "failed")
     assert len(failed) == 1 and failed[0]["item"] == YID and "File too large" in failed[0]["reason"], failed
     clips_dir = clip_path(db, records[0]).parent
     on_disk = sorted(clips_dir.iterdir())
@@ -451,7 +390,7 @@ def test_a_write_failure_on_a_worker_fails_the_video_and_leaves_no_partial_clip(
 
 def test_the_number_of_workers_does_not_change_the_clips(tmp_path, long_video):
     """1 worker cuts in this process, 3 in worker processes: the same clips, frame for frame."""
-    records = gt_records(long_video)
+    records = gt_records(long_video, YID)
     info = probe_video(long_video.path)
     outputs = {}
     for workers in (1, 3):
@@ -478,7 +417,7 @@ def test_workers_flag_is_checked(flag):
 def test_clips_from_real_videos_are_the_crops_of_their_frames(tmp_path, name):
     """Real files (H.264 High with B-frames and pts that go back and forth, an odd frame rate,
     MPEG-4 part 2 with 4 keyframes): clips are the crops of the decoded frames at the boxes."""
-    from tests.conftest import shared_video
+    from tests.helpers import shared_video
 
     path = shared_video(name)
     info = probe_video(path)

@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 
 import utils.clips.cut as clips
-from tests.conftest import REPO
-from tests.test_extract_tracks import DATASET, YID, decoded, gt_records, setup_db
+from tests.helpers import REPO, decoded, gt_records, setup_db
 from utils.clips.encode import ClipSpec, ClipWorkerError, ClipWorkers
 from utils.clips.geometry import plan_clip
 from utils.core.io import is_temp_file
 from utils.core.layout import DatasetLayout
 from utils.core.video import ColorTags, Yuv420Image, probe_video
 from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
+
+YID = "synthVideo1"
+DATASET = "TestSet"
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,9 @@ def test_sigkill_of_the_parent_leaves_no_worker_and_no_temporary(tmp_path, busy_
     """Killed (SIGKILL) while its workers encode, the run leaves no process behind (workers,
     fork server) and no temporary file: each worker sees its pipe close, drops its open clips
     and exits. Clips on disk are whole."""
-    records = gt_records(busy_video, every=1)
+    records = gt_records(busy_video, YID, every=1)
     db = tmp_path / "db"
-    ids = setup_db(db, busy_video.path, records)
+    ids = setup_db(db, busy_video.path, records, YID, DATASET)
     token = f"EXTRACT_TEST_{uuid.uuid4().hex}"
     args = ["extract_tracks.py", "--base_dir", str(db), "--yid_index_fn", str(ids), "--dataset_name", DATASET,
             "--num_workers", "2"]
@@ -94,7 +96,7 @@ def test_sigkill_of_the_parent_leaves_no_worker_and_no_temporary(tmp_path, busy_
 def test_a_failing_parent_stops_its_workers_and_drops_the_open_clips(tmp_path, busy_video):
     """An exception in the decoding process (here from the progress callback) drops every
     open clip, stops the workers and propagates."""
-    records = gt_records(busy_video)
+    records = gt_records(busy_video, YID)
     info = probe_video(busy_video.path)
     selection = clips.select_tracks(records, lambda r: tmp_path / r.fn)
     planned = clips.plan_tasks(selection.tracks, (info.height, info.width), info.duration)
@@ -113,7 +115,7 @@ def test_a_dead_worker_fails_the_video_with_a_clear_error(tmp_path, busy_video):
     """A worker killed from outside (the kernel's OOM killer) fails the video with a clear error,
     not a hang; the parent removes its temporaries, the other worker drops its own and stops."""
     info = probe_video(busy_video.path)
-    rec = gt_records(busy_video)[0]
+    rec = gt_records(busy_video, YID)[0]
     plan = plan_clip(rec.track_ts, rec.track_bbox, (info.height, info.width))
     frame_hw = (info.height, info.width)
     workers = ClipWorkers(2, frame_hw)

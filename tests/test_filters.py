@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.http_server import FaultServer
 from utils.core.layout import DatasetLayout
 from utils.ingest.filters import (

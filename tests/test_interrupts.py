@@ -87,7 +87,7 @@ def assert_one_line_interruption(err: Path, signal_name: str) -> str:
 def test_ctrl_c_in_extract_tracks_then_rerun_finishes(tmp_path, long_video):
     db = tmp_path / "db"
     records = gt_records(long_video, YID)
-    ids = setup_db(db, DATASET, long_video.path, records, YID)
+    ids = setup_db(db, long_video.path, records, YID, DATASET)
     args = ["extract_tracks.py", "--base_dir", str(db), "--yid_index_fn", str(ids), "--dataset_name", DATASET,
             "--num_workers", "2"]
     clips_dir = DatasetLayout(db).track_mp4(DATASET, f"{YID[:2]}/x.mp4").parent

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, journal, run_cli
 from tests.toy_stage import attempts, expected_content, output_path
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, UsageError
-from utils.runner.journal import read_journals
 from utils.runner.stage import resolve_rank, shard_indices
+
+JOB = "toy"
 
 
 def write_items(path: Path, items: list[str]) -> Path:
@@ -29,11 +30,6 @@ def toy(tmp_path: Path, *args: str, items: list[str] | None = None, **kw) -> sub
     if items is not None:
         write_items(item_list, items)
     return run_cli("-m", "tests.toy_stage", "--base_dir", tmp_path / "db", "--item_list", item_list, *args, **kw)
-
-
-def journal_records(tmp_path: Path, event: str | None = None) -> list[dict]:
-    records = list(read_journals(tmp_path / "db" / "logs" / "toy"))
-    return [r for r in records if event is None or r["event"] == event]
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -91,7 +87,7 @@ def test_one_failing_item_is_journaled_and_the_rest_complete(tmp_path):
     assert proc.returncode == EXIT_ITEMS_FAILED, proc.stderr
     for item in ("a1", "b2", "c3"):
         assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 1)
-    failed = {r["item"]: r for r in journal_records(tmp_path, "failed")}
+    failed = {r["item"]: r for r in journal(tmp_path / "db", JOB, "failed")}
     assert set(failed) == {"fail-private", "crash-bad"}
     assert failed["fail-private"]["reason"] == "fail-private is private"
     assert failed["fail-private"]["category"] == "private"
@@ -121,7 +117,7 @@ def test_rerun_skips_done_and_permanent_failures_retries_transient(tmp_path):
 def test_malformed_lines_are_failed_items_naming_the_line(tmp_path):
     proc = toy(tmp_path, items=["good1", "../../etc/passwd", "Bad Name", "good2"])
     assert proc.returncode == EXIT_ITEMS_FAILED
-    failed = {r["item"]: r["reason"] for r in journal_records(tmp_path, "failed")}
+    failed = {r["item"]: r["reason"] for r in journal(tmp_path / "db", JOB, "failed")}
     assert "not a toy item name" in failed["../../etc/passwd"]
     assert "not a toy item name" in failed["Bad Name"]
     assert output_path(tmp_path / "db", "good2").exists()
@@ -151,7 +147,7 @@ def test_systemic_faults_stop_the_rank(tmp_path):
     proc = toy(tmp_path, "--setup_fails", items=["a1"])
     assert proc.returncode == EXIT_SYSTEMIC
     assert "model weights /nowhere/model.pt not found" in proc.stderr
-    assert journal_records(tmp_path, "systemic")
+    assert journal(tmp_path / "db", JOB, "systemic")
 
 
 def test_many_unexpected_errors_in_a_row_stop_as_systemic(tmp_path):
@@ -166,7 +162,7 @@ def test_output_check_errors_count_like_processing_errors(tmp_path):
     towards the unexpected-errors-in-a-row limit, and a disk-full error there stops the rank."""
     proc = toy(tmp_path, items=["lookcrash1", "ok1"])
     assert proc.returncode == EXIT_ITEMS_FAILED
-    (failed,) = journal_records(tmp_path, "failed")
+    (failed,) = journal(tmp_path / "db", JOB, "failed")
     assert failed["item"] == "lookcrash1" and failed["category"] == "KeyError" and "no record" in failed["reason"]
     assert output_path(tmp_path / "db", "ok1").exists()
 
@@ -183,7 +179,7 @@ def test_teardown_failure_is_logged_and_results_stand(tmp_path):
     proc = toy(tmp_path, "--teardown_fails", items=["ok1"])
     assert proc.returncode == EXIT_OK
     assert "teardown failed: RuntimeError: could not release the GPU (simulated)" in proc.stderr
-    (record,) = journal_records(tmp_path, "teardown_failed")
+    (record,) = journal(tmp_path / "db", JOB, "teardown_failed")
     assert "could not release the GPU" in record["error"]
     assert output_path(tmp_path / "db", "ok1").exists()
 
@@ -195,7 +191,7 @@ def test_invalid_ids_are_typed_not_recognised_by_message(tmp_path):
     err = InvalidItemError("'../x' is not an 11-character id")
     assert isinstance(err, ItemError) and isinstance(err, ValueError) and err.category == "invalid_id"
     assert toy(tmp_path, items=["Bad Name", "ok1"]).returncode == EXIT_ITEMS_FAILED
-    (failed,) = journal_records(tmp_path, "failed")
+    (failed,) = journal(tmp_path / "db", JOB, "failed")
     assert failed["category"] == "invalid_id" and failed["traceback"] is None
 
 
@@ -285,9 +281,9 @@ def test_checkpointable_job_requeued_mid_shard_finishes_without_redoing_items(tm
     for item in items:
         assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 2)
         assert attempts(tmp_path / "db", item, "done") == 1  # never redone
-    starts = [r for r in journal_records(tmp_path, "start")]
+    starts = [r for r in journal(tmp_path / "db", JOB, "start")]
     assert len(starts) >= 2, "the job was not requeued"
-    pids = {r["pid"] for r in journal_records(tmp_path, "done")}
+    pids = {r["pid"] for r in journal(tmp_path / "db", JOB, "done")}
     assert len(pids) >= 2  # items were finished by two different processes
     out_dir = tmp_path / "db" / "toy"
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{i}.out" for i in items)
@@ -375,7 +371,7 @@ def test_duplicate_items_are_reported_once_and_processed_once(tmp_path):
     # the same list sharded: each item belongs to exactly one rank
     for rank in range(2):
         toy(tmp_path, "--world_size", "2", "--rank", str(rank), check=True)
-    starts = [r for r in journal_records(tmp_path, "start") if r["world_size"] == 2]
+    starts = [r for r in journal(tmp_path / "db", JOB, "start") if r["world_size"] == 2]
     assert sorted(i for r in starts for i in r["shard_items"]) == ["a1", "b2", "c3"]
 
 
@@ -428,7 +424,7 @@ def test_a_scheduler_interruption_is_no_items_failure(tmp_path):
     config, _ = parse_config(STAGE, ["--base_dir", str(tmp_path / "db"), "--item_list", str(tmp_path / "items.txt")])
     with pytest.raises(UncompletedJobError):
         run_shard(STAGE, config, interruptions=(UncompletedJobError,))
-    assert not journal_records(tmp_path, "failed") and journal_records(tmp_path, "interrupted")
+    assert not journal(tmp_path / "db", JOB, "failed") and journal(tmp_path / "db", JOB, "interrupted")
     assert output_path(tmp_path / "db", "a1").exists() and not output_path(tmp_path / "db", "b2").exists()
     assert toy(tmp_path).returncode == EXIT_OK  # the next run finishes it
     assert output_path(tmp_path / "db", "preempt1").exists() and output_path(tmp_path / "db", "b2").exists()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.http_server import FaultServer
 from utils.core.network import unreachable
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
-from tests.test_truncated import cut_in_data
+from tests.helpers import REPO, cut_in_data
 from tests.tiny_models import GROUND_TRUTH_ENV, FixtureDetector, save_tiny_owlv2, write_ground_truth
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, ItemError
 from utils.core.layout import DatasetLayout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHARED_ASSETS, run_cli
+from tests.helpers import (
+    FIXTURE,
+    PARSE_JOB,
+    REPO,
+    SHARED_ASSETS,
+    add_video,
+    item_list,
+    journal,
+    meta_path,
+    run_cli,
+)
+from tests.helpers import PARSE_PROMPTS as PROMPTS
+from tests.helpers import PARSE_YID as YID
+from tests.helpers import parse_args as stage_args
 from tests.tiny_models import GROUND_TRUTH_ENV, FixtureDetector, save_tiny_owlv2, write_ground_truth
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, UsageError
 from utils.core.layout import DatasetLayout
@@ -34,18 +46,7 @@ from utils.records.prompts import read_prompts
 from utils.records.track_files import read_records
 from utils.records.tracks import TrackRecord
 from utils.runner.cli import main, parse_config
-from utils.runner.journal import read_journals
 from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
-
-YID = "synthVideo1"
-FIXTURE = "tests.tiny_models:FixtureDetector"
-PROMPTS = [
-    "cat (also known as kitty)",
-    "cup",
-    "rocket",
-    "person (also known as human, people)",
-    "table",
-]
 
 
 @pytest.fixture
@@ -60,41 +61,6 @@ def ground_truth(tmp_path: Path, synthetic_video: SyntheticVideo, monkeypatch) -
     path = write_ground_truth(synthetic_video, tmp_path / "ground-truth.json")
     monkeypatch.setenv(GROUND_TRUTH_ENV, str(path))
     return path
-
-
-def add_video(db: Path, yid: str, video: Path | None, segments: list[tuple[float, float]] | None) -> None:
-    """Put a video and its segment file (None: no file) where download_videos.py would."""
-    layout = DatasetLayout(db)
-    if video is not None:
-        target = layout.video_mp4(yid)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(video, target)
-    if segments is not None:
-        segm = layout.video_segments(yid)
-        segm.parent.mkdir(parents=True, exist_ok=True)
-        segm.write_text("".join(f"{a},{b}\n" for a, b in segments))
-
-
-def item_list(tmp_path: Path, yids: list[str]) -> Path:
-    path = tmp_path / "yids.txt"
-    path.write_text("\n".join(yids) + "\n")
-    return path
-
-
-def stage_args(db: Path, yids: Path, prompts: Path, *extra: str, detector: str = FIXTURE) -> list[str]:
-    return [
-        "--base_dir", str(db), "--yid_index_fn", str(yids), "--class_prompts", str(prompts),
-        "--detector", detector, *extra,
-    ]
-
-
-def meta_path(db: Path, yid: str = YID) -> Path:
-    return DatasetLayout(db).tracks_meta("TrackVerseLVIS", yid)
-
-
-def journal(db: Path, event: str | None = None) -> list[dict]:
-    records = read_journals(db / "logs" / "parse_tracks-TrackVerseLVIS")
-    return [r for r in records if event is None or r["event"] == event]
 
 
 def long_identities(video: SyntheticVideo, min_seconds: float) -> dict[int, str]:
@@ -162,7 +128,7 @@ def test_cli_end_to_end_on_ground_truth(tmp_path, synthetic_video, prompts_file,
     assert "1 done" in proc.stderr and "video_s/s" in proc.stderr
     records = read_records(meta_path(db))
     check_records(records, synthetic_video, prompts_file)
-    (done,) = journal(db, "done")
+    (done,) = journal(db, PARSE_JOB, "done")
     assert done["stats"]["video_s"] == pytest.approx(synthetic_video.duration)
     assert done["stats"]["tracks"] == 4
 
@@ -279,7 +245,7 @@ def test_model_loading_failure_stops_with_a_clear_message(tmp_path, synthetic_vi
     err = capsys.readouterr().err
     assert "STOPPED" in err and "cannot build detector 'owlv2'" in err and "no-such-owlv2" in err
     assert not meta_path(db).exists()
-    assert journal(db, "systemic")
+    assert journal(db, PARSE_JOB, "systemic")
 
 
 def test_bad_flags_are_usage_errors(tmp_path, prompts_file, capsys):
@@ -308,9 +274,9 @@ def test_not_ready_empty_and_resumed(tmp_path, synthetic_video, prompts_file, gr
     assert "1 done" in err and "0 failed" in err and "1 not ready" in err
     assert not meta_path(db, waiting).exists()
     assert read_records(meta_path(db, empty)) == []
-    (event,) = journal(db, "not_ready")
+    (event,) = journal(db, PARSE_JOB, "not_ready")
     assert event["item"] == waiting and "no segment file" in event["reason"]
-    assert not journal(db, "failed")
+    assert not journal(db, PARSE_JOB, "failed")
 
     # download_videos.py catches up: a plain re-run finishes the waiting video.
     add_video(db, waiting, None, synthetic_video.scene_spans())
@@ -335,7 +301,7 @@ def test_bad_videos_are_journaled_and_the_shard_goes_on(tmp_path, synthetic_vide
     yids = ["corruptVid1", "truncVideo1", "missingVid1", "badSegments", YID]
     argv = stage_args(db, item_list(tmp_path, yids), prompts_file, "--min_track_area", "0.02")
     assert main(PARSE_TRACKS_STAGE, argv) == EXIT_ITEMS_FAILED
-    failed = {r["item"]: r for r in journal(db, "failed")}
+    failed = {r["item"]: r for r in journal(db, PARSE_JOB, "failed")}
     assert failed["corruptVid1"]["category"] == failed["truncVideo1"]["category"] == "corrupt_video"
     assert "corruptVid1.mp4" in failed["corruptVid1"]["reason"] and "truncVideo1.mp4" in failed["truncVideo1"]["reason"]
     assert failed["missingVid1"]["category"] == "missing_video"
@@ -364,7 +330,7 @@ def test_decoding_error_mid_video_fails_the_item(tmp_path, synthetic_video, prom
     db = tmp_path / "db"
     add_video(db, YID, synthetic_video.path, synthetic_video.scene_spans())
     assert main(PARSE_TRACKS_STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file)) == EXIT_ITEMS_FAILED
-    (failed,) = journal(db, "failed")
+    (failed,) = journal(db, PARSE_JOB, "failed")
     assert failed["category"] == "corrupt_video" and f"{YID}.mp4" in failed["reason"] and "simulated" in failed["reason"]
     assert not meta_path(db).exists()
     assert threading.active_count() == threads
@@ -384,9 +350,9 @@ def test_detector_fault_mid_video_is_systemic(tmp_path, synthetic_video, prompts
     db = tmp_path / "db"
     add_video(db, YID, synthetic_video.path, synthetic_video.scene_spans())
     assert main(PARSE_TRACKS_STAGE, stage_args(db, item_list(tmp_path, [YID]), prompts_file)) == EXIT_SYSTEMIC
-    (event,) = journal(db, "systemic")
+    (event,) = journal(db, PARSE_JOB, "systemic")
     assert "out of GPU memory" in event["error"] and YID in event["error"]
-    assert not meta_path(db).exists() and not journal(db, "failed")
+    assert not meta_path(db).exists() and not journal(db, PARSE_JOB, "failed")
     assert threading.active_count() == threads
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from utils.core.layout import DatasetLayout
 from utils.core.video import VideoWriter
 from utils.records.track_files import records_to_jsonl_gz_bytes

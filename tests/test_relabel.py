@@ -21,7 +21,7 @@ import pytest
 
 import curate_db
 import search_tracks
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 from tests.tiny_models import GROUND_TRUTH_ENV, save_tiny_owlv2, write_ground_truth
 from utils.clips.stage import EXTRACT_TRACKS_STAGE
 from utils.core.errors import EXIT_OK, EXIT_USAGE

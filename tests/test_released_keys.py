@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_curate_db import build_db, index, sample, subset_records
-from tests.test_download_tracks import clip, run, server  # noqa: F401  (the fixture)
-from tests.test_extract_tracks import gt_records
+from tests.helpers import build_curation_db as build_db
+from tests.helpers import curation_record as make_record
+from tests.helpers import export, gt_records, subset_records, write_records_file
+from tests.helpers import index_curation_db as index
+from tests.helpers import rebuild_subset as run
+from tests.helpers import rebuilt_clip as clip
+from tests.helpers import sample_subsets as sample
 from utils.core.errors import EXIT_OK
 from utils.core.layout import DatasetLayout
 from utils.records.released import RELEASED_KEYS, records_gz_bytes, released_dict
@@ -60,8 +64,6 @@ def released_downloader_tracks(path: Path) -> list[tuple[str, str, np.ndarray, n
 
 
 def test_released_dict_keys_and_order():
-    from tests.test_curate_db import make_record
-
     rec = make_record("abcdefghijk", 3, 0.5, 1)
     data = released_dict(rec)
     assert list(data)[:len(README_KEYS)] == README_KEYS
@@ -94,9 +96,9 @@ def test_curated_subset_in_the_released_schema(tmp_path):
     assert [r.to_dict() for r in read_records(path)] == [r.to_dict() for r in ours]
 
 
-def test_download_tracks_rebuilds_clips_from_a_released_style_file(tmp_path, server, synthetic_video):  # noqa: F811
+def test_download_tracks_rebuilds_clips_from_a_released_style_file(tmp_path, server, synthetic_video):
     records = [dataclasses.replace(r, top10_lbl=[i], top10_desc=[Path(r.fn).name.split("-")[1]])
-               for i, r in enumerate(gt_records(synthetic_video, yid="relStyleAAA"))]
+               for i, r in enumerate(gt_records(synthetic_video, "relStyleAAA"))]
     server.add("/v/relStyleAAA.mp4", synthetic_video.path)
     subset = tmp_path / "released.jsonl.gzip"
     subset.write_bytes(records_gz_bytes(records, "released"))
@@ -110,19 +112,17 @@ def test_download_tracks_rebuilds_clips_from_a_released_style_file(tmp_path, ser
 def test_webdataset_records_follow_the_key_style(tmp_path, synthetic_video, style):
     import tarfile
 
-    from tests.test_export_tracks import DATASET, export, setup_db
-    from tests.test_export_tracks import gt_records as export_records
-
+    dataset, yid = "TestSet", "synthVideo1"
     db = tmp_path / "db"
-    records = export_records(synthetic_video)[:2]
-    path = setup_db(db, synthetic_video.path, records)
+    records = gt_records(synthetic_video, yid, label_ids={"cat": 3, "cup": 5, "rocket": 7, "person": 11})[:2]
+    path = write_records_file(db, synthetic_video.path, records, yid)
     layout = DatasetLayout(db)
     for rec in records:  # the clip bytes do not matter here
-        target = layout.track_mp4(DATASET, rec.fn)
+        target = layout.track_mp4(dataset, rec.fn)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"\x00\x00\x00\x18ftypmp42")
     out = db / "exports" / "wds"
-    assert export(db, path, "webdataset", out, "--dataset_name", DATASET, "--key_style", style) == EXIT_OK
+    assert export(db, path, "webdataset", out, "--dataset_name", dataset, "--key_style", style) == EXIT_OK
     samples = []
     for shard in sorted(out.glob("shard-*.tar")):
         with tarfile.open(shard) as tar:

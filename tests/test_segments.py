@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import shared_video
+from tests.helpers import shared_video
 from utils.ingest.scenes import BACKENDS, SegmentationError, detect_scenes, plan_segments, segment_video
 from utils.records.segments import format_segments, parse_segments, read_segments, write_segments
 from utils.testing.synthetic import ObjectSpec, SceneSpec, make_synthetic_video

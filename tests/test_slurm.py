@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 from tests.http_server import FaultServer
 from utils.core.io import atomic_write_bytes, is_temp_file
 from utils.core.layout import DatasetLayout

@@ -17,16 +17,10 @@ from pathlib import Path
 import pytest
 
 import curate_db
-from tests.test_parse_tracks import (
-    FIXTURE,
-    PROMPTS,
-    YID,
-    add_video,
-    item_list,
-    journal,
-    meta_path,
-    stage_args,
-)
+from tests.helpers import FIXTURE, PARSE_JOB, add_video, item_list, journal, meta_path
+from tests.helpers import PARSE_PROMPTS as PROMPTS
+from tests.helpers import PARSE_YID as YID
+from tests.helpers import parse_args as stage_args
 from tests.tiny_models import GROUND_TRUTH_ENV, FixtureDetector, write_ground_truth
 from utils.core.errors import EXIT_OK, EXIT_USAGE
 from utils.core.io import atomic_write_bytes
@@ -106,7 +100,7 @@ def test_vocabulary_change_stops_then_reparse_stale_replaces(tmp_path, db, promp
         assert (prov.detector, prov.detector_spec, prov.weights) == ("fixture_ground_truth", FIXTURE, None)
         assert (prov.vocab_hash, prov.classes) == (vocab_a.hash, len(PROMPTS))
     before = snapshot(db)
-    starts = len(journal(db, "start"))
+    starts = len(journal(db, PARSE_JOB, "start"))
 
     # The same settings: done.
     assert parse(db, tmp_path, prompts_file) == EXIT_OK
@@ -120,7 +114,7 @@ def test_vocabulary_change_stops_then_reparse_stale_replaces(tmp_path, db, promp
     assert f"vocabulary {vocab_a.hash[:12]} (5 classes)" in line  # what they were parsed with
     assert f"vocabulary {vocab_b.hash[:12]} (6 classes)" in line  # what this run would use
     assert f"2 with detector {FIXTURE}, weights none" in line
-    assert snapshot(db) == before and len(journal(db, "start")) == starts + 1  # only the plain re-run started
+    assert snapshot(db) == before and len(journal(db, PARSE_JOB, "start")) == starts + 1  # only the plain re-run started
 
     # --reparse_stale: both parsed again with B, atomically replaced.
     assert parse(db, tmp_path, prompts_b, "--reparse_stale") == EXIT_OK

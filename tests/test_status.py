@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from utils.runner.journal import Journal, read_journals
 from utils.runner.status import dataset_status, render
 

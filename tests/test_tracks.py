@@ -66,7 +66,7 @@ def test_track_file_names_follow_the_released_verified_list():
     """Every clip name of the released verified list is what track_filename gives for a prompt line
     of that class: the label's trailing dash is kept when the name was cut before "(also" after
     two spaces (``mouse  (also known as computer mouse)`` -> ``<yid>-mouse--<tid>.mp4``)."""
-    from tests.conftest import shared_asset
+    from tests.helpers import shared_asset
 
     prompts = Vocabulary.from_lines(shared_asset("lvis-prompts.txt").read_text().splitlines())
     by_label: dict[str, list[int]] = {}

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import shared_video
+from tests.helpers import cut_in_data, faststart_copy, gt_records, journal, setup_db, shared_video
 from utils.core.io import file_sha256
 from utils.core.layout import DatasetLayout
 from utils.core.video import (
@@ -28,36 +28,8 @@ from utils.core.video import (
     read_frames_at,
 )
 from utils.runner.cli import main
-from utils.runner.journal import read_journals
 
 # ---------------------------------------------------------------------------- making them
-
-
-def faststart_copy(source: Path, target: Path) -> Path:
-    """``source`` remuxed (no re-encoding) as a faststart mp4: the index (moov) before the data."""
-    with av.open(str(source)) as src, av.open(str(target), "w", format="mp4",
-                                              options={"movflags": "faststart"}) as dst:
-        stream = src.streams.video[0]
-        out = dst.add_stream_from_template(stream)
-        for packet in src.demux(stream):
-            if packet.dts is None:  # the demuxer's final flush packet
-                continue
-            packet.stream = out
-            dst.mux(packet)
-    return target
-
-
-def cut_in_data(source: Path, target: Path, keep: float = 0.5) -> Path:
-    """A faststart copy of ``source`` holding only the first ``keep`` of its frames' packets, cut
-    where the next packet starts: the index is intact, what follows is missing. (A cut inside a
-    packet reads the same with the threaded decoding the readers use.)"""
-    whole = faststart_copy(source, target.with_name(target.stem + ".whole.mp4"))
-    with av.open(str(whole)) as container:
-        starts = [p.pos for p in container.demux(container.streams.video[0]) if p.dts is not None]
-    data = whole.read_bytes()
-    assert 0 < data.find(b"moov") < data.find(b"mdat") < starts[0], "the index must come first"
-    target.write_bytes(data[: starts[int(len(starts) * keep)]])
-    return target
 
 
 def make_video(path: Path, frames: int = 75, fps: float = 15.0, size: tuple[int, int] = (160, 120)) -> Path:
@@ -84,10 +56,6 @@ def short_video(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("truncated")
     source = make_video(folder / "source.mp4")
     return faststart_copy(source, folder / "complete.mp4"), cut_in_data(source, folder / "cut.mp4", keep=40 / 75)
-
-
-def journal(folder: Path, event: str) -> list[dict]:
-    return [r for r in read_journals(folder) if r["event"] == event]
 
 
 # ---------------------------------------------------------------------------- the readers
@@ -153,7 +121,7 @@ def test_blur_keeps_a_truncated_video_and_fails_it(tmp_path, short_video):
     before = file_sha256(video)
     status = main(BLUR_FACES_STAGE, ["--base_dir", str(base), "--execution_provider", "cpu", "--keep_original"])
     assert status == 1
-    (failed,) = journal(base / "logs" / "gdpr_blur_faces", "failed")
+    (failed,) = journal(base, "gdpr_blur_faces", "failed")
     assert failed["item"] == "cutVideo001" and failed["category"] == "truncated" and not failed["transient"]
     assert "truncated video" in failed["reason"] and "40 of its 75 frames decode" in failed["reason"]
     assert file_sha256(video) == before  # never replaced by the short version
@@ -180,22 +148,23 @@ def test_parse_fails_a_truncated_video_and_writes_no_metadata(tmp_path, syntheti
     status = main(PARSE_TRACKS_STAGE, ["--base_dir", str(base), "--yid_index_fn", str(ids), "--class_prompts",
                                        str(prompts), "--detector", "tests.tiny_models:FixtureDetector"])
     assert status == 1
-    (failed,) = journal(base / "logs" / "parse_tracks-TrackVerseLVIS", "failed")
+    (failed,) = journal(base, "parse_tracks-TrackVerseLVIS", "failed")
     assert failed["category"] == "truncated" and f"{yid}.mp4" in failed["reason"] and "truncated" in failed["reason"]
     assert not layout.tracks_meta("TrackVerseLVIS", yid).exists()
 
 
 def test_extract_fails_a_truncated_video_without_a_done_marker(tmp_path, synthetic_video):
-    from tests.test_extract_tracks import DATASET, extract, gt_records, setup_db
+    from utils.clips.stage import EXTRACT_TRACKS_STAGE
 
-    yid = "cutVideo003"
+    yid, dataset = "cutVideo003", "TestSet"
     cut = cut_in_data(synthetic_video.path, tmp_path / "cut.mp4", keep=0.5)
     base = tmp_path / "db"
-    ids = setup_db(base, cut, gt_records(synthetic_video, yid), yid=yid)
-    assert extract(base, ids) == 1
-    (failed,) = journal(base / "logs" / f"extract_tracks-{DATASET}", "failed")
+    ids = setup_db(base, cut, gt_records(synthetic_video, yid), yid, dataset)
+    assert main(EXTRACT_TRACKS_STAGE, ["--base_dir", str(base), "--yid_index_fn", str(ids),
+                                       "--dataset_name", dataset]) == 1
+    (failed,) = journal(base, f"extract_tracks-{dataset}", "failed")
     assert failed["category"] == "truncated" and "truncated video" in failed["reason"]
-    assert not DatasetLayout(base).tracks_done_marker(DATASET, yid).exists()
+    assert not DatasetLayout(base).tracks_done_marker(dataset, yid).exists()
 
 
 def test_visual_metrics_counts_truncated_clips(tmp_path, short_video):
@@ -224,9 +193,9 @@ def test_visual_metrics_counts_truncated_clips(tmp_path, short_video):
     status = main(VISUAL_METRICS_STAGE, ["--base_dir", str(base), "--dataset_name", "Synth", "--index_file", str(index),
                                          "--metric", "motion", "--flow", "dis", "--chunk_size", "2"])
     assert status == 1
-    logs = base / "logs" / "visual_metrics-motion-Synth"
-    (done,) = journal(logs, "done")
+    job = "visual_metrics-motion-Synth"
+    (done,) = journal(base, job, "done")
     assert done["stats"]["clips"] == 1 and done["stats"]["truncated_clips"] == 1
-    (failed,) = journal(logs, "failed")
+    (failed,) = journal(base, job, "failed")
     assert failed["category"] == "truncated" and "cutClip0002" in failed["reason"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import shared_video
+from tests.helpers import shared_video
 from utils.core.video import VideoError, VideoWriter, keyframe_times, probe_video, read_frames, scaled_size
 from utils.testing.synthetic import SceneSpec, make_synthetic_video
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from utils.core.video import VideoWriter
 from utils.metrics.compute import RAFTFlow, frame_pairs, track_motion
 from utils.records.metrics_store import VectorSource, load_metric_columns
