@@ -24,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from utils.core.config import add_config_arguments, config_from_args
+from utils.core.config import RawDescriptionDefaultsHelpFormatter, add_config_arguments, config_from_args
 from utils.core.errors import EXIT_SYSTEMIC, EXIT_USAGE, InvalidItemError, UsageError, is_systemic
 from utils.curate.config import CurateConfig
 from utils.curate.index import build_index
@@ -33,7 +33,7 @@ from utils.runner.stage import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionDefaultsHelpFormatter)
     add_config_arguments(parser, CurateConfig)
     return parser
 

@@ -19,7 +19,7 @@ from utils.core.errors import EXIT_OK, EXIT_USAGE, InvalidItemError, UsageError
 from utils.core.layout import DatasetLayout, default_base_dir, validate_name, validate_yid
 from utils.core.video import VideoError
 from utils.records.tracks import RecordsFileError, read_records
-from utils.use.qa import build_gallery, contact_sheet
+from utils.use.qa import build_gallery, check_qa_inputs, contact_sheet, counted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +53,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Checks the inputs (UsageError naming the flag and the path), then writes the page."""
     base_dir = Path(args.base_dir)
-    if not base_dir.is_dir():
-        problem = "is a file, not a folder" if base_dir.exists() else "does not exist"
-        raise UsageError(f"--base_dir {base_dir} {problem}")
     for flag in ("per_class", "max_classes"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -63,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         validate_name(args.dataset_name)
     except InvalidItemError as exc:
         raise UsageError(f"--dataset_name: {exc.reason}") from None
+    check_qa_inputs(base_dir, args.dataset_name, Path(args.clips_dir) if args.clips_dir else None, bool(args.yid))
     layout = DatasetLayout(base_dir)
     if args.yid:
         return _video_sheet(layout, args)
@@ -82,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
         result = build_gallery(base_dir, records_file, out, clips_dir, args.per_class, args.max_classes, args.seed)
     except RecordsFileError as exc:
         raise UsageError(f"--records {records_file}: not a track records file ({exc})") from None
-    print(f"gallery of {result.tracks} tracks in {result.classes} classes ({result.sheets} contact sheets, "
-          f"{result.missing_clips} clips missing): open {result.page.resolve().as_uri()}")
+    print(f"gallery of {counted(result.tracks, 'track')} in {counted(result.classes, 'class')} "
+          f"({counted(result.sheets, 'contact sheet')}, {counted(result.missing_clips, 'clip')} missing): "
+          f"open {result.page.resolve().as_uri()}")
     return EXIT_OK
 
 
@@ -110,7 +109,7 @@ def _video_sheet(layout: DatasetLayout, args: argparse.Namespace) -> int:
         sheet = contact_sheet(video, records, out / f"{yid}.png", frames=12)
     except VideoError as exc:
         raise UsageError(f"--yid {yid}: cannot read its video {video}: {exc}") from None
-    print(f"contact sheet of {len(records)} tracks: {sheet}")
+    print(f"contact sheet of {counted(len(records), 'track')}: {sheet}")
     return EXIT_OK
 
 

@@ -3,7 +3,8 @@
   python search_tracks.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE "a red umbrella" [--top 200] [--min_score S]
   python search_tracks.py --base_dir $TRACKVERSE_DB --index_file $INDEX_FILE --queries_file queries.txt
 
-Each query's best tracks become tracks_subsets/<dataset>-search-<query>-top<N>.jsonl.gzip, best first (read by
+Each query's best tracks become tracks_subsets/<dataset>-search-<query>[-<hash>]-top<top>[-min<S>].jsonl.gzip
+(named after the request, never after the hits found), best first (read by
 qa.py, export_tracks.py and the training loader as any subset), with <stem>.report.json beside it listing every
 hit's score; the top hits are printed. What it promises: utils/relabel/search.py. Exit status: 0 done, 2 bad
 flags or inputs, 3 a systemic fault (the detector's text encoder cannot be built).
@@ -15,14 +16,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from utils.core.config import add_config_arguments, config_from_args
+from utils.core.config import RawDescriptionDefaultsHelpFormatter, add_config_arguments, config_from_args
 from utils.core.errors import EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, InvalidItemError, UsageError, is_systemic
 from utils.relabel.search import SearchConfig, print_results, run_search
 from utils.runner.stage import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionDefaultsHelpFormatter)
     parser.add_argument("query", nargs="*", help="texts to search for, e.g. 'a red umbrella'")
     add_config_arguments(parser, SearchConfig)
     return parser

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from utils.core.config import RawDescriptionDefaultsHelpFormatter
 from utils.core.layout import default_base_dir
-from utils.runner.status import as_dict, dataset_status, render
+from utils.runner.status import as_dict, dataset_status, render, status_input_problem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.base_dir.exists():
-        print(f"error: --base_dir {args.base_dir} does not exist", file=sys.stderr)
-        return 2
-    if not args.base_dir.is_dir():
-        print(f"error: --base_dir {args.base_dir} is a file, not a folder", file=sys.stderr)
+    problem = status_input_problem(args.base_dir, args.dataset_name)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     statuses = dataset_status(args.base_dir, args.dataset_name, stale_s=args.stale_minutes * 60)
     print(json.dumps(as_dict(statuses), indent=1) if args.json else render(statuses))

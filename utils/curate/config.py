@@ -14,7 +14,7 @@ from pathlib import Path
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import base_dir_option, log_level_option, option
 from utils.core.errors import UsageError
-from utils.core.layout import DatasetLayout, validate_name
+from utils.core.layout import DatasetLayout, require_dataset_root, validate_name
 from utils.core.resources import available_cpus
 from utils.curate.constraints import SamplingConstraints
 from utils.curate.report import motion_name
@@ -92,14 +92,16 @@ class CurateConfig:
                                             f"{VERIFIED_ASSET}")
     no_plots: bool = option(False, group=_SAMPLING, help="skip the class-distribution PNGs")
     min_motion: float = option(0.0, group=_CONSTRAINTS,
-                               help="per-track motion (visual_metrics.py --metric motion, column --motion_column) "
-                                    ">= this (default: 0, off)")
+                               help="per-track motion >= this, in pixels of optical flow between frames 1/16 s "
+                                    "apart at a short side of 360 px (visual_metrics.py --metric motion, column "
+                                    "--motion_column; default: 0, off)")
     motion_column: str = option("q90", group=_CONSTRAINTS,
                                 help="motion statistic used by --min_motion and sample_max_motion (letters and "
                                      "digits; default: q90)")
     min_nn_dist: float = option(0.0, group=_CONSTRAINTS,
-                                help="embedding distance to every track already selected in the class >= this "
-                                     "(visual_metrics.py --metric embeddings; default: 0, off)")
+                                help="Euclidean distance between unit-length embeddings (0 to 2, sqrt(2 - 2 cosine)) to "
+                                     "every track already selected in the class >= this (visual_metrics.py --metric "
+                                     "embeddings; default: 0, off)")
     embedding_column: str = option("embedding", group=_CONSTRAINTS,
                                    help="embedding column used by --min_nn_dist and sample_min_red (default: "
                                         "embedding)")
@@ -168,6 +170,7 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
             raise UsageError(f"--motion_column: {exc}") from exc
     if not 0 <= config.max_spt_iou <= 1:
         raise UsageError(f"--max_spt_iou must be in [0, 1], got {config.max_spt_iou}")
+    require_dataset_root(config.base_dir)
     meta, _ = check_index(config.index_path)
     dataset_name = config.dataset_name or meta.get("dataset_name")
     if not dataset_name:
@@ -184,9 +187,9 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
             raise UsageError(f"no {metric} metric files (*.parquet) in {folder}: run visual_metrics.py "
                              f"--metric {metric} first")
     try:
-        verified = resolve_asset(config.verified_list, VERIFIED_ASSET)
+        verified = resolve_asset(config.verified_list, VERIFIED_ASSET, flag="--verified_list")
     except AssetError as exc:
-        raise UsageError(f"verified evaluation list: {exc}") from exc
+        raise UsageError(f"--verified_list (the verified evaluation videos): {exc}") from exc
     return dataclasses.replace(
         config, N=tuple(dict.fromkeys(config.N)), Nc=tuple(dict.fromkeys(config.Nc)),
         temperature=tuple(dict.fromkeys(config.temperature)), verified_list=str(verified),

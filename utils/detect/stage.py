@@ -35,7 +35,7 @@ from typing import Any
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import nested, option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError, is_systemic
-from utils.core.layout import DatasetLayout
+from utils.core.layout import DatasetLayout, require_dataset_root
 from utils.core.models import DEVICE_HELP
 from utils.core.progress import progress_bar
 from utils.core.video import VideoError
@@ -332,6 +332,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
 
     def validate(self, config: ParseTracksConfig) -> ParseTracksConfig:
         check_dataset_name(config.dataset_name)
+        require_dataset_root(config.base_dir, needs=("videos_mp4", "videos_segm"))
         _check_range("fps", config.parse.fps, 1e-3)
         if config.parse.max_side is not None and config.parse.max_side < 0:
             raise UsageError(f"--max_side must be >= 0, got {config.parse.max_side}")
@@ -353,7 +354,7 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
             raise UsageError(f"--detector: {exc}") from None
         _speed_options(config, _accepts(factory))
         try:
-            prompts = resolve_asset(config.class_prompts, DEFAULT_PROMPTS_ASSET)
+            prompts = resolve_asset(config.class_prompts, DEFAULT_PROMPTS_ASSET, flag="--class_prompts")
             read_prompts(prompts)
         except (AssetError, OSError, ValueError) as exc:
             raise UsageError(f"--class_prompts: {exc}") from None

@@ -16,7 +16,7 @@ import numpy as np
 
 from utils.core.config import option
 from utils.core.errors import InvalidItemError, ItemError, NotReady, UsageError
-from utils.core.layout import DatasetLayout, companion_path, inside
+from utils.core.layout import DatasetLayout, companion_path, inside, require_dataset, require_dataset_root
 from utils.core.models import DEVICE_HELP, resolve_device
 from utils.core.video import VideoError
 from utils.metrics.compute import QUANTILE_COLUMNS, ClipEmbedder, DISFlow, RAFTFlow, track_motion
@@ -122,6 +122,12 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
         check_dataset_name(config.dataset_name)
         if config.chunk_size < 1:
             raise UsageError("--chunk_size must be positive")
+        require_dataset_root(config.base_dir)
+        if config.clips_dir is None:
+            require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
+        elif not Path(config.clips_dir).is_dir():
+            problem = "is a file, not a folder" if Path(config.clips_dir).exists() else "does not exist"
+            raise UsageError(f"--clips_dir {config.clips_dir} {problem}")
         index_file = DatasetLayout(config.base_dir).relative(config.index_file)
         check_index_file(index_file)
         return dataclasses.replace(config, index_file=index_file)
