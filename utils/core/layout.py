@@ -152,6 +152,14 @@ ROOT_FOLDERS = ("videos_mp4", "videos_segm", "tracks_meta", "tracks_mp4", "track
 #: the folders that hold one subfolder per dataset (``tracks_meta/<dataset_name>/`` ...)
 DATASET_FOLDERS = ("tracks_meta", "tracks_mp4", "tracks_metrics")
 _CONTENT = {"tracks_meta": "track metadata", "tracks_mp4": "track clips", "tracks_metrics": "track metrics"}
+#: the step that makes each folder, named when it is missing
+MADE_BY = {"videos_mp4": "download_videos.py", "videos_segm": "download_videos.py", "tracks_meta": "parse_tracks.py",
+           "tracks_mp4": "extract_tracks.py", "tracks_metrics": "visual_metrics.py", "tracks_subsets": "curate_db.py"}
+
+
+def _made_by(folders: tuple[str, ...] | list[str]) -> str:
+    steps = list(dict.fromkeys(f"{name}/ by {MADE_BY[name]}" for name in folders if name in MADE_BY))
+    return f" ({', '.join(steps)})" if steps else ""
 
 
 def datasets_in(base_dir: str | os.PathLike, folders: tuple[str, ...] = DATASET_FOLDERS) -> list[str]:
@@ -181,13 +189,14 @@ def require_dataset_root(base_dir: str | os.PathLike, needs: tuple[str, ...] = (
         raise UsageError(f"{flag} {path} {'is a file, not a folder' if path.exists() else 'does not exist'}")
     present = [name for name in ROOT_FOLDERS if (path / name).is_dir()]
     if not present:
+        made = f"; it needs {_made_by(needs)[2:-1]}" if needs else ""
         raise UsageError(f"{flag} {path} is not a dataset root: it has none of "
                          f"{', '.join(f'{name}/' for name in ROOT_FOLDERS)} (a typo? this step only reads "
-                         "what earlier steps made, and creates no root)")
+                         f"what earlier steps made, and creates no root{made})")
     missing = [name for name in needs if not (path / name).is_dir()]
     if missing:
-        raise UsageError(f"{flag} {path} has no {' and no '.join(f'{name}/' for name in missing)}: "
-                         f"nothing for this step to read (it has {', '.join(f'{name}/' for name in present)})")
+        raise UsageError(f"{flag} {path} has no {' and no '.join(f'{name}/' for name in missing)}{_made_by(missing)}: "
+                         f"nothing for this step to read yet (it has {', '.join(f'{name}/' for name in present)})")
 
 
 def require_dataset(base_dir: str | os.PathLike, dataset_name: str, folders: tuple[str, ...],
@@ -207,8 +216,8 @@ def require_dataset(base_dir: str | os.PathLike, dataset_name: str, folders: tup
                 return
     what = " or ".join(_CONTENT.get(folder, folder) for folder in folders)
     wanted = " or ".join(f"{folder}/{dataset_name}/" for folder in folders)
-    raise UsageError(f"{flag} {dataset_name}: no {what} of that dataset under {base} (no {wanted}); "
-                     f"{describe_datasets(base)}")
+    raise UsageError(f"{flag} {dataset_name}: no {what} of that dataset under {base} (no {wanted}; "
+                     f"{', '.join(MADE_BY[f] for f in folders if f in MADE_BY)} makes it); {describe_datasets(base)}")
 
 
 # ------------------------------------------------------------------------------------ names

@@ -170,8 +170,8 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
             raise UsageError(f"--motion_column: {exc}") from exc
     if not 0 <= config.max_spt_iou <= 1:
         raise UsageError(f"--max_spt_iou must be in [0, 1], got {config.max_spt_iou}")
-    require_dataset_root(config.base_dir)
     meta, _ = check_index(config.index_path)
+    require_dataset_root(config.base_dir)  # an index given by absolute path: subsets still go under the root
     dataset_name = config.dataset_name or meta.get("dataset_name")
     if not dataset_name:
         raise UsageError("the index does not record its dataset name: give --dataset_name")
@@ -189,7 +189,7 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
     try:
         verified = resolve_asset(config.verified_list, VERIFIED_ASSET, flag="--verified_list")
     except AssetError as exc:
-        raise UsageError(f"--verified_list (the verified evaluation videos): {exc}") from exc
+        raise UsageError(f"verified evaluation list (--verified_list): {exc}") from exc
     return dataclasses.replace(
         config, N=tuple(dict.fromkeys(config.N)), Nc=tuple(dict.fromkeys(config.Nc)),
         temperature=tuple(dict.fromkeys(config.temperature)), verified_list=str(verified),

@@ -152,16 +152,16 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
     config_class = ExportTracksConfig
 
     def validate(self, config: ExportTracksConfig) -> ExportTracksConfig:
-        # a stage that only reads: a mistyped root or dataset is refused before anything is made
-        require_dataset_root(config.base_dir, needs=INPUT_FOLDERS.get(config.format, ()))
-        if config.format == "webdataset":
-            require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
         layout = DatasetLayout(config.base_dir)
         records = config.records
         if not records.is_absolute() and not records.exists():
             records = layout.base_dir / records
         if not records.is_file():
             raise UsageError(f"--records {config.records} does not exist (looked here and under --base_dir)")
+        # a stage that only reads: a mistyped root or dataset is refused before anything is made
+        require_dataset_root(config.base_dir, needs=INPUT_FOLDERS.get(config.format, ()))
+        if config.format == "webdataset":
+            require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
         out_dir = config.out_dir if config.out_dir.is_absolute() else layout.base_dir / config.out_dir
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out_dir {out_dir} is a file, not a folder")

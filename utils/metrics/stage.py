@@ -122,14 +122,16 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
         check_dataset_name(config.dataset_name)
         if config.chunk_size < 1:
             raise UsageError("--chunk_size must be positive")
+        index_file = DatasetLayout(config.base_dir).relative(config.index_file)
+        if count_tracks(index_file) == 0:  # a run with no item would end "done" having done nothing
+            raise UsageError(f"index file {index_file} has no tracks")
+        # then the root (the metric files go under it) and the clips: a wrong name is no "not ready"
         require_dataset_root(config.base_dir)
         if config.clips_dir is None:
             require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
         elif not Path(config.clips_dir).is_dir():
             problem = "is a file, not a folder" if Path(config.clips_dir).exists() else "does not exist"
             raise UsageError(f"--clips_dir {config.clips_dir} {problem}")
-        index_file = DatasetLayout(config.base_dir).relative(config.index_file)
-        check_index_file(index_file)
         return dataclasses.replace(config, index_file=index_file)
 
     def job_key(self, config: VisualMetricsConfig) -> str:

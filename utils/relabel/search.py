@@ -5,7 +5,7 @@ Each query is encoded once by the text encoder of the detector that made the emb
 similarity, :func:`utils.relabel.scoring.top_matches`). The best ``--top`` tracks scoring at least
 ``--min_score`` become a subset file, ``tracks_subsets/<dataset>-search-<query>[-<hash>]-top<top>[-min<S>]
 .jsonl.gzip``, named after the request (never after the hits found, so two requests never share a
-file; ``<hash>`` is added when the query is not itself a file-name-safe word), best first: the index's own lines (gzip members copied and checked, as curate_db.py's subsets are),
+file; ``<hash>`` is added unless the query is plain words, :func:`subset_name`), best first: the index's own lines (gzip members copied and checked, as curate_db.py's subsets are),
 so qa.py, export_tracks.py and the training loader read it as any subset; beside it
 ``<stem>.report.json`` lists the query, the encoder and every hit's score. The top hits are printed.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,12 +105,17 @@ def read_queries(config: SearchConfig) -> list[str]:
     return queries
 
 
+_PLAIN_QUERY = re.compile(r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$")
+
+
 def subset_name(dataset: str, query: str, top: int, min_score: float | None = None) -> str:
-    """The subset file of one request: the query (with a hash of its exact text unless it is a
-    file-name-safe word as it is), ``--top`` and ``--min_score``; never the number of hits, so
-    requests that differ never share a file."""
+    """The subset file of one request: the query, ``--top`` and ``--min_score``; never the number
+    of hits, so requests that differ never share a file. A plain query (words of letters, digits
+    and ``_`` with single spaces, 60 characters at most) is spelt with dashes for spaces
+    (``a red umbrella`` -> ``a-red-umbrella``); any other gets a hash of its exact text too, since
+    its spelling cannot be told back from the name (``a-rocket`` and ``a rocket``)."""
     slug = label_with_dashes(query)[:60]
-    if slug != query:
+    if not (_PLAIN_QUERY.match(query) and len(query) <= 60):
         slug += "-" + hashlib.sha256(query.encode("utf-8")).hexdigest()[:8]
     threshold = "" if min_score is None else f"-min{min_score:g}"
     return validate_name(f"{dataset}-search-{slug}-top{top}{threshold}{SUBSET_EXT}", "subset file name")
@@ -120,10 +126,10 @@ def run_search(config: SearchConfig) -> list[SearchResult]:
     if config.top < 1:
         raise UsageError(f"--top must be at least 1, got {config.top}")
     queries = read_queries(config)
-    require_dataset_root(config.base_dir, needs=("tracks_meta",))
     layout = DatasetLayout(config.base_dir)
     index_file = layout.relative(config.index_file)
     meta, _ = check_index(index_file)
+    require_dataset_root(config.base_dir, needs=("tracks_meta",))
     dataset = config.dataset_name or meta.get("dataset_name")
     if not dataset:
         raise UsageError(f"{index_file} does not say which dataset it was built from: give --dataset_name")

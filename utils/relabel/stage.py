@@ -89,10 +89,10 @@ def read_vocabulary(path: Path, flag: str = "--class_prompts") -> Vocabulary:
         key = " ".join(line.casefold().split())
         if key in seen:
             j = seen[key]
-            same = "" if lines[j] == line else f" {lines[j]!r} in other letter case or spacing,"
-            raise UsageError(f"{flag} {path}: class {i} ({line!r}) repeats class {j}{same} which the text "
-                             "encoders read the same (they lower-case): two such classes would always tie; "
-                             "keep one line per class")
+            detail = "" if lines[j] == line else (f"; {line!r} differs from it only in letter case or spacing, "
+                                                  "which the text encoders do not see: they lower-case")
+            raise UsageError(f"{flag} {path}: class {i} repeats class {j} ({lines[j]!r}{detail}): each line must "
+                             "be a different class (two equal prompts would always tie)")
         seen[key] = i
     try:
         return Vocabulary.from_lines(lines, source=str(path))
@@ -172,11 +172,11 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
 
     def validate(self, config: RelabelTracksConfig) -> RelabelTracksConfig:
         check_dataset_name(config.dataset_name)
-        require_dataset_root(config.base_dir, needs=("tracks_meta",))
         layout = DatasetLayout(config.base_dir)
         index_file = layout.relative(config.index_file)
         if index_file.is_dir() or not index_file.is_file():
             raise UsageError(f"--index_file {index_file} is not a file (curate_db.py --action index writes one)")
+        require_dataset_root(config.base_dir, needs=("tracks_meta",))
         meta = check_index(index_file)[0] if companion_path(index_file).is_file() else {}
         source = config.source_dataset_name or meta.get("dataset_name")
         if not source:
