@@ -332,7 +332,6 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
 
     def validate(self, config: ParseTracksConfig) -> ParseTracksConfig:
         check_dataset_name(config.dataset_name)
-        require_dataset_root(config.base_dir, needs=("videos_mp4", "videos_segm"))
         _check_range("fps", config.parse.fps, 1e-3)
         if config.parse.max_side is not None and config.parse.max_side < 0:
             raise UsageError(f"--max_side must be >= 0, got {config.parse.max_side}")
@@ -359,6 +358,8 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
         except (AssetError, OSError, ValueError) as exc:
             raise UsageError(f"--class_prompts: {exc}") from None
         config = dataclasses.replace(config, class_prompts=prompts)
+        # the flags first, then the root: parsing reads what download_videos.py made, and creates no root
+        require_dataset_root(config.base_dir, needs=("videos_mp4", "videos_segm"))
         check_stale(config)
         return config
 
