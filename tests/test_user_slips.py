@@ -531,3 +531,25 @@ def test_class_plot_counts_whole_tracks():
     ax = class_distribution_figure(rows, "two classes").axes[0]
     ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+# ------------------------------------------------------------------ empty inputs: nothing to do
+
+
+def test_empty_records_or_index_is_refused_not_done(example_db, tmp_path, capsys):
+    db, _ = example_db
+    empty = records_file(db / "tracks_subsets" / "empty.jsonl.gzip", [])
+    assert export(db, empty, "sot", db / "exports" / "nothing") == EXIT_USAGE
+    assert "holds no track or sequence: nothing to export" in capsys.readouterr().err
+    assert not (db / "exports" / "nothing").exists()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("cat\ndog\n")
+    assert main(RELABEL_TRACKS_STAGE, ["--base_dir", str(db), "--index_file", str(empty), "--class_prompts",
+                                       str(prompts), "--dataset_name", "New", "--source_dataset_name",
+                                       DATASET]) == EXIT_USAGE
+    assert "holds no tracks: nothing to relabel" in capsys.readouterr().err
+    assert main(VISUAL_METRICS_STAGE, ["--base_dir", str(db), "--index_file", str(empty), "--metric", "motion",
+                                       "--dataset_name", DATASET]) == EXIT_USAGE
+    assert "has no tracks" in capsys.readouterr().err
+    assert qa.main(["--base_dir", str(db), "--records", str(empty), "--dataset_name", DATASET]) == EXIT_USAGE
+    assert "holds no tracks" in capsys.readouterr().err

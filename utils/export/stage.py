@@ -180,6 +180,8 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             raise UsageError(f"--gt_out {gt} is inside --out_dir {config.out_dir}: ground truth must stay apart "
                              "from the sequences handed to the people under evaluation")
         config = dataclasses.replace(config, gt_out=gt)
+        if not load_inputs(config.records).sequences:  # a run with no item would end "done" having done nothing
+            raise UsageError(f"--records {config.records} holds no track or sequence: nothing to export")
         # last, once every check passed: the folder holds this request only (utils/export/manifest.py)
         manifest.claim(config.out_dir, manifest.export_request(config), config.records, config.overwrite)
         return config

@@ -178,6 +178,8 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
             raise UsageError(f"--index_file {index_file} is not a file (curate_db.py --action index writes one)")
         require_dataset_root(config.base_dir, needs=("tracks_meta",))
         meta = check_index(index_file)[0] if companion_path(index_file).is_file() else {}
+        if not index_videos(index_file):  # a run with no item would end "done" having done nothing
+            raise UsageError(f"--index_file {index_file} holds no tracks: nothing to relabel")
         source = config.source_dataset_name or meta.get("dataset_name")
         if not source:
             raise UsageError(f"{index_file} does not say which dataset it was built from: give --source_dataset_name")
