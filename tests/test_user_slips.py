@@ -553,3 +553,18 @@ def test_empty_records_or_index_is_refused_not_done(example_db, tmp_path, capsys
     assert "has no tracks" in capsys.readouterr().err
     assert qa.main(["--base_dir", str(db), "--records", str(empty), "--dataset_name", DATASET]) == EXIT_USAGE
     assert "holds no tracks" in capsys.readouterr().err
+
+
+def test_sampling_with_a_misspelt_dataset_name(tmp_path, capsys):
+    base = tmp_path / "db"
+    metadata_db(base)
+    assert curate_db.main(["--action", "index", "--base_dir", str(base), "--dataset_name", DS,
+                           "--index_file", INDEX, "--num_workers", "1"]) == EXIT_OK
+    capsys.readouterr()
+    verified = tmp_path / "verified.txt"
+    verified.write_text("")
+    assert curate_db.main(["--action", "sample_random", "--base_dir", str(base), "--index_file", INDEX, "--N", "0.001",
+                           "--verified_list", str(verified), "--dataset_name", DS + "x"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"--dataset_name {DS}x: the index was built from {DS}" in err
+    assert not list((base / "tracks_subsets").glob(f"{DS}x-*"))

@@ -14,7 +14,13 @@ from pathlib import Path
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import base_dir_option, log_level_option, option
 from utils.core.errors import UsageError
-from utils.core.layout import DatasetLayout, require_dataset_root, validate_name
+from utils.core.layout import (
+    DatasetLayout,
+    datasets_in,
+    describe_datasets,
+    require_dataset_root,
+    validate_name,
+)
 from utils.core.resources import available_cpus
 from utils.curate.constraints import SamplingConstraints
 from utils.curate.report import motion_name
@@ -176,6 +182,11 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
     if not dataset_name:
         raise UsageError("the index does not record its dataset name: give --dataset_name")
     validate_name(dataset_name)
+    built_from = meta.get("dataset_name")
+    if built_from and dataset_name != built_from and dataset_name not in datasets_in(config.base_dir):
+        # a misspelt name would name the subsets (and find no metric files) after a dataset that is not there
+        raise UsageError(f"--dataset_name {dataset_name}: the index was built from {built_from}, and "
+                         f"{dataset_name} is no dataset under {config.base_dir} ({describe_datasets(config.base_dir)})")
     needs = []
     if action == "sample_max_motion" or constraints.uses_motion:
         needs.append(MOTION)
