@@ -25,8 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+from utils.core.config import RawDescriptionDefaultsHelpFormatter
 from utils.core.errors import EXIT_SYSTEMIC
 from utils.core.layout import DatasetLayout
+from utils.core.models import DEVICE_HELP
 from utils.testing.example import PROMPTS, example_videos, make_example_videos
 
 REPO = Path(__file__).resolve().parent
@@ -82,12 +84,15 @@ def detector_problem(detector: str, model: str | None) -> str | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base_dir", type=Path, default=Path("TrackVerseExample"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionDefaultsHelpFormatter)
+    parser.add_argument("--base_dir", type=Path, default=Path("TrackVerseExample"),
+                        help="the example's dataset root, made here: its videos, tracks, index, subset, QA page "
+                             "and logs (default: ./TrackVerseExample)")
     parser.add_argument("--detector", default="owlv2",
                         help="owlv2 (default), detic, or module:callable, e.g. utils.testing.example:TemplateDetector")
     parser.add_argument("--model", default=None, help="OWLv2 hub id or local folder")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto",
+                        help=f"where the detector runs: {DEVICE_HELP} (default: auto)")
     args = parser.parse_args()
     started = time.time()
     if args.model and Path(args.model).expanduser().exists():  # the stages run from the repository

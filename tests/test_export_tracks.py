@@ -352,6 +352,7 @@ def test_webdataset_waits_for_missing_clips(tmp_path, synthetic_video):
     db = tmp_path / "db"
     records = gt_records(synthetic_video)[:2]
     path = setup_db(db, synthetic_video.path, records)
+    DatasetLayout(db).tracks_mp4_dir(DATASET).mkdir(parents=True)  # the dataset exists, its clips do not yet
     out = db / "exports" / "wds"
     assert export(db, path, "webdataset", out, "--dataset_name", DATASET) == EXIT_OK
     assert not list(out.glob("shard-*.tar"))

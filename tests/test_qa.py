@@ -107,7 +107,7 @@ def test_gallery_groups_by_label_id_not_by_name(qa_db, tmp_path):
     page = result.page.read_text()
     assert result.classes == 3 and result.tracks == len(bows)
     assert page.count("<h2>135 bow <small>") == 1 and page.count("<h2>136 bow <small>") == 1
-    assert page.count("<h2>bow <small>(1 tracks)") == 1
+    assert page.count("<h2>bow <small>(1 track)") == 1
 
 
 def chromium() -> str:

@@ -54,6 +54,9 @@ def big_inputs(tmp_path_factory) -> dict[str, Path]:
                         track_ts=[0.0, 1.0], track_bbox=[[10, 10, 100, 100]] * 2)
     write_video_tracks(DatasetLayout(root / "db").tracks_meta("SRC", _yid(0)), [first], [[1.0, 0.0]],
                        Provenance(detector="ground_truth", vocab_hash="0" * 64, classes=2, detector_spec="ground_truth"))
+    # the folders the reading stages refuse to start without (a root and dataset that exist)
+    for folder in ("videos_mp4", "videos_segm", "tracks_meta/TrackVerseLVIS", "tracks_mp4/TrackVerseLVIS"):
+        (root / "db" / folder).mkdir(parents=True, exist_ok=True)
     return {"root": root, "yids": yids, "index": index, "prompts": prompts}
 
 

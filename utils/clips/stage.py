@@ -26,7 +26,7 @@ from utils.clips.geometry import (
 from utils.core.config import nested, option
 from utils.core.errors import ItemError, NotReady, UsageError
 from utils.core.io import file_signature
-from utils.core.layout import DatasetLayout, validate_yid
+from utils.core.layout import DatasetLayout, require_dataset, require_dataset_root, validate_yid
 from utils.core.progress import progress_bar
 from utils.core.video import (
     VideoError,
@@ -113,6 +113,9 @@ class ExtractTracksStage(Stage[ExtractTracksConfig]):
     def validate(self, config: ExtractTracksConfig) -> ExtractTracksConfig:
         check_dataset_name(config.dataset_name)
         config.clips.validate()
+        require_dataset_root(config.base_dir)  # a video missing is one item's failure, the metadata missing a slip
+        require_dataset(config.base_dir, config.dataset_name, ("tracks_meta",),
+                        producers=("parse_tracks", "relabel_tracks"))
         return config
 
     def job_key(self, config: ExtractTracksConfig) -> str:

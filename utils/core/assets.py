@@ -77,11 +77,12 @@ def fetch_verified(urls: Sequence[str], target: Path, check: Callable[[bytes], N
     raise AssetError(f"cannot fetch {what} ({'; '.join(errors)}). {offline_hint}")
 
 
-def asset_path(name: str, base_url: str | None = None, timeout: float = 60.0) -> Path:
+def asset_path(name: str, base_url: str | None = None, timeout: float = 60.0, flag: str | None = None) -> Path:
     """Local path of asset ``name``, downloading and checking it on first use.
 
     ``base_url`` overrides the public address (``$TRACKVERSE_ASSETS_URL``: a mirror, or a
-    ``file://`` folder on an offline cluster).
+    ``file://`` folder on an offline cluster). ``flag``: the flag that takes a local copy instead,
+    named in the offline hint.
     """
     if name not in ASSETS:
         raise AssetError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}")
@@ -98,19 +99,21 @@ def asset_path(name: str, base_url: str | None = None, timeout: float = 60.0) ->
 
     return fetch_verified(
         [url], target, check, f"{name} ({asset.description})",
-        "Offline? Download it on a machine with internet and pass its path with the stage's flag, or set "
+        f"Offline? Download it on a machine with internet and pass its path with {flag or 'the stage flag'}, or set "
         "TRACKVERSE_ASSETS_URL to a folder (file:///path/) that holds it.", timeout=timeout,
     )
 
-def resolve_asset(value: str | os.PathLike | None, default_name: str) -> Path:
+def resolve_asset(value: str | os.PathLike | None, default_name: str, flag: str | None = None) -> Path:
     """A flag's value: an existing local path is used as is; empty or ``default`` (or an asset
-    name) fetches the pinned asset."""
+    name) fetches the pinned asset. ``flag`` (e.g. ``--verified_list``) is named in errors."""
     if value is None or str(value) in ("", "default", default_name, f"assets/{default_name}"):
         local = Path(str(value)) if value else None
         if local is not None and local.is_file():
             return local
-        return asset_path(default_name)
+        return asset_path(default_name, flag=flag)
     path = Path(value)
+    if path.is_dir():
+        raise AssetError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise AssetError(f"{path} does not exist")
     return path

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -178,11 +180,25 @@ def log_level_option(group: str | None = None) -> Any:
 # ------------------------------------------------------------------------------- --help
 
 
+def wrap_words(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken only at spaces: a path, a file
+    name or a hyphenated word (``tracks_subsets/``, ``yt-dlp``, ``shard-NNNNNN.tar``) is never
+    split, even when it is longer than a line."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return textwrap.wrap(text, max(width, 1), break_long_words=False, break_on_hyphens=False) if text else []
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with each flag's default appended as "(default: X)", except where the help
     text already says what the default is (it mentions "default"), where there is no default
     to show (None: the flag is optional, its help says what happens without it) and for
-    on/off switches (off unless given)."""
+    on/off switches (off unless given). Lines break at spaces only (:func:`wrap_words`)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return wrap_words(text, width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(indent + line for line in wrap_words(text, width - len(indent)))
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.core.errors import InvalidItemError
+from utils.core.errors import InvalidItemError, UsageError
 
 log = logging.getLogger("trackverse.curation")
 
@@ -143,6 +143,82 @@ class DatasetLayout:
         if not STAGE_NAME_PATTERN.match(stage) or ".." in stage:
             raise InvalidItemError(f"{stage!r} is not a valid stage name")
         return self.logs_root() / stage
+
+# ------------------------------------------------------------------- what a root holds
+
+#: the top-level folders the stages make under a dataset root
+ROOT_FOLDERS = ("videos_mp4", "videos_segm", "tracks_meta", "tracks_mp4", "tracks_subsets", "tracks_metrics",
+                "logs", "qa")
+#: the folders that hold one subfolder per dataset (``tracks_meta/<dataset_name>/`` ...)
+DATASET_FOLDERS = ("tracks_meta", "tracks_mp4", "tracks_metrics")
+_CONTENT = {"tracks_meta": "track metadata", "tracks_mp4": "track clips", "tracks_metrics": "track metrics"}
+#: the step that makes each folder, named when it is missing
+MADE_BY = {"videos_mp4": "download_videos.py", "videos_segm": "download_videos.py", "tracks_meta": "parse_tracks.py",
+           "tracks_mp4": "extract_tracks.py", "tracks_metrics": "visual_metrics.py", "tracks_subsets": "curate_db.py"}
+
+
+def _made_by(folders: tuple[str, ...] | list[str]) -> str:
+    steps = list(dict.fromkeys(f"{name}/ by {MADE_BY[name]}" for name in folders if name in MADE_BY))
+    return f" ({', '.join(steps)})" if steps else ""
+
+
+def datasets_in(base_dir: str | os.PathLike, folders: tuple[str, ...] = DATASET_FOLDERS) -> list[str]:
+    """The dataset names that have a folder under any of ``folders`` of the root, sorted."""
+    names: set[str] = set()
+    for folder in folders:
+        parent = Path(base_dir) / folder
+        if parent.is_dir():
+            names.update(p.name for p in parent.iterdir() if p.is_dir() and DATASET_NAME_PATTERN.match(p.name))
+    return sorted(names)
+
+
+def describe_datasets(base_dir: str | os.PathLike) -> str:
+    """``datasets there: A, B`` (or that there is none yet), for messages."""
+    names = datasets_in(base_dir)
+    if not names:
+        return f"no dataset under {base_dir} yet"
+    return f"datasets under {base_dir}: {', '.join(names)}"
+
+
+def require_dataset_root(base_dir: str | os.PathLike, needs: tuple[str, ...] = (), flag: str = "--base_dir") -> None:
+    """UsageError unless ``base_dir`` is an existing folder holding at least one of the layout's
+    folders (:data:`ROOT_FOLDERS`) and every folder of ``needs``. For stages that only read
+    what earlier stages wrote: a mistyped root is refused, never created. Touches nothing."""
+    path = Path(base_dir)
+    if not path.is_dir():
+        raise UsageError(f"{flag} {path} {'is a file, not a folder' if path.exists() else 'does not exist'}")
+    present = [name for name in ROOT_FOLDERS if (path / name).is_dir()]
+    if not present:
+        made = f"; it needs {_made_by(needs)[2:-1]}" if needs else ""
+        raise UsageError(f"{flag} {path} is not a dataset root: it has none of "
+                         f"{', '.join(f'{name}/' for name in ROOT_FOLDERS)} (a typo? this step only reads "
+                         f"what earlier steps made, and creates no root{made})")
+    missing = [name for name in needs if not (path / name).is_dir()]
+    if missing:
+        raise UsageError(f"{flag} {path} has no {' and no '.join(f'{name}/' for name in missing)}{_made_by(missing)}: "
+                         f"nothing for this step to read yet (it has {', '.join(f'{name}/' for name in present)})")
+
+
+def require_dataset(base_dir: str | os.PathLike, dataset_name: str, folders: tuple[str, ...],
+                    producers: tuple[str, ...] = (), flag: str = "--dataset_name") -> None:
+    """UsageError unless dataset ``dataset_name`` has one of ``folders`` under the root
+    (``tracks_meta/<dataset_name>/`` ...), or a stage of ``producers`` that makes them has a
+    journal for it (``logs/<producer>-<dataset_name>``: it ran or runs, so what is missing is
+    "not ready", not a wrong name). The message names the datasets that are there."""
+    validate_name(dataset_name)
+    base = Path(base_dir)
+    if any((base / folder / dataset_name).is_dir() for folder in folders):
+        return
+    logs = base / "logs"
+    if producers and logs.is_dir():
+        for entry in logs.iterdir():
+            if entry.is_dir() and entry.name.endswith(f"-{dataset_name}") and entry.name.startswith(producers):
+                return
+    what = " or ".join(_CONTENT.get(folder, folder) for folder in folders)
+    wanted = " or ".join(f"{folder}/{dataset_name}/" for folder in folders)
+    raise UsageError(f"{flag} {dataset_name}: no {what} of that dataset under {base} (no {wanted}; "
+                     f"{', '.join(MADE_BY[f] for f in folders if f in MADE_BY)} makes it); {describe_datasets(base)}")
+
 
 # ------------------------------------------------------------------------------------ names
 

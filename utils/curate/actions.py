@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.errors import UsageError
-from utils.core.layout import validate_name
+from utils.core.layout import datasets_in, describe_datasets, require_dataset_root, validate_name
 from utils.core.progress import progress_bar
 from utils.core.resources import available_memory_bytes
 from utils.curate.config import VERIFIED_ASSET, CurateConfig
@@ -462,19 +462,25 @@ def validate_sampling(config: CurateConfig) -> CurateConfig:
     if not 0 <= config.max_spt_iou <= 1:
         raise UsageError(f"--max_spt_iou must be in [0, 1], got {config.max_spt_iou}")
     meta, _ = check_index(config.index_path)
+    require_dataset_root(config.base_dir)  # an index given by absolute path: subsets still go under the root
     dataset_name = config.dataset_name or meta.get("dataset_name")
     if not dataset_name:
         raise UsageError("the index does not record its dataset name: give --dataset_name")
     validate_name(dataset_name)
+    built_from = meta.get("dataset_name")
+    if built_from and dataset_name != built_from and dataset_name not in datasets_in(config.base_dir):
+        # a misspelt name would name the subsets (and find no metric files) after a dataset that is not there
+        raise UsageError(f"--dataset_name {dataset_name}: the index was built from {built_from}, and "
+                         f"{dataset_name} is no dataset under {config.base_dir} ({describe_datasets(config.base_dir)})")
     for metric in action.metrics(config):
         folder = metric_dir(config.base_dir, dataset_name, metric)
         if not metric_files(folder):
             raise UsageError(f"no {metric} metric files (*.parquet) in {folder}: run visual_metrics.py "
                              f"--metric {metric} first")
     try:
-        verified = resolve_asset(config.verified_list, VERIFIED_ASSET)
+        verified = resolve_asset(config.verified_list, VERIFIED_ASSET, flag="--verified_list")
     except AssetError as exc:
-        raise UsageError(f"verified evaluation list: {exc}") from exc
+        raise UsageError(f"verified evaluation list (--verified_list): {exc}") from exc
     return dataclasses.replace(
         config, dataset_name=dataset_name, N=tuple(dict.fromkeys(config.N)), Nc=tuple(dict.fromkeys(config.Nc)),
         temperature=tuple(dict.fromkeys(config.temperature)), verified_list=str(verified),

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from utils.core.config import base_dir_option, log_level_option, option
 from utils.core.errors import UsageError
-from utils.core.layout import DatasetLayout, validate_name
+from utils.core.layout import (
+    DatasetLayout,
+    validate_name,
+)
 from utils.core.resources import available_cpus
 from utils.curate.constraints import SamplingConstraints
 from utils.records.released import KEY_STYLE_HELP, KEY_STYLES
@@ -89,14 +92,16 @@ class CurateConfig:
     no_plots: bool = option(False, group=_SAMPLING, help="skip the class-distribution PNGs")
     key_style: str = option("compact", group=_SAMPLING, choices=KEY_STYLES, help=KEY_STYLE_HELP)
     min_motion: float = option(0.0, group=_CONSTRAINTS,
-                               help="per-track motion (visual_metrics.py --metric motion, column --motion_column) "
-                                    ">= this (default: 0, off)")
+                               help="per-track motion >= this, in pixels of optical flow between frames 1/16 s "
+                                    "apart at a short side of 360 px (visual_metrics.py --metric motion, column "
+                                    "--motion_column; default: 0, off)")
     motion_column: str = option("q90", group=_CONSTRAINTS,
                                 help="motion statistic used by --min_motion and sample_max_motion (letters and "
                                      "digits; default: q90)")
     min_nn_dist: float = option(0.0, group=_CONSTRAINTS,
-                                help="embedding distance to every track already selected in the class >= this "
-                                     "(visual_metrics.py --metric embeddings; default: 0, off)")
+                                help="Euclidean distance between unit-length embeddings (0 to 2, sqrt(2 - 2 cosine)) to "
+                                     "every track already selected in the class >= this (visual_metrics.py --metric "
+                                     "embeddings; default: 0, off)")
     embedding_column: str = option("embedding", group=_CONSTRAINTS,
                                    help="embedding column used by --min_nn_dist and sample_min_red (default: "
                                         "embedding)")

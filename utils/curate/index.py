@@ -60,6 +60,8 @@ from utils.core.layout import (
     DatasetLayout,
     companion_path,
     report_path,
+    require_dataset,
+    require_dataset_root,
     validate_name,
 )
 from utils.core.progress import progress_bar
@@ -487,6 +489,15 @@ def build_index(
     started = time.time()
     validate_name(dataset_name)
     index_path = Path(index_path)
+    require_dataset_root(base_dir, needs=("tracks_meta",))
+    require_dataset(base_dir, dataset_name, ("tracks_meta",), producers=("parse_tracks", "relabel_tracks"))
+    for what, path in (("--index_file", index_path), ("the index's companion", companion_path(index_path)),
+                       ("the index's report", report_path(index_path))):
+        if path.is_dir():
+            raise UsageError(f"{what} {path} is a folder: --index_file names the file to write "
+                             f"(e.g. tracks_subsets/{dataset_name}/{dataset_name}-Full.jsonl.gzip)")
+    if index_path.parent.exists() and not index_path.parent.is_dir():
+        raise UsageError(f"--index_file {index_path}: its folder {index_path.parent} is a file")
     folder, tasks = list_meta_files(base_dir, dataset_name)
     if not tasks:
         raise UsageError(f"no metadata files ({META_GLOB}) under {folder}: run parse_tracks.py first")

@@ -47,7 +47,7 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -93,7 +93,15 @@ def write_class_table(path: Path, rows: list[ClassRow]) -> None:
 
 def plot_class_distribution(path: Path, rows: list[ClassRow], title: str) -> None:
     """Tracks per class, most first (relaxed classes in orange); ticks read ``<id> <name>``."""
+    fig = class_distribution_figure(rows, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def class_distribution_figure(rows: list[ClassRow], title: str) -> Any:
+    """The matplotlib Figure of :func:`plot_class_distribution` (whole numbers of tracks on its axis)."""
     from matplotlib.figure import Figure  # imported here: it takes a while and only plots need it
+    from matplotlib.ticker import MaxNLocator
     counts = np.array([r.count for r in rows], dtype=np.float64)
     relaxed = np.array([r.relax_round > 0 for r in rows], dtype=bool)
     fig = Figure(figsize=(11, 4.2), dpi=100)
@@ -111,11 +119,12 @@ def plot_class_distribution(path: Path, rows: list[ClassRow], title: str) -> Non
         ax.set_xlim(0, len(rows))
     if counts.size and counts.max() > 20 * max(counts.min(), 1):
         ax.set_yscale("log")
+    else:  # a count of tracks is whole: no 0.5 tick
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("tracks")
     ax.set_title(title, fontsize=10)
     fig.subplots_adjust(bottom=0.3 if len(rows) <= 40 else 0.12, left=0.07, right=0.98)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    return fig
 
 
 def subset_line(report: dict) -> str:

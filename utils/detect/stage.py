@@ -35,7 +35,7 @@ from typing import Any
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import nested, option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError, is_systemic
-from utils.core.layout import DatasetLayout
+from utils.core.layout import DatasetLayout, require_dataset_root
 from utils.core.models import DEVICE_HELP
 from utils.core.progress import progress_bar
 from utils.core.video import VideoError
@@ -342,11 +342,14 @@ class ParseTracksStage(Stage[ParseTracksConfig]):
             raise UsageError(f"--detector: {exc}") from None
         _speed_options(config, _accepts(factory))
         try:
-            prompts = resolve_asset(config.class_prompts, DEFAULT_PROMPTS_ASSET)
+            prompts = resolve_asset(config.class_prompts, DEFAULT_PROMPTS_ASSET, flag="--class_prompts")
             read_prompts(prompts)
         except (AssetError, OSError, ValueError) as exc:
             raise UsageError(f"--class_prompts: {exc}") from None
-        return dataclasses.replace(config, class_prompts=prompts)
+        config = dataclasses.replace(config, class_prompts=prompts)
+        # the flags first, then the root: parsing reads what download_videos.py made, and creates no root
+        require_dataset_root(config.base_dir, needs=("videos_mp4", "videos_segm"))
+        return config
 
     def check_items(self, config: ParseTracksConfig, items: Sequence[str]) -> None:
         check_stale(config, items)

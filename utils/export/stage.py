@@ -15,14 +15,16 @@ from typing import Any
 
 from utils.core.config import option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError
-from utils.core.layout import DatasetLayout
-from utils.export import ava, frames, sot, webdataset
+from utils.core.layout import DatasetLayout, require_dataset, require_dataset_root
+from utils.export import ava, frames, manifest, sot, webdataset
 from utils.export.inputs import ExportInputs, ExportSequence, read_inputs
 from utils.records.released import KEY_STYLE_HELP, KEY_STYLES
 from utils.runner.stage import Stage, StageConfig, check_dataset_name
 
 EXPORT_GROUP = "export_tracks"
 FORMATS = ("sot", "frames", "webdataset", "ava")
+#: the root's folders each format reads (export_tracks only reads the root: a root without them is refused)
+INPUT_FOLDERS = {"sot": ("videos_mp4",), "frames": ("videos_mp4",), "ava": ("videos_mp4",)}
 
 
 def parse_stride(text: str) -> str:
@@ -78,6 +80,10 @@ class ExportTracksConfig(StageConfig):
                             help="webdataset: " + KEY_STYLE_HELP)
     dataset_name: str = option("TrackVerseLVIS", group=EXPORT_GROUP,
                                help="webdataset: clips are read from tracks_mp4/<dataset_name>/<fn>")
+    overwrite: bool = option(False, group=EXPORT_GROUP,
+                             help="--out_dir holds another export (recorded in <out_dir>.export.json): delete that "
+                                  "export's files and write this request (files no export writes are never deleted: "
+                                  "they refuse it); without it, another request there is refused")
 
     def stride_value(self) -> int | None:
         return None if self.stride == "auto" else int(self.stride)
@@ -185,6 +191,10 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
             records = layout.base_dir / records
         if not records.is_file():
             raise UsageError(f"--records {config.records} does not exist (looked here and under --base_dir)")
+        # a stage that only reads: a mistyped root or dataset is refused before anything is made
+        require_dataset_root(config.base_dir, needs=INPUT_FOLDERS.get(config.format, ()))
+        if config.format == "webdataset":
+            require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
         out_dir = config.out_dir if config.out_dir.is_absolute() else layout.base_dir / config.out_dir
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out_dir {out_dir} is a file, not a folder")
@@ -208,7 +218,12 @@ class ExportTracksStage(Stage[ExportTracksConfig]):
         if sot.is_inside(gt, config.out_dir) or sot.is_inside(sot.parts_dir(gt), config.out_dir):
             raise UsageError(f"--gt_out {gt} is inside --out_dir {config.out_dir}: ground truth must stay apart "
                              "from the sequences handed to the people under evaluation")
-        return dataclasses.replace(config, gt_out=gt)
+        config = dataclasses.replace(config, gt_out=gt)
+        if not load_inputs(config.records).sequences:  # a run with no item would end "done" having done nothing
+            raise UsageError(f"--records {config.records} holds no track or sequence: nothing to export")
+        # last, once every check passed: the folder holds this request only (utils/export/manifest.py)
+        manifest.claim(config.out_dir, manifest.export_request(config), config.records, config.overwrite)
+        return config
 
     def job_key(self, config: ExportTracksConfig) -> str:
         # ends with the dataset name, as every stage's key does: status.py --dataset_name finds it

@@ -18,7 +18,7 @@ from typing import Any
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.config import nested, option
 from utils.core.errors import ItemError, SystemicError, UsageError
-from utils.core.layout import DatasetLayout, validate_yid
+from utils.core.layout import DatasetLayout, require_dataset_root, validate_yid
 from utils.core.models import DEVICE_HELP
 from utils.core.video import VideoError
 from utils.ingest.anonymize import SIDECAR_KIND, FaceBlurrer, blur_video, is_blurred
@@ -63,7 +63,7 @@ class DownloadVideosConfig(StageConfig):
                                     help="longer segments keep their first this many seconds")
     min_segment_len: float = option(DEFAULT_MIN_SEGMENT_LEN, group=SCENES_GROUP, help="shorter segments are dropped")
     scene_backend: str = option(DEFAULT_BACKEND, group=SCENES_GROUP, choices=BACKENDS,
-                                help="decoder for scene detection (the default measured fastest: "
+                                help=f"decoder for scene detection (default: {DEFAULT_BACKEND}, measured fastest: "
                                      "benchmarks/bench_segments.py)")
     adaptive_threshold: float = option(3.0, group=SCENES_GROUP, help="AdaptiveDetector threshold")
     skip_cartoon_filter: bool = option(False, group=FILTERS_GROUP, help="keep cartoon segments")
@@ -105,7 +105,7 @@ class DownloadVideosStage(Stage[DownloadVideosConfig]):
         if config.filter_batch_size < 1:
             raise UsageError(f"--filter_batch_size must be at least 1, got {config.filter_batch_size}")
         try:
-            return dataclasses.replace(config, yid_index_fn=resolve_asset(config.yid_index_fn, "trackverse-yids-all.txt"))
+            return dataclasses.replace(config, yid_index_fn=resolve_asset(config.yid_index_fn, "trackverse-yids-all.txt", flag="--yid_index_fn"))
         except AssetError as exc:
             raise UsageError(f"--yid_index_fn: {exc}") from None
 
@@ -207,6 +207,10 @@ class BlurFacesStage(Stage[BlurFacesConfig]):
     default_slurm = {"cpus_per_task": 8, "mem_gb": 16}
 
     config_class = BlurFacesConfig
+
+    def validate(self, config: BlurFacesConfig) -> BlurFacesConfig:
+        require_dataset_root(config.base_dir, needs=("videos_mp4",))
+        return config
 
     def list_items(self, config: BlurFacesConfig) -> list[str]:
         if config.yid_index_fn:

@@ -16,7 +16,7 @@ import numpy as np
 
 from utils.core.config import option
 from utils.core.errors import InvalidItemError, ItemError, NotReady, UsageError
-from utils.core.layout import DatasetLayout, companion_path, inside
+from utils.core.layout import DatasetLayout, companion_path, inside, require_dataset, require_dataset_root
 from utils.core.models import DEVICE_HELP, resolve_device
 from utils.core.video import VideoError
 from utils.metrics.compute import QUANTILE_COLUMNS, ClipEmbedder, DISFlow, RAFTFlow, track_motion
@@ -124,7 +124,15 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
         if config.chunk_size < 1:
             raise UsageError("--chunk_size must be positive")
         index_file = DatasetLayout(config.base_dir).relative(config.index_file)
-        check_index_file(index_file)
+        if count_tracks(index_file) == 0:  # a run with no item would end "done" having done nothing
+            raise UsageError(f"index file {index_file} has no tracks")
+        # then the root (the metric files go under it) and the clips: a wrong name is no "not ready"
+        require_dataset_root(config.base_dir)
+        if config.clips_dir is None:
+            require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
+        elif not Path(config.clips_dir).is_dir():
+            problem = "is a file, not a folder" if Path(config.clips_dir).exists() else "does not exist"
+            raise UsageError(f"--clips_dir {config.clips_dir} {problem}")
         return dataclasses.replace(config, index_file=index_file)
 
     def job_key(self, config: VisualMetricsConfig) -> str:

@@ -61,7 +61,8 @@ __all__ = [
 TS_DECIMALS = 4
 #: box coordinates are stored (and hashed into the tid) rounded to 1/100 pixel
 BBOX_DECIMALS = 2
-_STAT_DECIMALS = 5
+#: the per-class statistics (top10_*logit*) are written with 5 decimals, by parse and relabel alike
+STAT_DECIMALS = 5
 _SCORE_DECIMALS = 4
 
 
@@ -342,7 +343,7 @@ class TrackRecord:
         order = np.argsort(-weighted.mean(axis=0), kind="stable")[: max(1, int(top_k))]
 
         def stat(a: np.ndarray) -> list[float]:
-            return [round(float(v), _STAT_DECIMALS) for v in a[order]]
+            return [round(float(v), STAT_DECIMALS) for v in a[order]]
 
         track_ts = [round(float(v), TS_DECIMALS) for v in ts]
         track_bbox = [[round(float(v), BBOX_DECIMALS) for v in row] for row in xyxy_to_xywh(boxes)]

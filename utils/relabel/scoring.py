@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.records.tracks import STAT_DECIMALS
+
 __all__ = ["TopK", "best_rows", "relabel_fields", "score_tracks", "top_matches"]
 
 #: rows scored at a time: 16384 x 1203 classes x 4 bytes = 79 MB of scores
@@ -82,8 +84,9 @@ def relabel_fields(top: TopK, labels: tuple[str, ...] | list[str], frame_scores:
         mean, std = (float(s.mean()), float(s.std())) if s.size else (1.0, 0.0)
         out.append({
             "top10_lbl": [int(c) for c in ids], "top10_desc": [labels[int(c)] for c in ids],
-            "top10_logit_mu": [float(v) for v in cos],
-            "top10_wlogit_mu": [float(v * mean) for v in cos], "top10_wlogit_std": [float(abs(v) * std) for v in cos],
+            "top10_logit_mu": [round(float(v), STAT_DECIMALS) for v in cos],
+            "top10_wlogit_mu": [round(float(v * mean), STAT_DECIMALS) for v in cos],
+            "top10_wlogit_std": [round(float(abs(v) * std), STAT_DECIMALS) for v in cos],
         })
     return out
 

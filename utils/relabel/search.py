@@ -3,8 +3,9 @@
 Each query is encoded once by the text encoder of the detector that made the embeddings
 (:mod:`utils.relabel.text`, cached) and scored against every indexed track's embedding (cosine
 similarity, :func:`utils.relabel.scoring.top_matches`). The best ``--top`` tracks scoring at least
-``--min_score`` become a subset file, ``tracks_subsets/<dataset>-search-<query>-top<N>.jsonl.gzip``,
-best first: the index's own lines (gzip members copied and checked, as curate_db.py's subsets are),
+``--min_score`` become a subset file, ``tracks_subsets/<dataset>-search-<query>[-<hash>]-top<top>[-min<S>]
+.jsonl.gzip``, named after the request (never after the hits found, so two requests never share a
+file; ``<hash>`` is added unless the query is plain words, :func:`subset_name`), best first: the index's own lines (gzip members copied and checked, as curate_db.py's subsets are),
 so qa.py, export_tracks.py and the training loader read it as any subset; beside it
 ``<stem>.report.json`` lists the query, the encoder and every hit's score. The top hits are printed.
 
@@ -20,7 +21,9 @@ index reader of ``utils.records.index_file``, shared by every step, so no curate
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,14 @@ import numpy as np
 from utils.core.config import base_dir_option, log_level_option, option
 from utils.core.errors import UsageError
 from utils.core.io import atomic_path, atomic_write_json
-from utils.core.layout import SUBSET_EXT, DatasetLayout, report_path, validate_name
+from utils.core.layout import (
+    SUBSET_EXT,
+    DatasetLayout,
+    report_path,
+    require_dataset,
+    require_dataset_root,
+    validate_name,
+)
 from utils.records.index_file import IndexReader, check_index, load_track_table
 from utils.records.prompts import label_with_dashes
 from utils.records.released import KEY_STYLE_HELP, KEY_STYLES, restyle_member
@@ -53,10 +63,11 @@ class SearchConfig:
     index_file: Path = option(group=_GROUP, help="the index (curate_db.py --action index) to search; relative paths "
                                                  "are under --base_dir")
     queries_file: Path | None = option(None, group=_GROUP, help="more queries, one per line (blank and # lines skipped)")
-    top: int = option(200, group=_GROUP, help="tracks kept per query, best first")
+    top: int = option(200, group=_GROUP, help="tracks kept per query, best first (default: 200)")
     min_score: float | None = option(None, group=_GROUP,
-                                     help="keep only tracks whose cosine similarity to the query is at least this")
-    show: int = option(10, group=_GROUP, help="hits printed per query")
+                                     help="keep only tracks whose cosine similarity to the query (-1 to 1) is at "
+                                          "least this (default: none, every track ranks)")
+    show: int = option(10, group=_GROUP, help="hits printed per query (default: 10)")
     dataset_name: str | None = option(None, group=_GROUP,
                                       help="dataset whose track embeddings are searched (default: the index's)")
     key_style: str = option("compact", group=_GROUP, choices=KEY_STYLES, help=KEY_STYLE_HELP)
@@ -78,20 +89,38 @@ def read_queries(config: SearchConfig) -> list[str]:
     """The positional queries then the file's lines, each once, in order."""
     queries = [q.strip() for q in config.queries]
     if config.queries_file is not None:
+        if config.queries_file.is_dir():
+            raise UsageError(f"--queries_file {config.queries_file} is a folder, not a file")
         try:
             lines = config.queries_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--queries_file {config.queries_file}: cannot read: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
-        queries += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        from_file = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not from_file:
+            raise UsageError(f"--queries_file {config.queries_file} has no query (it is empty or only blank and "
+                             "# comment lines): one query per line")
+        queries += from_file
     queries = [q for q in dict.fromkeys(queries) if q]
     if not queries:
         raise UsageError("no query: give one or more texts, or --queries_file")
     return queries
 
 
-def subset_name(dataset: str, query: str, count: int) -> str:
-    return validate_name(f"{dataset}-search-{label_with_dashes(query)[:60]}-top{count}{SUBSET_EXT}", "subset file name")
+_PLAIN_QUERY = re.compile(r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$")
+
+
+def subset_name(dataset: str, query: str, top: int, min_score: float | None = None) -> str:
+    """The subset file of one request: the query, ``--top`` and ``--min_score``; never the number
+    of hits, so requests that differ never share a file. A plain query (words of letters, digits
+    and ``_`` with single spaces, 60 characters at most) is spelt with dashes for spaces
+    (``a red umbrella`` -> ``a-red-umbrella``); any other gets a hash of its exact text too, since
+    its spelling cannot be told back from the name (``a-rocket`` and ``a rocket``)."""
+    slug = label_with_dashes(query)[:60]
+    if not (_PLAIN_QUERY.match(query) and len(query) <= 60):
+        slug += "-" + hashlib.sha256(query.encode("utf-8")).hexdigest()[:8]
+    threshold = "" if min_score is None else f"-min{min_score:g}"
+    return validate_name(f"{dataset}-search-{slug}-top{top}{threshold}{SUBSET_EXT}", "subset file name")
 
 
 def run_search(config: SearchConfig) -> list[SearchResult]:
@@ -102,12 +131,19 @@ def run_search(config: SearchConfig) -> list[SearchResult]:
     layout = DatasetLayout(config.base_dir)
     index_file = layout.relative(config.index_file)
     meta, _ = check_index(index_file)
+    require_dataset_root(config.base_dir, needs=("tracks_meta",))
     dataset = config.dataset_name or meta.get("dataset_name")
     if not dataset:
         raise UsageError(f"{index_file} does not say which dataset it was built from: give --dataset_name")
     check_dataset_name(dataset)
+    require_dataset(config.base_dir, dataset, ("tracks_meta",), producers=("parse_tracks", "relabel_tracks"),
+                    flag="--dataset_name" if config.dataset_name else f"the dataset {index_file.name} was built from "
+                    "(--dataset_name)")
     started = time.perf_counter()
     table = load_track_table(index_file, columns=["yid", "tid", "fn", "label", "offset", "length", "crc32", "ulen"])
+    if len(table) == 0:
+        raise UsageError(f"{index_file} indexes no tracks: nothing to search (curate_db.py --action index found no "
+                         f"track in tracks_meta/{dataset})")
     yids = table.table.column("yid").to_pylist()
     source, problems = index_embedding_source(config.base_dir, dataset, yids, table.strings("tid"), table.strings("fn"))
     encoders = {e for e in map(encoder_of_embeddings, source.keys.files) if e is not None}
@@ -136,7 +172,7 @@ def run_search(config: SearchConfig) -> list[SearchResult]:
     with IndexReader(table) as reader:
         for q, query in enumerate(queries):
             rows, best = best_rows(scores[q], None, config.top, config.min_score)
-            target = layout.subset_file(subset_name(dataset, query, rows.size))
+            target = layout.subset_file(subset_name(dataset, query, config.top, config.min_score))
             if target.resolve() == index_file.resolve():
                 raise UsageError(f"subset {target} would overwrite the index")
             with atomic_path(target) as tmp, open(tmp, "wb") as out:

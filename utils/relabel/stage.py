@@ -1,6 +1,6 @@
 """relabel_tracks.py: every track of an index's videos scored against a new vocabulary from the
 embeddings parse_tracks.py stored, without detecting again; one metadata file per video under
-the new dataset name, with the same record keys.
+the new dataset name, with the record keys of detected metadata except ``top10_logit_std``.
 
 Items are the index's videos (in index order). For each, the source dataset's metadata file and
 its embeddings file (:mod:`utils.records.track_embeddings`) are read, every track with an
@@ -38,7 +38,7 @@ import numpy as np
 from utils.core.config import option
 from utils.core.errors import ItemError, NotReady, SystemicError, UsageError, is_systemic
 from utils.core.io import file_sha256
-from utils.core.layout import DatasetLayout, companion_path
+from utils.core.layout import DatasetLayout, companion_path, require_dataset, require_dataset_root
 from utils.records.index_file import check_index, load_track_table
 from utils.records.prompts import Vocabulary, parse_prompt_lines
 from utils.records.provenance import Provenance, read_provenance
@@ -79,10 +79,15 @@ def read_vocabulary(path: Path, flag: str = "--class_prompts") -> Vocabulary:
         raise UsageError(f"{flag} {path}: no class prompts (the file is empty or only blank and # comment lines)")
     seen: dict[str, int] = {}
     for i, line in enumerate(lines):
-        if line in seen:
-            raise UsageError(f"{flag} {path}: class {i} repeats class {seen[line]} ({line!r}): each line must be "
-                             "a different class (two equal prompts would always tie)")
-        seen[line] = i
+        # the text encoders lower-case and split on white space: "Zebra" and "zebra " are one text to them
+        key = " ".join(line.casefold().split())
+        if key in seen:
+            j = seen[key]
+            detail = "" if lines[j] == line else (f"; {line!r} differs from it only in letter case or spacing, "
+                                                  "which the text encoders do not see: they lower-case")
+            raise UsageError(f"{flag} {path}: class {i} repeats class {j} ({lines[j]!r}{detail}): each line must "
+                             "be a different class (two equal prompts would always tie)")
+        seen[key] = i
     try:
         return Vocabulary.from_lines(lines, source=str(path))
     except ValueError as exc:
@@ -152,7 +157,8 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
         "Relabel the tracks of --index_file's videos with a new vocabulary (--class_prompts) from the track "
         "embeddings parse_tracks.py stored, on a CPU, without detecting again: writes "
         "tracks_meta/<dataset_name>/<yid[:2]>/<yid>-meta.jsonl.gzip (+ <yid>-emb.parquet) per video, with the "
-        "same record keys; curate_db.py then indexes and samples it as any dataset. Scores are cosine "
+        "record keys of detected metadata except top10_logit_std (one embedding per track: no per-frame spread to "
+        "measure; README); curate_db.py then indexes and samples it as any dataset. Scores are cosine "
         "similarities of each track's mean embedding and each class's text embedding (README: how they relate "
         "to detected logits)."
     )
@@ -165,11 +171,17 @@ class RelabelTracksStage(Stage[RelabelTracksConfig]):
         index_file = layout.relative(config.index_file)
         if index_file.is_dir() or not index_file.is_file():
             raise UsageError(f"--index_file {index_file} is not a file (curate_db.py --action index writes one)")
+        require_dataset_root(config.base_dir, needs=("tracks_meta",))
         meta = check_index(index_file)[0] if companion_path(index_file).is_file() else {}
+        if not index_videos(index_file):  # a run with no item would end "done" having done nothing
+            raise UsageError(f"--index_file {index_file} holds no tracks: nothing to relabel")
         source = config.source_dataset_name or meta.get("dataset_name")
         if not source:
             raise UsageError(f"{index_file} does not say which dataset it was built from: give --source_dataset_name")
         check_dataset_name(source)
+        require_dataset(config.base_dir, source, ("tracks_meta",), producers=("parse_tracks", "relabel_tracks"),
+                        flag="--source_dataset_name" if config.source_dataset_name else
+                        f"the dataset {index_file.name} was built from (--source_dataset_name)")
         if source == config.dataset_name:
             raise UsageError(f"--dataset_name {config.dataset_name} is the source dataset: give the relabelled "
                              "tracks a new name (the source's metadata stays as it is)")

@@ -9,12 +9,15 @@ of this package reaches into ``utils.detect``: a declared exception of the layer
 
 Cache: ``<cache root>/text-embeddings/<key>.npy`` (:func:`utils.core.assets.cache_root`), the key
 being the sha256 of the spec, the weights id (with the size and time of every file of a local
-weights folder or file) and the texts; a hit builds no model at all.
+weights folder or file), the sha256 of a plug-in detector's module source (``module:callable``:
+an edited ``embed_text`` is a new encoder, with or without weights) and the texts; a hit builds no
+model at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,7 +29,7 @@ import numpy as np
 
 from utils.core.assets import cache_root
 from utils.core.errors import SystemicError
-from utils.core.io import cached_rows, file_signature
+from utils.core.io import cached_rows, file_sha256, file_signature
 from utils.detect.detectors.base import DetectorError, embed_prompts
 from utils.detect.detectors.registry import build_text_encoder
 from utils.records.track_embeddings import EmbeddingsError, embeddings_info, embeddings_path
@@ -45,9 +48,28 @@ def _weights_signature(weights: str | None) -> list:
     return [[str(p.relative_to(path)) if path.is_dir() else p.name, file_signature(p)] for p in files]
 
 
+def plugin_code_signature(spec: str) -> str | None:
+    """sha256 of the source file of a plug-in detector's module (``package.module:callable``), found
+    without importing it; None for a registry name (our own code) or a module without a source file."""
+    if ":" not in spec:
+        return None
+    module_name = spec.split(":", 1)[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):  # a parent package that does not import: building it will say why
+        return None
+    origin = found.origin if found is not None else None
+    if not origin or not os.path.isfile(origin):
+        return None
+    return file_sha256(origin)
+
+
 def text_cache_path(spec: str, weights: str | None, texts: Sequence[str]) -> Path:
-    payload = json.dumps({"detector": spec, "weights": weights, "files": _weights_signature(weights),
-                          "texts": list(texts)}, ensure_ascii=False, sort_keys=True)
+    key = {"detector": spec, "weights": weights, "files": _weights_signature(weights), "texts": list(texts)}
+    code = plugin_code_signature(spec)
+    if code is not None:
+        key["code"] = code
+    payload = json.dumps(key, ensure_ascii=False, sort_keys=True)
     return cache_root() / "text-embeddings" / f"{hashlib.sha256(payload.encode('utf-8')).hexdigest()}.npy"
 
 

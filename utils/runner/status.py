@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from utils.core.layout import DatasetLayout
+from utils.core.errors import UsageError
+from utils.core.layout import DatasetLayout, datasets_in, require_dataset_root, validate_name
 from utils.runner.journal import latest_item_events, read_journal
 
 log = logging.getLogger("trackverse")
@@ -256,6 +257,41 @@ def stage_status(folder: Path, now: float | None = None, stale_s: float = 1800.0
 
 def _category(record: dict) -> str:
     return str(record.get("category", "error"))
+
+
+#: stages whose journal folder is exactly ``<stage>-<dataset_name>``
+_DATASET_STAGES = ("parse_tracks", "extract_tracks", "relabel_tracks")
+
+
+def known_datasets(base_dir: Path) -> list[str]:
+    """Datasets with folders under the root, and those that only a stage's journal names yet."""
+    names = set(datasets_in(base_dir))
+    logs = DatasetLayout(base_dir).logs_root()
+    if logs.is_dir():
+        for folder in logs.iterdir():
+            stage, _, rest = folder.name.partition("-")
+            if folder.is_dir() and stage in _DATASET_STAGES and rest:
+                names.add(rest)
+    return sorted(names)
+
+
+def check_status_inputs(base_dir: Path, dataset_name: str | None) -> None:
+    """UsageError unless ``base_dir`` is a dataset root and ``dataset_name`` (when given) one of
+    its datasets: a misspelt name would otherwise silently show no per-dataset stage at all."""
+    require_dataset_root(base_dir)
+    if dataset_name is None:
+        return
+    try:
+        validate_name(dataset_name)
+    except ValueError as exc:
+        raise UsageError(f"--dataset_name: {exc}") from None
+    logs = DatasetLayout(base_dir).logs_root()
+    if dataset_name in datasets_in(base_dir) or (logs.is_dir() and any(
+            p.is_dir() and p.name.endswith(f"-{dataset_name}") for p in logs.iterdir())):
+        return
+    known = known_datasets(base_dir)
+    raise UsageError(f"--dataset_name {dataset_name}: no such dataset under {base_dir} (known: "
+                     f"{', '.join(known) if known else 'none yet'})")
 
 
 def dataset_status(base_dir: Path, dataset_name: str | None = None, stale_s: float = 1800.0,

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from utils.core.command import Command, Outcome
 from utils.core.config import base_dir_option, option
-from utils.core.errors import UsageError
-from utils.runner.status import as_dict, dataset_status, render
+from utils.runner.status import as_dict, check_status_inputs, dataset_status, render
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,6 @@ class StatusCommand(Command[StatusConfig]):
 
     def run(self, config: StatusConfig) -> Outcome:
         base_dir = Path(config.base_dir)
-        if not base_dir.exists():
-            raise UsageError(f"--base_dir {base_dir} does not exist")
-        if not base_dir.is_dir():
-            raise UsageError(f"--base_dir {base_dir} is a file, not a folder")
+        check_status_inputs(base_dir, config.dataset_name)
         statuses = dataset_status(base_dir, config.dataset_name, stale_s=config.stale_minutes * 60)
         return Outcome(lines=(json.dumps(as_dict(statuses), indent=1) if config.json else render(statuses),))

@@ -22,11 +22,42 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.core.errors import UsageError
 from utils.core.io import atomic_path, atomic_write_text
-from utils.core.layout import DatasetLayout, class_plot_path, class_table_path, inside
+from utils.core.layout import (
+    DatasetLayout,
+    class_plot_path,
+    class_table_path,
+    describe_datasets,
+    inside,
+    require_dataset,
+    require_dataset_root,
+)
 from utils.core.video import VideoError, probe_video, read_frames_at
 from utils.records.track_files import read_records
 from utils.records.tracks import TrackRecord
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 track``, ``2 tracks``, ``1 class``, ``2 classes``."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{n} {noun}s"
+
+
+def check_qa_inputs(base_dir: Path, dataset_name: str, clips_dir: Path | None, video: bool) -> None:
+    """UsageError, before anything is written, unless ``base_dir`` is a dataset root holding what
+    the page shows: with ``video`` (one video's sheet) the dataset's track metadata, else its clips
+    (``tracks_mp4/<dataset_name>``, or an existing ``clips_dir``). The message names the datasets
+    that are there."""
+    require_dataset_root(base_dir)
+    if video:
+        require_dataset(base_dir, dataset_name, ("tracks_meta",), producers=("parse_tracks", "relabel_tracks"))
+    elif clips_dir is None:
+        require_dataset(base_dir, dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
+    elif not clips_dir.is_dir():
+        problem = "is a file, not a folder" if clips_dir.exists() else "does not exist"
+        raise UsageError(f"--clips_dir {clips_dir} {problem}")
 
 
 def class_of(record: TrackRecord) -> tuple[int, str]:
@@ -143,6 +174,14 @@ def build_gallery(
         pool = by_class[key]
         chosen[key] = sorted(rng.sample(pool, min(per_class, len(pool))), key=lambda r: r.fn)
 
+    if not records:
+        raise UsageError(f"{records_file} holds no tracks: no gallery to make")
+    shown = [inside(clips_dir, r.fn) for examples in chosen.values() for r in examples]
+    if not any(clip.exists() for clip in shown):
+        # a page of "clip missing" cards (written over a good one) is a wrong folder, not a QA result
+        raise UsageError(f"none of the {counted(len(shown), 'clip')} to show is in {clips_dir} (e.g. {shown[0]}): a "
+                         f"wrong --dataset_name or --clips_dir, or clips not extracted yet (extract_tracks.py); "
+                         f"{describe_datasets(base_dir)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     sheet_of: dict[str, Path] = {}
     if sheets:
@@ -175,7 +214,7 @@ def build_gallery(
                 f'<figure class="card">{media}<figcaption>{html.escape(r.yid)} · '
                 f'{r.duration:.1f} s' + (f" · score {score:.2f}" if score is not None else "")
                 + f"<br>{sheet}</figcaption></figure>")
-        parts.append(f'<section><h2>{html.escape(titles[key])} <small>({len(by_class[key])} tracks)</small></h2>'
+        parts.append(f'<section><h2>{html.escape(titles[key])} <small>({counted(len(by_class[key]), "track")})</small></h2>'
                      f'<div class="grid">{"".join(cards)}</div></section>')
 
     stem = records_file.name.split(".jsonl")[0]
@@ -188,7 +227,8 @@ def build_gallery(
         extras.append(f'<a href="{html.escape(_rel(table, out_dir))}">class counts (CSV)</a>')
     page = out_dir / "index.html"
     atomic_write_text(page, _PAGE.format(
-        title=html.escape(stem), n_tracks=len(records), n_classes=len(by_class), shown=len(chosen),
+        title=html.escape(stem), n_tracks=counted(len(records), "track"), n_classes=counted(len(by_class), "class"),
+        shown=counted(len(chosen), "class"),
         extras=" ".join(extras), sections="\n".join(parts)))
     return GalleryResult(page, len(chosen), sum(len(v) for v in chosen.values()), len(sheet_of), missing)
 
@@ -205,7 +245,7 @@ body {{ font-family: sans-serif; margin: 1em 2em; background: #fafafa; }}
 h2 small {{ color: #777; font-weight: normal; }}
 </style></head>
 <body><h1>{title}</h1>
-<p>{n_tracks} tracks in {n_classes} classes; showing {shown} classes. {extras}</p>
+<p>{n_tracks} in {n_classes}; showing {shown}. {extras}</p>
 {sections}
 </body></html>
 """

@@ -13,7 +13,7 @@ from utils.core.layout import DatasetLayout, validate_name, validate_yid
 from utils.core.video import VideoError
 from utils.records.track_files import read_records
 from utils.records.tracks import RecordsFileError
-from utils.use.qa import build_gallery, contact_sheet
+from utils.use.qa import build_gallery, check_qa_inputs, contact_sheet, counted
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,6 @@ class QACommand(Command[QAConfig]):
         if not config.yid and not config.records:
             raise UsageError("give --records (a subset or index file) or --yid")
         base_dir = Path(config.base_dir)
-        if not base_dir.is_dir():
-            problem = "is a file, not a folder" if base_dir.exists() else "does not exist"
-            raise UsageError(f"--base_dir {base_dir} {problem}")
         for flag in ("per_class", "max_classes"):
             if getattr(config, flag) < 1:
                 raise UsageError(f"--{flag} must be at least 1, got {getattr(config, flag)}")
@@ -47,6 +44,8 @@ class QACommand(Command[QAConfig]):
             validate_name(config.dataset_name)
         except InvalidItemError as exc:
             raise UsageError(f"--dataset_name: {exc.reason}") from None
+        check_qa_inputs(base_dir, config.dataset_name, Path(config.clips_dir) if config.clips_dir else None,
+                        bool(config.yid))
         layout = DatasetLayout(base_dir)
         if config.yid:
             return _video_sheet(layout, config, config.yid)
@@ -72,8 +71,9 @@ def _gallery(layout: DatasetLayout, config: QAConfig, records: str) -> Outcome:
                                config.seed)
     except RecordsFileError as exc:
         raise UsageError(f"--records {records_file}: not a track records file ({exc})") from None
-    return Outcome(lines=(f"gallery of {result.tracks} tracks in {result.classes} classes ({result.sheets} contact "
-                          f"sheets, {result.missing_clips} clips missing): open {result.page.resolve().as_uri()}",))
+    return Outcome(lines=(f"gallery of {counted(result.tracks, 'track')} in {counted(result.classes, 'class')} "
+                          f"({counted(result.sheets, 'contact sheet')}, {counted(result.missing_clips, 'clip')} "
+                          f"missing): open {result.page.resolve().as_uri()}",))
 
 
 def _video_sheet(layout: DatasetLayout, config: QAConfig, yid: str) -> Outcome:
@@ -98,7 +98,7 @@ def _video_sheet(layout: DatasetLayout, config: QAConfig, yid: str) -> Outcome:
         sheet = contact_sheet(video, records, out / f"{yid}.png", frames=12)
     except VideoError as exc:
         raise UsageError(f"--yid {yid}: cannot read its video {video}: {exc}") from None
-    return Outcome(lines=(f"contact sheet of {len(records)} tracks: {sheet}",))
+    return Outcome(lines=(f"contact sheet of {counted(len(records), 'track')}: {sheet}",))
 
 
 def _check_file(what: str, path: Path) -> None:
