@@ -24,9 +24,11 @@ import curate_db
 import qa
 import search_tracks
 import status
-from tests.conftest import REPO
-from tests.test_curate_db import DS, INDEX, make_record, write_meta, yid_of
-from tests.test_export_tracks import DATASET, YID, export, gt_records, setup_db
+from tests.helpers import CURATE_DS as DS
+from tests.helpers import CURATE_INDEX as INDEX
+from tests.helpers import REPO, export, write_meta, write_records_file, yid_of
+from tests.helpers import curation_record as make_record
+from tests.helpers import gt_records as synthetic_gt_records
 from utils.clips.stage import EXTRACT_TRACKS_STAGE
 from utils.core.assets import AssetError, resolve_asset
 from utils.core.errors import EXIT_OK, EXIT_USAGE, UsageError
@@ -44,6 +46,18 @@ from utils.relabel.text import text_cache_path
 from utils.runner.cli import build_parser, main
 
 # ------------------------------------------------------------------------------ helpers
+
+YID = "synthVideo1"
+DATASET = "TestSet"
+LABEL_IDS = {"cat": 3, "cup": 5, "rocket": 7, "person": 11}
+
+
+def gt_records(video):
+    return synthetic_gt_records(video, YID, label_ids=LABEL_IDS)
+
+
+def setup_db(db: Path, video: Path, lines: list) -> Path:
+    return write_records_file(db, video, lines, YID)
 
 
 def records_file(path: Path, records: list[TrackRecord]) -> Path:
@@ -117,7 +131,7 @@ def good_inputs(tmp_path) -> dict[str, Path]:
 READING_STAGES = {
     "extract_tracks": (EXTRACT_TRACKS_STAGE, lambda i: ["--yid_index_fn", i["ids"]]),
     "parse_tracks": (PARSE_TRACKS_STAGE, lambda i: ["--yid_index_fn", i["ids"], "--class_prompts", i["prompts"],
-                                                    "--detector", "ground_truth"]),
+                                                    "--detector", "utils.testing.ground_truth:GroundTruthDetector"]),
     "gdpr_blur_faces": (BLUR_FACES_STAGE, lambda i: ["--yid_index_fn", i["ids"]]),
     "visual_metrics": (VISUAL_METRICS_STAGE, lambda i: ["--index_file", i["records"], "--metric", "motion"]),
     "export_tracks": (EXPORT_TRACKS_STAGE, lambda i: ["--records", i["records"], "--format", "webdataset",
@@ -362,7 +376,7 @@ def test_offline_sampling_names_the_verified_list_flag(tmp_path, monkeypatch, ca
 
 def test_search_messages_name_the_real_cause(tmp_path, capsys):
     base = tmp_path / "db"
-    write_meta(base, yid_of(0), [])  # a video with no track: the index holds none
+    write_meta(base, yid_of(0), [], DS)  # a video with no track: the index holds none
     assert curate_db.main(["--action", "index", "--base_dir", str(base), "--dataset_name", DS,
                            "--index_file", INDEX, "--num_workers", "1"]) == EXIT_OK
     capsys.readouterr()
