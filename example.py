@@ -4,10 +4,11 @@ It makes three short example videos (scikit-image's photographs of a cat, a coff
 rocket and an astronaut moving over textured backgrounds), serves them on 127.0.0.1 and then
 runs, exactly as a user would: download_videos.py (yt-dlp through --url_template) ->
 gdpr_blur_faces.sh -> parse_tracks.py -> extract_tracks.py -> curate_db.py (index, a
-class-balanced subset) -> status.py -> qa.py, and prints where everything went.
+class-balanced subset) -> status.py -> qa.py -> relabel_tracks.py (a second vocabulary) ->
+search_tracks.py (a text query), and prints where everything went and the search's top hit.
 
-  python example.py                                   # OWLv2 (weights fetched on first use, ~0.6 GB)
-  python example.py --detector utils.testing.example:TemplateDetector   # offline, no weights (CI)
+  python example.py                                   # offline: the template detector, no weights
+  python example.py --detector owlv2                  # OWLv2 (weights fetched on first use, ~0.6 GB)
 
 When the detector's weights are neither local, cached nor reachable, it says so at once (exit 3)
 with the offline options, before building anything.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -26,11 +28,26 @@ import time
 from pathlib import Path
 
 from utils.core.errors import EXIT_SYSTEMIC
-from utils.core.layout import DatasetLayout
+from utils.core.layout import DatasetLayout, report_path
+from utils.records.tracks import read_records
+from utils.relabel.search import subset_name
 from utils.testing.example import PROMPTS, example_videos, make_example_videos
 
 REPO = Path(__file__).resolve().parent
 DATASET = "Example"
+RELABELLED = "ExampleRelabelled"
+# A second vocabulary for relabel_tracks.py: other names for what the videos show, and a class they do not.
+RELABEL_PROMPTS = [
+    "kitten",
+    "mug (also known as coffee mug)",
+    "spaceship",
+    "astronaut",
+    "bicycle",
+]
+# A text query for search_tracks.py, naming the rocket with a word of neither vocabulary.
+QUERY = "a spaceship"
+QUERY_TOP = 3
+TEMPLATE_DETECTOR = "utils.testing.example:TemplateDetector"
 
 
 def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
@@ -84,8 +101,9 @@ def detector_problem(detector: str, model: str | None) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base_dir", type=Path, default=Path("TrackVerseExample"))
-    parser.add_argument("--detector", default="owlv2",
-                        help="owlv2 (default), detic, or module:callable, e.g. utils.testing.example:TemplateDetector")
+    parser.add_argument("--detector", default=TEMPLATE_DETECTOR,
+                        help=f"{TEMPLATE_DETECTOR} (default: offline, finds the example's photographs), owlv2 "
+                             "(weights from the Hugging Face hub or --model), detic, or module:callable")
     parser.add_argument("--model", default=None, help="OWLv2 hub id or local folder")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -103,7 +121,7 @@ def main() -> int:
     if args.detector == "owlv2" and not args.model:
         print("OWLv2 (google/owlv2-base-patch16-ensemble, about 620 MB) is fetched from the Hugging Face hub "
               "on first use and cached; offline, pass --model <local folder> or "
-              "--detector utils.testing.example:TemplateDetector")
+              f"--detector {TEMPLATE_DETECTOR}")
 
     sources = make_example_videos(work / "served")
     ids = work / "yids.txt"
@@ -140,6 +158,14 @@ def main() -> int:
         step("visual QA", "qa.py", *common, "--dataset_name", DATASET, "--records", subsets[-1],
              "--out", base / "qa")
 
+    new_prompts = work / "relabel-prompts.txt"
+    new_prompts.write_text("\n".join(RELABEL_PROMPTS) + "\n")
+    step("9 relabel with a second vocabulary", "relabel_tracks.py", *common, "--index_file", index,
+         "--class_prompts", new_prompts, "--dataset_name", RELABELLED, "--source_dataset_name", DATASET)
+    step("9 search by text", "search_tracks.py", *common, "--index_file", index, QUERY, "--top", str(QUERY_TOP))
+    search_subset = layout.subset_file(subset_name(DATASET, QUERY, QUERY_TOP))
+    top_hit = json.loads(report_path(search_subset).read_text())["hits"][0]
+
     clips = sorted((base / "tracks_mp4" / DATASET).rglob("*.mp4"))
     print(f"\nDone in {time.time() - started:.0f} s. Everything is under {base}:")
     print(f"  videos (faces blurred)  {base / 'videos_mp4'}  ({len(list((base / 'videos_mp4').rglob('*.mp4')))})")
@@ -152,6 +178,13 @@ def main() -> int:
     print(f"  journals                {base / 'logs'}")
     if (base / "qa" / "index.html").exists():
         print(f"  gallery                 {(base / 'qa' / 'index.html').as_uri()}")
+    print(f"  relabelled metadata     {layout.tracks_meta_dir(RELABELLED)}")
+    for video in example_videos():
+        detected = {r.tid: r for r in read_records(layout.tracks_meta(DATASET, video.yid))}
+        for new in read_records(layout.tracks_meta(RELABELLED, video.yid)):
+            print(f"      {video.yid}  {detected[new.tid].label} -> {new.label}  ({new.top10_logit_mu[0]:.2f})")
+    print(f"  search {QUERY!r:16} {search_subset}")
+    print(f"      top hit: {top_hit['fn']}  (detected as {top_hit['label']!r}, score {top_hit['score']:.2f})")
     return 0
 
 

@@ -36,6 +36,25 @@ def _holding(folders: tuple[Path, ...], names: tuple[str, ...]) -> Path:
 SHARED_VIDEOS = _holding(VIDEO_FOLDERS, ("vtest.avi", "Megamind.avi", "box.mp4", "cup.mp4"))
 SHARED_ASSETS = _holding(ASSET_FOLDERS, ("lvis-prompts.txt", "trackverse-yids-all.txt",
                                          "trackverse-verified-6perclass.txt"))
+# Small lists with the assets' shape, written for the tests (tests/data/asset-stand-ins/README.md).
+ASSET_STAND_INS = REPO / "tests" / "data" / "asset-stand-ins"
+
+
+@pytest.fixture
+def stand_in_assets(tmp_path, monkeypatch) -> Path:
+    """The pinned assets replaced by the small stand-ins: each pin becomes its stand-in's sha256,
+    the mirror (``$TRACKVERSE_ASSETS_URL``) their folder, the cache an empty folder. Returns the
+    folder. For tests of what is done with an asset, not of the real list's content."""
+    import hashlib
+
+    from utils.core import assets
+
+    for name, asset in list(assets.ASSETS.items()):
+        sha = hashlib.sha256((ASSET_STAND_INS / name).read_bytes()).hexdigest()
+        monkeypatch.setitem(assets.ASSETS, name, assets.Asset(name, sha, asset.description))
+    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", ASSET_STAND_INS.as_uri() + "/")
+    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "stand-in-cache"))
+    return ASSET_STAND_INS
 
 
 @pytest.fixture(scope="session")

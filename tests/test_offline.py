@@ -144,7 +144,8 @@ def test_owlv2_missing_local_folder_is_named(tmp_path):
 
 def test_example_without_reachable_weights_stops_within_seconds_naming_the_options(tmp_path):
     started = time.monotonic()
-    proc = run_cli("example.py", "--base_dir", tmp_path / "example", env=hub_env(tmp_path), timeout=120)
+    proc = run_cli("example.py", "--base_dir", tmp_path / "example", "--detector", "owlv2", env=hub_env(tmp_path),
+                   timeout=120)
     seconds = time.monotonic() - started
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert seconds < 20
