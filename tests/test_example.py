@@ -59,7 +59,8 @@ def test_status_reports_everything_done(example_db):
     base, _ = example_db
     data = json.loads(run_cli("status.py", "--base_dir", base, "--json", check=True).stdout)
     stages = {s["stage"]: s for s in data["stages"]}
-    assert set(stages) == {"download_videos", "gdpr_blur_faces", "parse_tracks-Example", "extract_tracks-Example"}
+    assert set(stages) == {"download_videos", "gdpr_blur_faces", "parse_tracks-Example", "extract_tracks-Example",
+                           "relabel_tracks-ExampleRelabelled"}
     for s in stages.values():
         assert (s["total"], s["done"], s["failed"], s["pending"]) == (3, 3, 0, 0)
 
@@ -92,7 +93,7 @@ def test_search_top_hit_is_the_rocket_track_and_is_printed(example_db):
     hits = json.loads(report_path(subset).read_text())["hits"]
     assert hits[0]["tid"] == rocket.tid and hits[0]["score"] > 0.5
     assert all(h["score"] < 0.1 for h in hits[1:])  # no other track shows a rocket
-    assert next(read_records(subset)).tid == rocket.tid  # the subset file is best first
+    assert list(read_records(subset))[0].tid == rocket.tid  # the subset file is best first
     assert f"top hit: {rocket.fn}  (detected as 'rocket'" in stdout
 
 

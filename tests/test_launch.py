@@ -200,33 +200,33 @@ def test_invalid_ids_are_typed_not_recognised_by_message(tmp_path):
 
 
 def test_sigkill_mid_write_leaves_nothing_a_rerun_trusts(tmp_path):
-    items = [f"big{i}" for i in range(6)]
+    db = tmp_path / "db"
+    items = ["big0", "big1", "hold2", "big3", "big4", "big5"]
     write_items(tmp_path / "items.txt", items)
-    cmd = [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(tmp_path / "db"),
-           "--item_list", str(tmp_path / "items.txt"), "--chunks", "20", "--sleep", "0.02"]
+    cmd = [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(db),
+           "--item_list", str(tmp_path / "items.txt"), "--chunks", "20"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out_dir = tmp_path / "db" / "toy"
-    deadline = time.time() + 60
-    # kill while the third item is being written (its temporary exists)
-    while time.time() < deadline:
-        if out_dir.is_dir() and any(p.name.startswith(".big2.out.tmp-") for p in out_dir.iterdir()):
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not output_path(tmp_path / "db", "big2").exists()
+    out_dir = db / "toy"
+    try:  # killed while the third item is being written: it is held there, its temporary written
+        _wait_for(lambda: out_dir.is_dir() and any(p.name.startswith(".hold2.out.tmp-") for p in out_dir.iterdir()),
+                  300, "the third item's temporary")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not output_path(db, "hold2").exists()
     for item in items:  # every final file present is whole
-        path = output_path(tmp_path / "db", item)
+        path = output_path(db, item)
         if path.exists():
             assert path.read_bytes() == expected_content(item, 20)
     assert any(p.name.startswith(".") for p in out_dir.iterdir())  # the torn temporary
 
+    release_path(db).touch()
     rerun = toy(tmp_path, "--chunks", "20")
     assert rerun.returncode == EXIT_OK, rerun.stderr
     for item in items:
-        assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 20)
+        assert output_path(db, item).read_bytes() == expected_content(item, 20)
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{i}.out" for i in items)  # no temporaries
-    assert attempts(tmp_path / "db", "big0", "done") == 1
+    assert attempts(db, "big0", "done") == 1 and not any(attempts(db, i, "redone") for i in items)
 
 
 # ------------------------------------------------------------------------ submitit

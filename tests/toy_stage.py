@@ -3,7 +3,8 @@
 Item names steer behaviour: ``fail*`` fails permanently, ``flaky*`` fails transiently on
 its first attempt, ``crash*`` raises an unexpected error, ``nospace*`` a disk-full error;
 ``lookcrash*`` and ``looknospace*`` do the same when asked whether their output exists;
-``hold*`` waits until :func:`release_path` exists (a test decides when: no timing involved).
+``hold*`` waits after its first chunk (its temporary written) until :func:`release_path` exists
+(a test decides when: no timing involved).
 Every attempt leaves a marker file so tests can count how often an item was processed, and an
 item processed although its output existed (finished work redone) leaves a ``redone`` one.
 """
@@ -108,8 +109,6 @@ class ToyStage(Stage[ToyConfig]):
             raise UncompletedJobError("Job not requeued because: timed-out too many times.")
         if item.startswith("nospace"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        while item.startswith("hold") and not release_path(config.base_dir).exists():
-            time.sleep(0.05)
         with atomic_path(output_path(config.base_dir, item)) as tmp, open(tmp, "wb") as f:
             content = expected_content(item, config.chunks)
             step = max(1, len(content) // config.chunks)
@@ -117,6 +116,8 @@ class ToyStage(Stage[ToyConfig]):
                 f.write(content[i:i + step])
                 f.flush()
                 time.sleep(config.sleep)
+                while i == 0 and item.startswith("hold") and not release_path(config.base_dir).exists():
+                    time.sleep(0.05)  # held mid-write: its temporary exists
         (marker_dir / f"{item}.done.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
         return {"units": 1.0}
 
