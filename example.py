@@ -163,8 +163,9 @@ def main() -> int:
     step("9 relabel with a second vocabulary", "relabel_tracks.py", *common, "--index_file", index,
          "--class_prompts", new_prompts, "--dataset_name", RELABELLED, "--source_dataset_name", DATASET)
     step("9 search by text", "search_tracks.py", *common, "--index_file", index, QUERY, "--top", str(QUERY_TOP))
-    search_subset = layout.subset_file(subset_name(DATASET, QUERY, QUERY_TOP))
-    top_hit = json.loads(report_path(search_subset).read_text())["hits"][0]
+    indexed = len(list(read_records(layout.relative(index))))
+    search_subset = layout.subset_file(subset_name(DATASET, QUERY, min(QUERY_TOP, indexed)))
+    hits = json.loads(report_path(search_subset).read_text())["hits"]  # best first
 
     clips = sorted((base / "tracks_mp4" / DATASET).rglob("*.mp4"))
     print(f"\nDone in {time.time() - started:.0f} s. Everything is under {base}:")
@@ -184,7 +185,8 @@ def main() -> int:
         for new in read_records(layout.tracks_meta(RELABELLED, video.yid)):
             print(f"      {video.yid}  {detected[new.tid].label} -> {new.label}  ({new.top10_logit_mu[0]:.2f})")
     print(f"  search {QUERY!r:16} {search_subset}")
-    print(f"      top hit: {top_hit['fn']}  (detected as {top_hit['label']!r}, score {top_hit['score']:.2f})")
+    for hit in hits[:1]:
+        print(f"      top hit: {hit['fn']}  (detected as {hit['label']!r}, score {hit['score']:.2f})")
     return 0
 
 

@@ -1,5 +1,6 @@
 """The small end-to-end example (example.py): videos made of real photographs moving over
-textured backgrounds, and a template-matching detector that finds those photographs.
+textured backgrounds, and a template-matching detector that finds those photographs and encodes
+text into the space of its box embeddings (so relabel_tracks.py and search_tracks.py run offline).
 
 The photographs are scikit-image's bundled samples (a cat, a coffee cup, a rocket, an
 astronaut), so a real open-vocabulary detector (OWLv2) has something to find, and the
