@@ -4,160 +4,28 @@ It makes three short example videos (scikit-image's photographs of a cat, a coff
 rocket and an astronaut moving over textured backgrounds), serves them on 127.0.0.1 and then
 runs, exactly as a user would: download_videos.py (yt-dlp through --url_template) ->
 gdpr_blur_faces.sh -> parse_tracks.py -> extract_tracks.py -> curate_db.py (index, a
-class-balanced subset) -> status.py -> qa.py, and prints where everything went.
+class-balanced subset) -> status.py -> qa.py -> relabel_tracks.py (a second vocabulary) ->
+search_tracks.py (a text query), and prints where everything went and the search's top hit.
 
-  python example.py                                   # OWLv2 (weights fetched on first use, ~0.6 GB)
-  python example.py --detector utils.testing.example:TemplateDetector   # offline, no weights (CI)
+  python example.py                                   # offline: the template detector, no weights
+  python example.py --detector owlv2                  # OWLv2 (weights fetched on first use, ~0.6 GB)
 
 When the detector's weights are neither local, cached nor reachable, it says so at once (exit 3)
 with the offline options, before building anything.
 """
 
-from __future__ import annotations
-
-import argparse
-import functools
-import http.server
-import os
-import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
+from collections.abc import Sequence
 
-from utils.core.config import RawDescriptionDefaultsHelpFormatter
-from utils.core.errors import EXIT_SYSTEMIC
-from utils.core.layout import DatasetLayout
-from utils.core.models import DEVICE_HELP
-from utils.testing.example import PROMPTS, example_videos, make_example_videos
+from utils.core.command import run_script
+from utils.testing.example_run import ExampleCommand
 
-REPO = Path(__file__).resolve().parent
-DATASET = "Example"
+COMMAND = ExampleCommand(__doc__)
+build_parser = COMMAND.build_parser
 
 
-def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """A local HTTP server for the example videos (the stand-in for YouTube)."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = _QuietServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/{{yid}}.mp4"
-
-
-class _QuietServer(http.server.ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # yt-dlp closes its probe connections early: not an error worth a traceback
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        pass
-
-
-def step(title: str, *args: str | Path) -> None:
-    print(f"\n=== {title}", flush=True)
-    command = [str(a) for a in args]
-    if command[0].endswith(".py"):
-        command = [sys.executable, *command]
-    started = time.time()
-    # gdpr_blur_faces.sh runs .venv/bin/python beside it, else $PYTHON: the interpreter running this example
-    proc = subprocess.run(command, cwd=REPO, check=False, env={**os.environ, "PYTHON": sys.executable})
-    if proc.returncode != 0:
-        raise SystemExit(f"{title} failed (exit {proc.returncode}): {' '.join(command)}")
-    print(f"    ({time.time() - started:.1f} s)", flush=True)
-
-
-def detector_problem(detector: str, model: str | None) -> str | None:
-    """Why ``--detector`` cannot be built here, found in seconds (weights neither local, cached
-    nor reachable; DETIC not installed), or None. The detect step would say the same, but only
-    after the download and blur steps."""
-    if detector == "owlv2":
-        from utils.detect.detectors.owlv2 import DEFAULT_MODEL_ID, check_weights
-
-        return check_weights(model or DEFAULT_MODEL_ID)[1]
-    if detector == "detic":
-        from utils.detect.detectors.detic import DETIC_WEIGHTS_URL, check_weights, detic_available
-
-        if not detic_available():
-            return "the 'detic' detector needs detectron2, CenterNet2 and Detic installed (docs/detic.md); or use owlv2"
-        return check_weights(model or DETIC_WEIGHTS_URL)
-    return None
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=RawDescriptionDefaultsHelpFormatter)
-    parser.add_argument("--base_dir", type=Path, default=Path("TrackVerseExample"),
-                        help="the example's dataset root, made here: its videos, tracks, index, subset, QA page "
-                             "and logs (default: ./TrackVerseExample)")
-    parser.add_argument("--detector", default="owlv2",
-                        help="owlv2 (default), detic, or module:callable, e.g. utils.testing.example:TemplateDetector")
-    parser.add_argument("--model", default=None, help="OWLv2 hub id or local folder")
-    parser.add_argument("--device", default="auto",
-                        help=f"where the detector runs: {DEVICE_HELP} (default: auto)")
-    args = parser.parse_args()
-    started = time.time()
-    if args.model and Path(args.model).expanduser().exists():  # the stages run from the repository
-        args.model = str(Path(args.model).expanduser().resolve())
-    problem = detector_problem(args.detector, args.model)
-    if problem:  # before minutes of work that would end there
-        print(f"STOPPED: {problem}", file=sys.stderr, flush=True)
-        return EXIT_SYSTEMIC
-    base = args.base_dir.resolve()
-    work = base / "example_inputs"
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"building an example dataset in {base}")
-    if args.detector == "owlv2" and not args.model:
-        print("OWLv2 (google/owlv2-base-patch16-ensemble, about 620 MB) is fetched from the Hugging Face hub "
-              "on first use and cached; offline, pass --model <local folder> or "
-              "--detector utils.testing.example:TemplateDetector")
-
-    sources = make_example_videos(work / "served")
-    ids = work / "yids.txt"
-    ids.write_text("".join(f"{v.yid}\n" for v in example_videos()))
-    prompts = work / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    verified = work / "verified.txt"  # no evaluation videos among the examples
-    verified.write_text("# <track file name>,<class>: none in this example\n")
-    print(f"{len(sources)} example videos in {work / 'served'}")
-
-    server, url_template = serve(work / "served")
-    common = ["--base_dir", base]
-    try:
-        step("1-3 download + scene segments", "download_videos.py", *common, "--yid_index_fn", ids,
-             "--url_template", url_template, "--skip_cartoon_filter", "--skip_aesthetics_filter")
-    finally:
-        server.shutdown()
-    step("3a blur faces", "./gdpr_blur_faces.sh", *common, "--yid_index_fn", ids)
-    parse = ["parse_tracks.py", *common, "--yid_index_fn", ids, "--dataset_name", DATASET,
-             "--class_prompts", prompts, "--detector", args.detector, "--device", args.device]
-    if args.model:
-        parse += ["--model", args.model]
-    step("4 detect + track", *parse)
-    step("4a one mp4 per track", "extract_tracks.py", *common, "--yid_index_fn", ids, "--dataset_name", DATASET)
-    index = f"tracks_subsets/{DATASET}/{DATASET}-Full.jsonl.gzip"
-    step("5 index", "curate_db.py", *common, "--index_file", index, "--dataset_name", DATASET,
-         "--action", "index", "--num_workers", "2")
-    step("5 class-balanced subset", "curate_db.py", *common, "--index_file", index, "--dataset_name", DATASET,
-         "--action", "sample_class_balanced", "--Nc", "5", "--temperature", "0", "--verified_list", verified)
-    step("status", "status.py", *common)
-    layout = DatasetLayout(base)
-    subsets = sorted(layout.subsets_dir().glob(f"{DATASET}-CB*.jsonl.gzip"))
-    if subsets:
-        step("visual QA", "qa.py", *common, "--dataset_name", DATASET, "--records", subsets[-1],
-             "--out", base / "qa")
-
-    clips = sorted((base / "tracks_mp4" / DATASET).rglob("*.mp4"))
-    print(f"\nDone in {time.time() - started:.0f} s. Everything is under {base}:")
-    print(f"  videos (faces blurred)  {base / 'videos_mp4'}  ({len(list((base / 'videos_mp4').rglob('*.mp4')))})")
-    print(f"  scene segments          {base / 'videos_segm'}")
-    print(f"  track metadata          {layout.tracks_meta_dir(DATASET)}")
-    print(f"  track clips             {base / 'tracks_mp4' / DATASET}  ({len(clips)})")
-    print(f"  index                   {layout.relative(index)}")
-    for subset in subsets:
-        print(f"  subset                  {subset}")
-    print(f"  journals                {base / 'logs'}")
-    if (base / "qa" / "index.html").exists():
-        print(f"  gallery                 {(base / 'qa' / 'index.html').as_uri()}")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_script(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,30 @@ are not fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.helpers import FETCH_SAMPLES
+from tests.helpers import ASSET_STAND_INS, FETCH_SAMPLES
 from tests.http_server import FaultServer
 from utils.testing.synthetic import make_synthetic_video
+
+
+@pytest.fixture
+def stand_in_assets(tmp_path, monkeypatch) -> Path:
+    """The pinned assets replaced by the small stand-ins: each pin becomes its stand-in's sha256,
+    the mirror (``$TRACKVERSE_ASSETS_URL``) their folder, the cache an empty folder. Returns the
+    folder. For tests of what is done with an asset, not of the real list's content."""
+    import hashlib
+
+    from utils.core import assets
+
+    for name, asset in list(assets.ASSETS.items()):
+        sha = hashlib.sha256((ASSET_STAND_INS / name).read_bytes()).hexdigest()
+        monkeypatch.setitem(assets.ASSETS, name, assets.Asset(name, sha, asset.description))
+    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", ASSET_STAND_INS.as_uri() + "/")
+    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "stand-in-cache"))
+    return ASSET_STAND_INS
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -59,6 +61,8 @@ def _holding(folders: tuple[Path, ...], names: tuple[str, ...]) -> Path:
 SHARED_VIDEOS = _holding(VIDEO_FOLDERS, ("vtest.avi", "Megamind.avi", "box.mp4", "cup.mp4"))
 SHARED_ASSETS = _holding(ASSET_FOLDERS, ("lvis-prompts.txt", "trackverse-yids-all.txt",
                                          "trackverse-verified-6perclass.txt"))
+# Small lists with the assets' shape, written for the tests (tests/data/asset-stand-ins/README.md).
+ASSET_STAND_INS = REPO / "tests" / "data" / "asset-stand-ins"
 
 
 def _sample(folders: tuple[Path, ...], name: str, what: str) -> Path:
@@ -98,6 +102,45 @@ def run_cli(*args: str | os.PathLike, timeout: float = 300, env: dict | None = N
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+class Stopwatch:
+    """The seconds the calling thread spent blocked (waiting on the network, in sleeps, back-offs
+    and timeouts) since it was made: wall-clock time minus the time it ran on a CPU or waited in
+    the run queue for one (Linux ``/proc``). What a "fails within seconds, not minutes" promise is
+    about, whatever the machine's load: CPU work stretches on a loaded machine and is not counted.
+    As a context manager, ``waited`` is frozen when the block ends. For a command, see
+    :func:`run_cli_blocked`."""
+
+    def __init__(self) -> None:
+        self._path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        self._start = self._now()
+        self._frozen: float | None = None
+
+    def _now(self) -> float:
+        from tests.blocked_time import schedstat
+
+        ran, queued = schedstat(self._path)
+        return time.monotonic() - ran - queued
+
+    @property
+    def waited(self) -> float:
+        return self._frozen if self._frozen is not None else max(0.0, self._now() - self._start)
+
+    def __enter__(self) -> Stopwatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._frozen = self.waited
+
+
+def run_cli_blocked(*args: str | os.PathLike, **kw) -> tuple[subprocess.CompletedProcess, float]:
+    """:func:`run_cli`, and the seconds the command's main thread spent blocked
+    (tests/blocked_time.py; infinite when it did not say)."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "blocked"
+        proc = run_cli("-m", "tests.blocked_time", report, *args, **kw)
+        return proc, float(report.read_text()) if report.is_file() else float("inf")
 
 
 def journal(db: Path, job_key: str, event: str | None = None) -> list[dict]:

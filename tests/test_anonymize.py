@@ -252,7 +252,8 @@ def _bin_with(tmp_path: Path, **scripts: str) -> Path:
 def test_wrapper_runs_with_no_python_on_path_and_no_active_venv(tmp_path):
     """./gdpr_blur_faces.sh as a fresh shell runs it: the venv not activated, no `python`."""
     if not (REPO / ".venv" / "bin" / "python").exists():
-        pytest.skip("no .venv beside the project (the README's install)")
+        pytest.skip("no .venv beside the project: the README's install makes it "
+                    "(`python3 -m venv .venv && .venv/bin/pip install -r requirements-dev.txt`)")
     env = {"PATH": str(_bin_with(tmp_path)), "HOME": str(tmp_path)}
     proc = subprocess.run([str(REPO / "gdpr_blur_faces.sh"), "--help"], env=env, capture_output=True, text=True,
                           timeout=120, check=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SHARED_ASSETS
+from tests.helpers import shared_asset
 from tests.tiny_models import build_tiny_owlv2
 from utils.core.assets import ASSETS, Asset, AssetError, asset_path, cache_root, resolve_asset
 
@@ -20,15 +20,17 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_fetch_checks_sha_and_caches(cache, tmp_path):
-    if not (SHARED_ASSETS / "lvis-prompts.txt").exists():
-        pytest.skip("../shared/trackverse-assets is absent")
-    mirror = f"file://{SHARED_ASSETS}/"
+def test_fetch_checks_sha_and_caches(stand_in_assets):
     for name in ASSETS:
-        path = asset_path(name, base_url=mirror)
-        assert path.read_bytes() == (SHARED_ASSETS / name).read_bytes()
+        path = asset_path(name)  # from the mirror $TRACKVERSE_ASSETS_URL
+        assert path.read_bytes() == (stand_in_assets / name).read_bytes()
     # cached: a dead mirror is not consulted again
     assert asset_path("lvis-prompts.txt", base_url="file:///nonexistent/") == path.parent / "lvis-prompts.txt"
+
+
+def test_pins_are_the_sha256_of_the_real_lists():
+    for name, asset in ASSETS.items():
+        assert hashlib.sha256(shared_asset(name).read_bytes()).hexdigest() == asset.sha256, name
 
 
 def test_tampered_asset_is_refused(cache, tmp_path):

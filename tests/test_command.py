@@ -23,7 +23,7 @@ from utils.core.errors import (
     UsageError,
 )
 
-ROOT_SCRIPTS = sorted(p for p in REPO.glob("*.py") if p.name != "example.py")  # TODO(issue 21): example.py next
+ROOT_SCRIPTS = sorted(REPO.glob("*.py"))
 # the contract itself, and gdpr_blur_faces.py's import guard (the shell wrapper may find an interpreter
 # without the requirements, before anything of the project can be imported)
 MAPPERS = {REPO / "utils" / "core" / "command.py", REPO / "gdpr_blur_faces.py"}

@@ -25,11 +25,11 @@ import curate_db
 from tests.helpers import CURATE_CLASSES as CLASSES
 from tests.helpers import CURATE_DS as DS
 from tests.helpers import CURATE_INDEX as INDEX
-from tests.helpers import SHARED_ASSETS, run_cli, subset_records, yid_of
 from tests.helpers import build_curation_db as build_db
 from tests.helpers import curate as run
 from tests.helpers import curation_record as make_record
 from tests.helpers import index_curation_db as index
+from tests.helpers import run_cli, subset_records, yid_of
 from tests.helpers import sample_subsets as sample
 from utils.core.config import config_from_args
 from utils.core.errors import UsageError
@@ -419,13 +419,9 @@ def test_one_frozen_config_makes_the_flags_and_drives_the_library(db, tmp_path):
     assert len(subset_records(copy, f"{DS}-20-RND.jsonl.gzip")) == 20
 
 
-def test_pinned_verified_list_is_the_default(tmp_path, monkeypatch):
-    real = SHARED_ASSETS / "trackverse-verified-6perclass.txt"
-    if not real.exists():
-        pytest.skip(f"{real} is absent (tests read it from ../shared/trackverse-assets)")
-    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", f"file://{SHARED_ASSETS}/")
-    listed = sorted({line[:11] for line in real.read_text().splitlines() if line.strip()})[:25]
+def test_pinned_verified_list_is_the_default(tmp_path, stand_in_assets):
+    pinned = stand_in_assets / "trackverse-verified-6perclass.txt"  # what the pin names here
+    listed = sorted({line[:11] for line in pinned.read_text().splitlines() if line.strip()})[:25]
     records = []
     for i, yid in enumerate(listed + [yid_of(v) for v in range(25)]):
         recs = [make_record(yid, k % len(CLASSES), 10.0 if i < 25 else 0.0, i * 4 + k) for k in range(4)]
@@ -926,12 +922,16 @@ def test_classes_with_the_same_name_are_balanced_and_counted_apart(tmp_path, cap
                                                                    ("446", "1"), ("447", "1")]
 
 
-def test_an_index_of_the_lvis_list_has_1203_classes(tmp_path):
-    from tests.helpers import shared_asset
-    from utils.records.prompts import parse_prompt_lines
+def lvis_shaped_lines() -> list[str]:
+    """1,203 prompt lines with LVIS's homonyms where LVIS has them (bow on lines 135 and 136):
+    the shape of the real list (tests/test_tracks.py checks the list itself)."""
+    lines = [f"class {i:04d} (also known as thing {i})" for i in range(1203)]
+    lines[135], lines[136] = "bow (also known as weapon)", "bow (also known as decorative ribbons)"
+    return lines
 
-    lines = parse_prompt_lines(shared_asset("lvis-prompts.txt").read_text(encoding="utf-8").splitlines())
-    assert len(lines) == 1203
+
+def test_an_index_of_a_vocabulary_of_lvis_size_has_1203_classes(tmp_path):
+    lines = lvis_shaped_lines()
     for v in range(0, len(lines), 100):
         write_meta(tmp_path, yid_of(v), [labelled_record(yid_of(v), i, line, 1.0, i)
                                          for i, line in enumerate(lines[v:v + 100], start=v)])

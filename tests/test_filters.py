@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import Stopwatch, run_cli, run_cli_blocked
 from tests.http_server import FaultServer
 from utils.core.layout import DatasetLayout
 from utils.ingest.filters import (
@@ -309,16 +309,15 @@ def _closed_port() -> int:
 
 def test_weights_whose_hosts_do_not_answer_fail_within_seconds_naming_the_flags(tmp_path):
     import socket
-    import time
 
     with socket.socket() as silent:  # accepts connections, never answers: a firewall dropping packets
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         urls = (f"http://127.0.0.1:{_closed_port()}/w/head.pth", f"http://127.0.0.1:{silent.getsockname()[1]}/w/head.pth")
-        started = time.monotonic()
+        watch = Stopwatch()
         with pytest.raises(WeightsError) as info:  # fetch_verified alone waited 60 s on the silent one
             _fetch(WeightSource("head.pth", urls), tmp_path / "cache", "aesthetic head")
-        assert time.monotonic() - started < 15
+        assert watch.waited < 15
     message = str(info.value)
     assert "cannot fetch aesthetic head weights head.pth: no host answers" in message
     assert "refused" in message and "no answer from" in message
@@ -327,7 +326,6 @@ def test_weights_whose_hosts_do_not_answer_fail_within_seconds_naming_the_flags(
 
 
 def test_clip_openai_weights_offline_fail_fast_or_come_from_the_hub_cache(tmp_path, monkeypatch):
-    import time
 
     from huggingface_hub import constants
 
@@ -336,10 +334,10 @@ def test_clip_openai_weights_offline_fail_fast_or_come_from_the_hub_cache(tmp_pa
     monkeypatch.setattr(filters, "hub_endpoint", lambda: f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setattr(filters, "hub_offline", lambda: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    started = time.monotonic()
+    watch = Stopwatch()
     with pytest.raises(WeightsError) as info:
         filters.resolve_clip_weights("openai")
-    assert time.monotonic() - started < 10
+    assert watch.waited < 10
     message = str(info.value)
     assert "is unreachable (connection to 127.0.0.1" in message
     assert "--aesthetics_clip_weights FILE" in message and "--skip_aesthetics_filter" in message
@@ -358,16 +356,14 @@ def test_clip_openai_weights_offline_fail_fast_or_come_from_the_hub_cache(tmp_pa
 
 def test_default_filters_offline_stop_the_rank_within_seconds(tmp_path):
     """download_videos.py with its default filters on a machine whose weight hosts refuse."""
-    import time
 
     (tmp_path / "ids.txt").write_text("filtAAAAAAA\n")
     port = _closed_port()
-    started = time.monotonic()
-    proc = run_cli("download_videos.py", "--base_dir", tmp_path / "db", "--yid_index_fn", tmp_path / "ids.txt",
-                   "--url_template", f"http://127.0.0.1:{port}/{{yid}}.mp4",
-                   "--cartoon_weights", f"http://127.0.0.1:{port}/cartoon.pth",
-                   env={"TRACKVERSE_CACHE": str(tmp_path / "cache")}, timeout=120)
+    proc, blocked = run_cli_blocked("download_videos.py", "--base_dir", tmp_path / "db", "--yid_index_fn",
+                                    tmp_path / "ids.txt", "--url_template", f"http://127.0.0.1:{port}/{{yid}}.mp4",
+                                    "--cartoon_weights", f"http://127.0.0.1:{port}/cartoon.pth",
+                                    env={"TRACKVERSE_CACHE": str(tmp_path / "cache")}, timeout=300)
     assert proc.returncode == 3, proc.stderr
-    assert time.monotonic() - started < 20
+    assert blocked < 20
     assert "STOPPED: cannot fetch cartoon classifier weights" in proc.stderr
     assert "--cartoon_weights FILE" in proc.stderr and "--skip_cartoon_filter" in proc.stderr

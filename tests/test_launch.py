@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, journal, run_cli
-from tests.toy_stage import attempts, expected_content, output_path
+from tests.toy_stage import attempts, expected_content, output_path, release_path
 from utils.core.errors import EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, UsageError
 from utils.runner.stage import resolve_rank, shard_indices
 
@@ -196,33 +196,33 @@ def test_invalid_ids_are_typed_not_recognised_by_message(tmp_path):
 
 
 def test_sigkill_mid_write_leaves_nothing_a_rerun_trusts(tmp_path):
-    items = [f"big{i}" for i in range(6)]
+    db = tmp_path / "db"
+    items = ["big0", "big1", "hold2", "big3", "big4", "big5"]
     write_items(tmp_path / "items.txt", items)
-    cmd = [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(tmp_path / "db"),
-           "--item_list", str(tmp_path / "items.txt"), "--chunks", "20", "--sleep", "0.02"]
+    cmd = [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(db),
+           "--item_list", str(tmp_path / "items.txt"), "--chunks", "20"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out_dir = tmp_path / "db" / "toy"
-    deadline = time.time() + 60
-    # kill while the third item is being written (its temporary exists)
-    while time.time() < deadline:
-        if out_dir.is_dir() and any(p.name.startswith(".big2.out.tmp-") for p in out_dir.iterdir()):
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not output_path(tmp_path / "db", "big2").exists()
+    out_dir = db / "toy"
+    try:  # killed while the third item is being written: it is held there, its temporary written
+        _wait_for(lambda: out_dir.is_dir() and any(p.name.startswith(".hold2.out.tmp-") for p in out_dir.iterdir()),
+                  300, "the third item's temporary")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not output_path(db, "hold2").exists()
     for item in items:  # every final file present is whole
-        path = output_path(tmp_path / "db", item)
+        path = output_path(db, item)
         if path.exists():
             assert path.read_bytes() == expected_content(item, 20)
     assert any(p.name.startswith(".") for p in out_dir.iterdir())  # the torn temporary
 
+    release_path(db).touch()
     rerun = toy(tmp_path, "--chunks", "20")
     assert rerun.returncode == EXIT_OK, rerun.stderr
     for item in items:
-        assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 20)
+        assert output_path(db, item).read_bytes() == expected_content(item, 20)
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{i}.out" for i in items)  # no temporaries
-    assert attempts(tmp_path / "db", "big0", "done") == 1
+    assert attempts(db, "big0", "done") == 1 and not any(attempts(db, i, "redone") for i in items)
 
 
 # ------------------------------------------------------------------------ submitit
@@ -237,28 +237,43 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_slurm_without_rank_submits_an_array_and_skips_queued_ranks(tmp_path):
-    items = [f"it{i}" for i in range(6)]
-    args = ["--slurm", "--slurm_cluster", "local", "--world_size", "3", "--sleep", "2", "--chunks", "2"]
+@pytest.fixture
+def let_go(tmp_path):
+    """The release of the ``hold*`` items, given whatever happened at the end of the test: no
+    local job is left waiting."""
+    release = release_path(tmp_path / "db")
+    yield release
+    release.parent.mkdir(parents=True, exist_ok=True)
+    release.touch()
+
+
+def submission_records(db: Path) -> list[Path]:
+    """The committed submission records (not a temporary being written)."""
+    return [p for p in (db / "logs" / "slurm" / "toy" / "submissions").glob("*.json") if not p.name.startswith(".")]
+
+
+def test_slurm_without_rank_submits_an_array_and_skips_queued_ranks(tmp_path, let_go):
+    db = tmp_path / "db"
+    items = [f"hold{i}" for i in range(6)]  # every job waits for the test: still running for the second call
+    args = ["--slurm", "--slurm_cluster", "local", "--world_size", "3"]
     first = toy(tmp_path, *args, items=items)
     assert first.returncode == EXIT_OK, first.stderr
     assert "submitted 3 job(s)" in first.stdout
     assert "logs:" in first.stdout
 
-    second = toy(tmp_path, *args)  # while the first jobs are still running
+    second = toy(tmp_path, *args)
     assert second.returncode == EXIT_OK, second.stderr
     assert second.stdout.count("already queued or running") == 3
     assert "job(s)" not in second.stdout and "nothing to submit" in second.stdout
 
-    _wait_for(lambda: all(attempts(tmp_path / "db", i, "done") for i in items), 120, "all outputs")
-    for item in items:
-        assert attempts(tmp_path / "db", item, "done") == 1
-    records = list((tmp_path / "db" / "logs" / "slurm" / "toy" / "submissions").glob("*.json"))
-    assert len(records) == 1
-    ranks = sorted(j["rank"] for j in json.loads(records[0].read_text())["jobs"])
+    let_go.touch()
+    _wait_for(lambda: all(attempts(db, i, "done") for i in items), 300, "all outputs")
+    assert [attempts(db, i) for i in items] == [1] * 6
+    (record,) = submission_records(db)
+    ranks = sorted(j["rank"] for j in json.loads(record.read_text())["jobs"])
     assert ranks == [0, 1, 2]
 
-    _wait_for(lambda: "nothing to submit" in toy(tmp_path, *args).stdout, 60, "jobs to end")
+    _wait_for(lambda: "nothing to submit" in toy(tmp_path, *args).stdout, 300, "jobs to end")
 
 
 def test_slurm_with_rank_submits_one_job_and_waits(tmp_path):
@@ -271,46 +286,67 @@ def test_slurm_with_rank_submits_one_job_and_waits(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "db" / "toy").glob("*.out")) == ["it1", "it3"]
 
 
-def test_checkpointable_job_requeued_mid_shard_finishes_without_redoing_items(tmp_path):
-    items = [f"it{i}" for i in range(8)]
-    # each item takes ~1 s; the job's time limit (6 s) expires mid-shard: submitit
-    # signals it, the job checkpoints and is requeued, and the rerun resumes.
-    proc = toy(tmp_path, "--slurm", "--slurm_cluster", "local", "--rank", "0", "--timeout_min", "0.1",
-               "--sleep", "0.5", "--chunks", "2", "--slurm_wait", items=items, timeout=180)
-    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+def test_checkpointable_job_requeued_mid_shard_finishes_without_redoing_items(tmp_path, let_go):
+    """The job's time limit (30 s) expires while it is held inside its fourth item: submitit
+    signals it, the job checkpoints and is requeued, and the rerun resumes there. The test lets
+    the item go only once the job was requeued: no race with the clock (the limit leaves room for
+    a slow start on a loaded machine)."""
+    db = tmp_path / "db"
+    items = ["it0", "it1", "it2", "hold3", "it4", "it5"]
+    with open(tmp_path / "out.txt", "w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(db),
+             "--item_list", str(write_items(tmp_path / "items.txt", items)), "--slurm", "--slurm_cluster", "local",
+             "--rank", "0", "--timeout_min", "0.5", "--chunks", "2", "--slurm_wait"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+        _wait_for(lambda: len(journal(tmp_path / "db", JOB, "start")) >= 2, 300, "the job to be requeued")
+        let_go.touch()
+        proc.wait(timeout=300)
+        out.seek(0)
+        output = out.read()
+    assert proc.returncode == EXIT_OK, output
     for item in items:
-        assert output_path(tmp_path / "db", item).read_bytes() == expected_content(item, 2)
-        assert attempts(tmp_path / "db", item, "done") == 1  # never redone
-    starts = [r for r in journal(tmp_path / "db", JOB, "start")]
-    assert len(starts) >= 2, "the job was not requeued"
-    pids = {r["pid"] for r in journal(tmp_path / "db", JOB, "done")}
-    assert len(pids) >= 2  # items were finished by two different processes
-    out_dir = tmp_path / "db" / "toy"
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{i}.out" for i in items)
+        assert output_path(db, item).read_bytes() == expected_content(item, 2)
+    assert [attempts(db, i) for i in items] == [1, 1, 1, 2, 1, 1]  # only the interrupted item again
+    assert not any(attempts(db, i, "redone") for i in items)  # never redone
+    done_by = {r["item"]: r["pid"] for r in journal(tmp_path / "db", JOB, "done")}
+    assert len({done_by[i] for i in items[:3]}) == 1 and len({done_by[i] for i in items[3:]}) == 1
+    assert done_by["it0"] != done_by["hold3"]  # finished by two different processes
+    assert sorted(p.name for p in (db / "toy").iterdir()) == sorted(f"{i}.out" for i in items)
 
 
-def test_cancelled_job_is_reported_and_rerun_finishes(tmp_path):
-    items = [f"it{i}" for i in range(6)]
-    args = ["--slurm", "--slurm_cluster", "local", "--rank", "0", "--sleep", "1", "--chunks", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(tmp_path / "db"),
-         "--item_list", str(write_items(tmp_path / "items.txt", items)), *args, "--slurm_wait"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    sub_dir = tmp_path / "db" / "logs" / "slurm" / "toy" / "submissions"
-    _wait_for(lambda: sub_dir.is_dir() and any(sub_dir.glob("*.json")), 60, "submission")
-    _wait_for(lambda: output_path(tmp_path / "db", "it0").exists(), 60, "first item")
-    job_id = json.loads(next(sub_dir.glob("*.json")).read_text())["jobs"][0]["job_id"]
-    os.kill(int(job_id), signal.SIGINT)  # how submitit cancels a local job (its scancel)
-    stdout, stderr = proc.communicate(timeout=60)
+def test_cancelled_job_is_reported_and_rerun_finishes(tmp_path, let_go):
+    """Cancelled while inside its third item (held there until the test lets it go: no race with
+    the clock), the job is reported, not waited on; a re-run does the rest and redoes nothing."""
+    db = tmp_path / "db"
+    items = ["it0", "it1", "hold2", "it3", "it4"]
+    args = ["--slurm", "--slurm_cluster", "local", "--rank", "0"]
+    # Files, not pipes: the local job's controller inherits the waiter's descriptors.
+    with open(tmp_path / "out.txt", "w+") as out, open(tmp_path / "err.txt", "w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.toy_stage", "--base_dir", str(db),
+             "--item_list", str(write_items(tmp_path / "items.txt", items)), *args, "--slurm_wait"],
+            cwd=REPO, stdout=out, stderr=err, text=True,
+        )
+        _wait_for(lambda: attempts(db, "hold2") == 1, 300, "the job to reach its third item")
+        (record,) = submission_records(db)
+        job_id = json.loads(record.read_text())["jobs"][0]["job_id"]
+        os.kill(int(job_id), signal.SIGINT)  # how submitit cancels a local job (its scancel)
+        proc.wait(timeout=300)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     assert proc.returncode == EXIT_ITEMS_FAILED, stdout + stderr
     assert "did not complete" in stdout and "Re-run the same command" in stdout
-    assert not output_path(tmp_path / "db", "it5").exists()
+    assert [output_path(db, i).exists() for i in items] == [True, True, False, False, False]
 
-    rerun = toy(tmp_path, *args, "--slurm_wait")
+    let_go.touch()
+    rerun = toy(tmp_path, *args, "--slurm_wait", timeout=300)
     assert rerun.returncode == EXIT_OK, rerun.stdout + rerun.stderr
-    assert all(output_path(tmp_path / "db", i).exists() for i in items)
-    assert attempts(tmp_path / "db", "it0", "done") == 1
+    assert all(output_path(db, i).read_bytes() == expected_content(i, 1) for i in items)
+    assert [attempts(db, i) for i in items] == [1, 1, 2, 1, 1]  # only the cancelled item again
+    assert not any(attempts(db, i, "redone") for i in items)
 
 
 def test_unanswered_squeue_refuses_to_submit_duplicates(tmp_path):

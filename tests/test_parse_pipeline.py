@@ -253,7 +253,7 @@ def test_a_killed_decode_worker_fails_its_video_and_is_replaced(tmp_path, synthe
     assert _gone_soon(replaced), "close() leaves no decode worker behind"
 
 
-def _gone_soon(pids: list[int], seconds: float = 5.0) -> bool:
+def _gone_soon(pids: list[int], seconds: float = 60.0) -> bool:  # returns as soon as they are gone
     deadline = time.time() + seconds
     while time.time() < deadline:
         if not any(alive(pid) for pid in pids):
@@ -287,7 +287,7 @@ def test_decode_workers_exit_when_their_parent_is_killed(tmp_path, synthetic_vid
         assert len(pids) == 2 and all(alive(pid) for pid in pids)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        assert _gone_soon(pids, 10.0), "decode workers outlived their parent"
+        assert _gone_soon(pids), "decode workers outlived their parent"
     finally:
         if parent.poll() is None:
             parent.kill()

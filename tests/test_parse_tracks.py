@@ -24,7 +24,6 @@ from tests.helpers import (
     FIXTURE,
     PARSE_JOB,
     REPO,
-    SHARED_ASSETS,
     add_video,
     item_list,
     journal,
@@ -169,12 +168,9 @@ def test_segments_restrict_and_split_tracks(tmp_path, synthetic_video, prompts_f
     assert records[0].track_ts[-1] < 9.52 <= records[1].track_ts[0]
 
 
-def test_default_vocabulary_is_the_pinned_lvis_asset(tmp_path, monkeypatch, capsys):
-    """No --class_prompts: the pinned lvis-prompts.txt (1202 classes), fetched from a mirror;
-    offline with nothing cached is a usage error that says what to do."""
-    if not (SHARED_ASSETS / "lvis-prompts.txt").exists():
-        pytest.skip("../shared/trackverse-assets is absent")
-    monkeypatch.setenv("TRACKVERSE_CACHE", str(tmp_path / "cache"))
+def test_default_vocabulary_is_the_pinned_lvis_asset(tmp_path, monkeypatch, capsys, stand_in_assets):
+    """No --class_prompts: the pinned lvis-prompts.txt (here its small stand-in, pinned by its
+    sha256), fetched from a mirror; offline with nothing cached is a usage error that says what to do."""
     scenes = [
         SceneSpec(3.5, (ObjectSpec("cat", (70, 60), (5, 5), (80, 50)),)),
         SceneSpec(3.5, (ObjectSpec("person", (50, 90), (100, 10), (20, 20)),)),
@@ -190,10 +186,10 @@ def test_default_vocabulary_is_the_pinned_lvis_asset(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "--class_prompts" in err and "lvis-prompts.txt" in err and "Offline?" in err
 
-    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", f"file://{SHARED_ASSETS}/")
+    monkeypatch.setenv("TRACKVERSE_ASSETS_URL", stand_in_assets.as_uri() + "/")
     assert main(PARSE_TRACKS_STAGE, argv) == EXIT_OK
     records = read_records(meta_path(db))
-    vocab = read_prompts(SHARED_ASSETS / "lvis-prompts.txt")
+    vocab = read_prompts(stand_in_assets / "lvis-prompts.txt")
     assert [r.label for r in records] == ["cat", "person"]
     assert all(r.vocab_hash == vocab.hash and len(r.top10_lbl) == 10 for r in records)
     assert records[1].top10_lbl[0] == vocab.index_of("person") and "person" in records[1].fn

@@ -115,7 +115,7 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("headless Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+    pytest.skip("headless Chromium is not installed: `sudo apt-get install chromium` brings it (.ci/run installs it)")
 
 
 def test_gallery_renders_in_headless_chromium(qa_db, tmp_path):

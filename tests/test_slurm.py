@@ -420,7 +420,7 @@ def _cluster_env() -> tuple[dict[str, str] | None, str]:
     env = dict(os.environ)
     for key in [k for k in env if k.startswith(("SLURM_ARRAY_", "SLURM_JOB"))]:
         del env[key]  # pytest itself may run inside a Slurm job
-    start = "start it with tests/slurm/start_cluster.sh (CI: .ci/run does)"
+    start = "start it with `sudo tests/slurm/start_cluster.sh` (installs and starts a private one; .ci/run does)"
     if not env.get("SLURM_CONF") and (CLUSTER_DIR / "env").is_file():
         env.update(_env_file_values(CLUSTER_DIR / "env"))
     if shutil.which("sinfo") is None:

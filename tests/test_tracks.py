@@ -6,11 +6,11 @@ import gzip
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import shared_asset
 from utils.records.prompts import (
     Vocabulary,
     file_label,
@@ -23,7 +23,6 @@ from utils.records.prompts import (
 from utils.records.track_files import iter_records, read_records, records_to_jsonl_gz_bytes, write_records
 from utils.records.tracks import RecordsFileError, TrackRecord, TrackRecordError, compute_tid, track_filename
 
-LVIS_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "trackverse-assets" / "lvis-prompts.txt"
 YID = "dQw4w9WgXcQ"
 CLASSES = ["aerosol can (also known as spray can)", "air conditioner", "Band Aid", "cat", "dog"]
 
@@ -133,13 +132,13 @@ def test_comment_and_blank_lines_of_a_prompts_file_are_not_classes(tmp_path):
         read_prompts(only_comments)
 
 
-@pytest.mark.skipif(not LVIS_PROMPTS.is_file(), reason=f"LVIS prompts asset not present at {LVIS_PROMPTS}")
 def test_lvis_prompts_asset():
-    vocab = read_prompts(LVIS_PROMPTS)
+    lvis_prompts = shared_asset("lvis-prompts.txt")  # skips, naming tests/data/fetch_samples.sh, when absent
+    vocab = read_prompts(lvis_prompts)
     # 1202 newline characters, and a last line without one: the 1203 LVIS v1 classes.
     assert len(vocab) == 1203
     # no blank or comment line: class id i is line i of the file, as the released top10_lbl ids
-    assert vocab.lines == tuple(line.strip() for line in LVIS_PROMPTS.read_text(encoding="utf-8").splitlines())
+    assert vocab.lines == tuple(line.strip() for line in lvis_prompts.read_text(encoding="utf-8").splitlines())
     assert vocab.labels[0] == "aerosol can" and vocab.lines[0] == "aerosol can (also known as spray can)"
     assert all(label and "(also" not in label for label in vocab.labels)
     assert all(label == label.strip() for label in vocab.labels)

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import Stopwatch, run_cli
 from utils.core.video import VideoWriter
 from utils.metrics.compute import RAFTFlow, frame_pairs, track_motion
 from utils.records.metrics_store import VectorSource, load_metric_columns
@@ -146,7 +146,6 @@ def test_default_weights_offline_are_said_within_seconds_with_the_flag(tmp_path,
     """Weights neither in torch.hub's cache nor reachable: a SystemicError at once (torch.hub
     would wait on the network without a timeout), naming the URL, the flag and the cache path."""
     import socket
-    import time
     from types import SimpleNamespace
 
     import torch
@@ -160,10 +159,10 @@ def test_default_weights_offline_are_said_within_seconds_with_the_flag(tmp_path,
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/models/resnet18-test.pth"
-        started = time.monotonic()
+        watch = Stopwatch()
         with pytest.raises(SystemicError) as info:
             load_torchvision_model(resnet18, SimpleNamespace(url=url), "default", "ResNet-18", "--embedding_weights")
-        assert time.monotonic() - started < 15
+        assert watch.waited < 15
     message = str(info.value)
     assert url in message and "no answer from" in message and "--embedding_weights FILE" in message
     assert str(tmp_path / "torch-hub" / "checkpoints" / "resnet18-test.pth") in message

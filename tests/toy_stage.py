@@ -2,8 +2,11 @@
 
 Item names steer behaviour: ``fail*`` fails permanently, ``flaky*`` fails transiently on
 its first attempt, ``crash*`` raises an unexpected error, ``nospace*`` a disk-full error;
-``lookcrash*`` and ``looknospace*`` do the same when asked whether their output exists.
-Every attempt leaves a marker file so tests can count how often an item was processed.
+``lookcrash*`` and ``looknospace*`` do the same when asked whether their output exists;
+``hold*`` waits after its first chunk (its temporary written) until :func:`release_path` exists
+(a test decides when: no timing involved).
+Every attempt leaves a marker file so tests can count how often an item was processed, and an
+item processed although its output existed (finished work redone) leaves a ``redone`` one.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ def expected_content(item: str, chunks: int) -> bytes:
     return b"".join(f"{item} chunk {i}\n".encode() * 200 for i in range(chunks)) + b"END\n"
 
 
+def release_path(base_dir: Path) -> Path:
+    """Where a test lets the ``hold*`` items go on."""
+    return Path(base_dir) / "toy_release"
+
+
 def attempts(base_dir: Path, item: str, kind: str = "start") -> int:
+    """How often ``item`` was started (``kind="start"``), finished (``"done"``) or processed
+    although its output existed (``"redone"``)."""
     folder = Path(base_dir) / "toy_attempts"
     return len(list(folder.glob(f"{item}.{kind}.*"))) if folder.is_dir() else 0
 
@@ -85,6 +95,8 @@ class ToyStage(Stage[ToyConfig]):
         marker_dir = Path(config.base_dir) / "toy_attempts"
         marker_dir.mkdir(parents=True, exist_ok=True)
         (marker_dir / f"{item}.start.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
+        if output_path(config.base_dir, item).exists():
+            (marker_dir / f"{item}.redone.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
         if item.startswith("fail"):
             raise ItemError(f"{item} is private", category="private")
         if item.startswith("flaky") and attempts(config.base_dir, item) == 1:
@@ -105,6 +117,8 @@ class ToyStage(Stage[ToyConfig]):
                 f.write(content[i:i + step])
                 f.flush()
                 time.sleep(config.sleep)
+                while i == 0 and item.startswith("hold") and not release_path(config.base_dir).exists():
+                    time.sleep(0.05)  # held mid-write: its temporary exists
         (marker_dir / f"{item}.done.{os.getpid()}.{uuid.uuid4().hex[:6]}").touch()
         return {"units": 1.0}
 
