@@ -12,7 +12,8 @@ import pytest
 from tests.helpers import run_cli
 from utils.core.layout import DatasetLayout, report_path
 from utils.core.video import probe_video
-from utils.detect.detectors.base import embed_prompts, make_detector
+from utils.detect.detectors.base import embed_prompts
+from utils.detect.detectors.registry import make_detector
 from utils.records.segments import read_segments
 from utils.records.track_files import read_records
 from utils.testing.example import PROMPTS, photo
