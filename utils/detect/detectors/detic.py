@@ -466,7 +466,12 @@ class DeticDetector(Detector):
         cfg.MODEL.ROI_HEADS.ONE_CLASS_PER_PROPOSAL = True
         cfg.MODEL.ROI_BOX_HEAD.ADD_FEATURE_TO_PROP = True
         cfg.MODEL.ROI_BOX_HEAD.ZEROSHOT_WEIGHT_PATH = "rand"  # replaced by the custom vocabulary below
-        cfg.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False  # a training loss; its class-frequency file is not needed
+        cat_freq = detic_root / "datasets" / "metadata" / "lvis_v1_train_cat_info.json"
+        if cat_freq.is_file():  # read by the model's constructor (relative to Detic's folder)
+            cfg.MODEL.ROI_BOX_HEAD.CAT_FREQ_PATH = str(cat_freq)
+        else:  # only training samples classes by their frequency
+            cfg.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
+            cfg.MODEL.DYNAMIC_CLASSIFIER = False
         cfg.INPUT.MIN_SIZE_TEST = int(input_size)
         cfg.INPUT.MAX_SIZE_TEST = int(input_size)
         cfg.freeze()
