@@ -138,7 +138,7 @@ def test_precision_and_embedding_options_are_checked():
         make_detector("detic", NAMES, weights=RANDOM, embedding="pixels")
     from utils.detect.detectors import DetectorError
 
-    with pytest.raises(DetectorError, match="random:detic-swinb, random:detic-r50"):
+    with pytest.raises(DetectorError, match="use one of random:detic-swinb"):
         make_detector("detic", NAMES, weights="random:detic-huge")
 
 
@@ -173,7 +173,7 @@ def test_parse_relabel_and_search_with_random_detic(tmp_path, moving_boxes):
     assert emb.info["detector_spec"] == "detic" and emb.info["weights"] == RANDOM
 
     # stale check: the same data with other weights stops before any work
-    proc = run_cli(*parse_args(db, yids, prompts, "detic", "--model", "random:detic-r50"), env=env, timeout=300)
+    proc = run_cli(*parse_args(db, yids, prompts, "detic", "--model", "other-weights.pth"), env=env, timeout=300)
     assert proc.returncode == EXIT_USAGE and "--reparse_stale" in proc.stderr
 
     assert run_cli("curate_db.py", "--base_dir", db, "--index_file", INDEX, "--dataset_name", "TrackVerseLVIS",
@@ -193,7 +193,8 @@ def test_parse_relabel_and_search_with_random_detic(tmp_path, moving_boxes):
     expected = detic.embed_text(["rocket", "table", "cat"])
     assert len(cached) == 1 and np.allclose(cached[0], expected, atol=1e-5)
     for rec, vec in zip(relabelled, emb.vectors, strict=True):
-        assert rec.top10_lbl[0] == ["rocket", "table", "cat"][int(np.argmax(expected @ vec))]
+        best = int(np.argmax(expected @ vec.astype(np.float32)))
+        assert rec.top10_lbl[0] == best and rec.top10_desc[0] == ["rocket", "table", "cat"][best]
 
     # search: tracks ranked by cosine with the query's DETIC text embedding
     proc = run_cli("search_tracks.py", "--base_dir", db, "--index_file", INDEX, "a rocket", "--top", "2",
@@ -218,7 +219,9 @@ def test_tracks_follow_the_moving_boxes_with_ground_truth_proposals(tmp_path, mo
         if extra:
             add_video(out, YID, video.path, video.scene_spans())
         proc = run_cli(*parse_args(out, item_list(tmp_path, [YID]), prompts, "tests.detic_plugins:DeticOnGroundTruthProposals",
-                                   "--min_track_len", "1", "--min_track_area", "0.01", *extra),
+                                   "--min_track_len", "1", "--min_track_area", "0.01", *extra,
+                                   # a random classifier's scores (around 0.5) say nothing: every box counts
+                                   "--track_thresh", "0.2", "--low_thresh", "0.1"),
                        env={GROUND_TRUTH_ENV: str(truth), "TRACKVERSE_CACHE": str(tmp_path / "cache")}, timeout=600)
         assert proc.returncode == EXIT_OK, proc.stderr
         records = read_records(meta_path(out))

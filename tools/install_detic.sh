@@ -64,9 +64,11 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/install-detic.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-# 2. PyPI dependencies, pinned; what the environment has already (the torch the ops are built
+# 2. PyPI dependencies, pinned; everything else the environment has (the torch the ops are built
 #    against first of all) stays at its version: a conflict stops here instead
-"$PY" -m pip freeze --exclude-editable | grep -v -e ' @ ' -e '^-e ' > "$WORK/installed.txt" || true
+own="$(sed -e 's/#.*//' -e 's/[<>=!~;[ ].*//' "$REPO/requirements-detic.txt" | grep -v '^$' | paste -sd'|')"
+"$PY" -m pip freeze --exclude-editable | grep -v -e ' @ ' -e '^-e ' | grep -v -i -E "^($own)==" \
+  > "$WORK/installed.txt" || true
 "${PIP[@]}" install -c "$WORK/installed.txt" -r "$REPO/requirements-detic.txt"
 
 # 3. detectron2 and CLIP: wheels built once per snapshot and torch, then installed

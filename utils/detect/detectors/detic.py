@@ -17,7 +17,7 @@ returns text in, so tracks can be relabelled and searched), or as is
 (``embedding="box_head"``, 1024-D: the original's ``box_feats``); L2-normalised either way.
 The conversion from detectron2 outputs is the pure function :func:`detic_outputs_to_detections`.
 
-``weights="random:detic-swinb"`` (or ``random:detic-r50``) builds that Detic config's model and
+``weights="random:detic-swinb"`` builds the model of that Detic config (the original's Swin-B) and
 the CLIP text encoder at full size with seeded random weights, nothing downloaded: the real
 model's cost for benchmarks and tests; its detections mean nothing.
 """
@@ -67,11 +67,10 @@ INSTALL_COMMAND = "tools/install_detic.sh --from ../shared/vendor-src"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EMBEDDINGS = ("classifier", "box_head")
 RANDOM_PREFIX = "random:"
-#: ``random:<name>`` -> the Detic config whose architecture is built with random weights
-RANDOM_MODELS = {
-    "detic-swinb": DETIC_CONFIG_NAME,
-    "detic-r50": "Detic_LCOCOI21k_CLIP_R5021k_640b32_4x_ft4x_max-size",
-}
+#: ``random:<name>`` -> the Detic config whose architecture is built with random weights. Only
+#: the Swin-B of the original: Detic's R50 configs build their backbone through an API of timm
+#: 0.4 that the timm pinned here (1.x) no longer has.
+RANDOM_MODELS = {"detic-swinb": DETIC_CONFIG_NAME}
 RANDOM_SEED = 0
 
 
@@ -377,7 +376,7 @@ class DeticDetector(Detector):
         config_file: Detic config (default: the weights' config, ``configs/<name>.yaml`` of
             the installed Detic: :data:`DETIC_CONFIG_NAME` for the model-zoo weights).
         weights: checkpoint path or URL (default: the Detic model zoo URL), or
-            ``random:detic-swinb`` / ``random:detic-r50``: that config's architecture and CLIP's
+            ``random:detic-swinb``: the original config's architecture (Swin-B) and CLIP's
             text encoder at full size with seeded random weights, nothing downloaded
             (benchmarks and tests; detections mean nothing).
         input_size: test-time shortest and longest side (480, as the original).
