@@ -72,6 +72,7 @@ def test_random_detic_is_the_full_size_swin_b_model(detic):
     prov = detic.provenance()
     assert prov["detector"] == "detic" and prov["weights"] == RANDOM
     assert prov["config"] == "Detic_LCOCOI21k_CLIP_SwinB_896b32_4x_ft4x_max-size" and prov["input_size"] == 480
+    assert detic.precision == "auto" and detic.autocast_dtype is None  # float32 on a CPU
 
 
 def test_text_encoder_is_seeded_and_uses_the_prompt_template(detic):
@@ -129,6 +130,51 @@ def test_boxes_scores_and_class_probabilities_come_back_to_frame_pixels(moving_b
     # array frames give the same as prepared ones
     again = det.detect(frames, times)
     assert all(np.allclose(a.xyxy, b.xyxy) for a, b in zip(again, det.detect(prepared, times), strict=True))
+
+
+def test_cuda_out_of_memory_halves_the_batch_then_fails_clearly(detic, moving_boxes, monkeypatch):
+    import torch
+
+    from utils.detect.detectors import DetectorError
+
+    video, _ = moving_boxes
+    frames = frames_of(video, [0.2, 0.6, 1.0])
+    monkeypatch.setattr(detic, "batch_size", 4)
+    real = detic._detect_batch
+    sizes = []
+
+    def flaky(batch):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch)
+
+    monkeypatch.setattr(detic, "_detect_batch", flaky)
+    got = detic.detect(frames)
+    assert sizes == [3, 1, 1, 1] and detic.batch_size == 1 and len(got) == 3
+    assert all(len(d) > 0 and d.dim == 512 for d in got)
+
+    def always(batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(detic, "_detect_batch", always)
+    with pytest.raises(DetectorError, match="single 256x160 frame"):
+        detic.detect(frames)
+
+
+def test_autocast_path_gives_the_same_detections_in_float32(detic, moving_boxes, monkeypatch):
+    """bf16 autocast (what fp16 is on CUDA, here on the CPU): the same boxes, float32 outputs."""
+    import torch
+
+    video, _ = moving_boxes
+    frames = frames_of(video, [0.5])
+    (plain,) = detic.detect(frames)
+    monkeypatch.setattr(detic, "autocast_dtype", torch.bfloat16)
+    (mixed,) = detic.detect(frames)
+    assert mixed.xyxy.dtype == np.float32 and mixed.embedding.dtype == np.float32 and len(mixed) > 0
+    assert np.allclose(np.linalg.norm(mixed.embedding, axis=1), 1.0, atol=1e-3)
+    top = plain.xyxy[np.argmax(plain.score)]
+    assert np.abs(mixed.xyxy - top).max(axis=1).min() < 4.0  # the best box is found again, to bf16 precision
 
 
 def test_precision_and_embedding_options_are_checked():
