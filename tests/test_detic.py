@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.test_parse_tracks import add_video, item_list, match_to_ground_truth, meta_path
 from tests.tiny_models import GROUND_TRUTH_ENV, write_ground_truth
-from utils.core.errors import EXIT_OK, EXIT_USAGE
+from utils.core.errors import EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE
 from utils.core.layout import DatasetLayout
 from utils.core.video import read_frames_at
 from utils.detect.detectors import make_detector
@@ -194,6 +194,22 @@ def test_precision_and_embedding_options_are_checked():
 def parse_args(db: Path, yids: Path, prompts: Path, detector: str, *extra: str) -> list[str]:
     return ["parse_tracks.py", "--base_dir", str(db), "--yid_index_fn", str(yids), "--class_prompts", str(prompts),
             "--detector", detector, "--device", "cpu", "--fps", "4", "--batch_size", "4", *extra]
+
+
+def test_offline_without_weights_parse_stops_at_once_saying_what_to_fetch(tmp_path, moving_boxes):
+    from utils.detect.detectors.detic import check_weights
+
+    if check_weights() is None:
+        pytest.skip("DETIC's weights can be had here: nothing to refuse")
+    video, _ = moving_boxes
+    db = tmp_path / "db"
+    add_video(db, YID, video.path, video.scene_spans())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("cat\n")
+    proc = run_cli(*parse_args(db, item_list(tmp_path, [YID]), prompts, "detic"), timeout=300)
+    assert proc.returncode == EXIT_SYSTEMIC, proc.stderr
+    assert "cannot fetch DETIC weights" in proc.stderr and "--model" in proc.stderr and "Traceback" not in proc.stderr
+    assert not meta_path(db).exists()
 
 
 @pytest.mark.slow
