@@ -501,8 +501,9 @@ class DeticDetector(Detector):
 
     # ------------------------------------------------------------------ text side
     def _encoder(self) -> Any:
-        """Detic's CLIP text encoder (built once, on the CPU): CLIP ViT-B/32's text tower loaded
-        from the clip package for real weights, the same architecture seeded for ``random:``."""
+        """Detic's CLIP text encoder (built once, on the detector's device: the LVIS vocabulary
+        is 1203 prompts): CLIP ViT-B/32's text tower loaded from the clip package for real
+        weights, the same architecture seeded for ``random:``."""
         if self._text_encoder is None:
             import torch
 
@@ -517,7 +518,7 @@ class DeticDetector(Detector):
                 except (OSError, RuntimeError) as exc:
                     raise DetectorError(f"cannot load CLIP {CLIP_TEXT_MODEL}, Detic's text encoder: {exc} "
                                         f"(see {_DOC})") from exc
-            self._text_encoder = encoder.eval()
+            self._text_encoder = encoder.eval().to(self.device)
         return self._text_encoder
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -532,7 +533,7 @@ class DeticDetector(Detector):
             torch.manual_seed(RANDOM_SEED)
             for i in range(0, len(texts), 256):
                 emb = encoder(list(texts[i : i + 256])).float()
-                out.append(torch.nn.functional.normalize(emb, dim=-1).numpy())
+                out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 512), np.float32)
 
     def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
