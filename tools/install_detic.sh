@@ -35,9 +35,10 @@ done
 
 [ -d "$SOURCE" ] || die "no snapshot folder $SOURCE: pass --from DIR, or install from the repositories (docs/detic.md)"
 SOURCE="$(cd "$SOURCE" && pwd)"
-PY="$VENV/bin/python"
-[ -x "$PY" ] || die "no Python environment at $VENV (make it first: python3 -m venv $VENV && $VENV/bin/pip install -r requirements.txt)"
+[ -x "$VENV/bin/python" ] \
+  || die "no Python environment at $VENV (make it first: python3 -m venv $VENV && $VENV/bin/pip install -r requirements.txt)"
 VENV="$(cd "$VENV" && pwd)"
+PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check -q)
 
 # 1. the snapshots are the ones the README lists
