@@ -62,8 +62,8 @@ DETIC_CONFIG_NAME = "Detic_LCOCOI21k_CLIP_SwinB_896b32_4x_ft4x_max-size"
 DETIC_WEIGHTS_URL = f"https://dl.fbaipublicfiles.com/detic/{DETIC_CONFIG_NAME}.pth"
 _DOC = "docs/detic.md"
 CLIP_TEXT_MODEL = "ViT-B/32"  # what Detic's text encoder loads through OpenAI's clip package
-#: the one command that installs detectron2, CLIP and Detic from the source snapshots
-INSTALL_COMMAND = "tools/install_detic.sh --from ../shared/vendor-src"
+#: the one command that installs detectron2, CLIP and Detic from the source snapshots (../shared/vendor-src)
+INSTALL_COMMAND = "tools/install_detic.sh"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EMBEDDINGS = ("classifier", "box_head")
 RANDOM_PREFIX = "random:"
