@@ -10,17 +10,23 @@ in the run, sampled at 16 fps with the longer side at 480 px:
   the stage's own ceiling) and with OWLv2 (the tiny random model, or ``--model``);
 - the detector alone: the tiny model, and the full-size ``random:owlv2-base`` (the published
   architecture with random weights, a few frames: it is slow on a CPU);
+- ``--compare_detic N``: only the two full-size random detectors alone on the same ``N`` frames,
+  ``random:owlv2-base`` (the baseline) and DETIC's ``random:detic-swinb`` (needs
+  ``tools/install_detic.sh``): seconds per frame and their ratio;
 - how many cores of decode + resize feed a detector running N frames/s (N = 100, 300, 1000).
 
 GPU steps (benchmarks/gpu_parse.sh runs them, each time-boxed):
 
 - ``--sweep``: the detector alone at ``--batch_sizes`` for one ``--precision`` (and ``--compile``):
-  frames/s and peak GPU memory per batch size, printed as each is measured;
-- ``--stage``: the whole stage, plain and pipelined, on ``--video`` (or a video made in the run);
+  frames/s and peak GPU memory per batch size, printed as each is measured; ``--detector detic``
+  sweeps ``random:detic-swinb`` instead of ``random:owlv2-base``;
+- ``--stage``: the whole stage, plain and pipelined, on ``--video`` (or a video made in the run),
+  with ``--detector`` (owlv2 or detic);
 - ``--make_video PATH``: only make the synthetic video (``--seconds`` long).
 
 Usage: python -m benchmarks.bench_parse_tracks [--seconds 20] [--model DIR_OR_HUB_ID|random:owlv2-base]
        [--device cuda] [--batch_size 8] [--decode_workers N] [--precision bf16] [--compile]
+       [--detector owlv2|detic] [--compare_detic N]
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ YIDS = ["benchVideo1", "benchVideo2", "benchVideo3"]
 PROMPTS = ["cat (also known as kitty)", "cup", "person (also known as human)", "rocket", "table"]
 FPS, MAX_SIDE = 16, 480
 RANDOM_BASE = "random:owlv2-base"
+RANDOM_DETIC = "random:detic-swinb"
+#: the weights option of each detector this benchmark builds, and its full-size random model
+DETECTOR_MODELS = {"owlv2": ("model_id", RANDOM_BASE), "detic": ("weights", RANDOM_DETIC)}
 
 
 def make_video(folder: Path, seconds: float, path: Path | None = None):
@@ -136,6 +145,20 @@ def build_owlv2(model: str, device: str, batch_size: int, cache: Path, precision
                          compile=compile)
 
 
+def build_detector(detector: str, model: str | None, device: str, batch_size: int, cache: Path,
+                   precision: str = "auto", compile: bool = False):
+    """``detector`` (owlv2 or detic) with ``model`` (default: its full-size random model)."""
+    if detector == "owlv2":
+        return build_owlv2(model or RANDOM_BASE, device, batch_size, cache, precision, compile)
+    from utils.detect.detectors import make_detector
+
+    if compile:
+        raise SystemExit("--compile is for OWLv2 only")
+    key, default = DETECTOR_MODELS[detector]
+    return make_detector(detector, [p.split(" (")[0] for p in PROMPTS], device=device, batch_size=batch_size,
+                         prompts=PROMPTS, precision=precision, **{key: model or default})
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -213,6 +236,31 @@ def cpu_report(args: argparse.Namespace, folder: Path) -> None:
               f"{math.ceil(n / per_core):4d} (at {per_core:.1f} frames/s per core)")
 
 
+def compare_detic(args: argparse.Namespace, folder: Path) -> None:
+    """The full-size random OWLv2 and DETIC alone on the same frames, one at a time: seconds per
+    frame each and DETIC / OWLv2 (the baseline), after one warm-up frame each."""
+    video = make_video(folder, 4.0)
+    n = args.compare_detic
+    frames = video_frames(video.path, n + 1)
+    print(f"detector alone, {n} frames {frames[0].shape[1]}x{frames[0].shape[0]} (sampled at {MAX_SIDE} px from "
+          f"{video.width}x{video.height}), batch 1, on {args.device}, {available_cpus()} CPU cores")
+    seconds = {}
+    for name in ("owlv2", "detic"):
+        started = time.perf_counter()
+        detector = build_detector(name, None, args.device, 1, folder / "cache", args.precision)
+        built = time.perf_counter() - started
+        detector.detect(detector.prepare(frames[:1]))
+        sync(args.device)
+        started = time.perf_counter()
+        for frame in frames[1:]:
+            detector.detect(detector.prepare([frame]))
+        sync(args.device)
+        seconds[name] = (time.perf_counter() - started) / n
+        print(f"  {DETECTOR_MODELS[name][1]:20s} {seconds[name]:7.2f} s/frame (built in {built:.1f} s)", flush=True)
+        del detector
+    print(f"  DETIC / OWLv2 time per frame: {seconds['detic'] / seconds['owlv2']:.2f}x")
+
+
 def sweep(args: argparse.Namespace, folder: Path) -> None:
     """The detector alone at each batch size: frames/s and peak GPU memory, printed as measured."""
     import torch
@@ -220,9 +268,10 @@ def sweep(args: argparse.Namespace, folder: Path) -> None:
     video_path = Path(args.video) if args.video else make_video(folder, 4.0).path
     frames = video_frames(video_path, max(args.batch_sizes) * 2)
     started = time.perf_counter()
-    detector = build_owlv2(args.model or RANDOM_BASE, args.device, max(args.batch_sizes), folder / "cache",
-                           args.precision, args.compile)
-    print(f"sweep: {args.model or RANDOM_BASE} on {args.device}, precision {args.precision}, "
+    model = args.model or DETECTOR_MODELS[args.detector][1]
+    detector = build_detector(args.detector, model, args.device, max(args.batch_sizes), folder / "cache",
+                              args.precision, args.compile)
+    print(f"sweep: {model} on {args.device}, precision {args.precision}, "
           f"compile {args.compile}; built in {time.perf_counter() - started:.1f} s; frames "
           f"{frames[0].shape[1]}x{frames[0].shape[0]}", flush=True)
     for size in args.batch_sizes:
@@ -239,10 +288,10 @@ def sweep(args: argparse.Namespace, folder: Path) -> None:
 def stage_only(args: argparse.Namespace, folder: Path) -> None:
     video_path = Path(args.video) if args.video else make_video(folder, args.seconds).path
     duration = probe_video(video_path).duration
-    model = args.model or RANDOM_BASE
+    model = args.model or DETECTOR_MODELS[args.detector][1]
     workers = args.decode_workers or max(1, available_cpus() - 2)
     os.environ["TRACKVERSE_CACHE"] = str(folder / "cache")
-    flags = ("--detector", "owlv2", "--model", model, "--device", args.device, "--precision", args.precision,
+    flags = ("--detector", args.detector, "--model", model, "--device", args.device, "--precision", args.precision,
              "--batch_size", str(args.batch_size), *(("--compile",) if args.compile else ()))
     print(f"stage: {model} on {args.device}, {duration:.0f} s video, batch {args.batch_size}, precision "
           f"{args.precision}, compile {args.compile}, {available_cpus()} CPU cores", flush=True)
@@ -272,6 +321,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--random_frames", type=int, default=2,
                         help=f"frames for {RANDOM_BASE} on the CPU report (0: skip)")
+    parser.add_argument("--detector", default="owlv2", choices=sorted(DETECTOR_MODELS),
+                        help=f"--sweep/--stage: the detector (default model: {RANDOM_BASE} / {RANDOM_DETIC})")
+    parser.add_argument("--compare_detic", type=int, default=0, metavar="N",
+                        help=f"only {RANDOM_BASE} and {RANDOM_DETIC} alone on the same N frames")
     parser.add_argument("--sweep", action="store_true", help="detector alone at --batch_sizes")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--repeats", type=int, default=2, help="--sweep: passes over 2x the largest batch")
@@ -289,6 +342,8 @@ def main() -> None:
             video = make_video(folder, args.seconds, Path(args.make_video))
             print(f"made {video.path}: {video.duration:.0f} s {video.width}x{video.height} in "
                   f"{time.perf_counter() - started:.1f} s")
+        elif args.compare_detic > 0:
+            compare_detic(args, folder)
         elif args.sweep:
             sweep(args, folder)
         elif args.stage:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # parse_tracks on one GPU node, no network: the full-size OWLv2-base architecture with random
 # weights (random:owlv2-base) alone at batch sizes 8/16/32/64 in fp32 and bf16, with and without
-# torch.compile, then the whole stage (plain and pipelined) on a 60 s 720p synthetic video.
+# torch.compile, then the whole stage (plain and pipelined) on a 60 s 720p synthetic video; then,
+# where tools/install_detic.sh installed it, DETIC's full-size Swin-B with random weights
+# (random:detic-swinb) alone at batch sizes 4/8/16 in fp16 autocast (its CUDA default) and fp32.
 # Prints frames/s, seconds of video per second and peak GPU memory. Every step is time-boxed
-# (a slow compile cannot eat the rest); the whole script stays under 8 minutes.
+# (a slow compile cannot eat the rest); the whole script stays under 8 minutes, 10 with DETIC.
 #
 # Usage, from anywhere, with the project's virtual environment in .venv (or PYTHON=...):
 #   benchmarks/gpu_parse.sh [DEVICE]        # DEVICE: cuda (default), cuda:1, ...
@@ -55,5 +57,13 @@ if [ -s "$WORK/video-60s-720p.mp4" ]; then
         --decode_workers "$WORKERS"
 else
     echo "!! no video: the stage was not measured"
+fi
+
+# DETIC (issue 25): only where its stack is installed (tools/install_detic.sh)
+if "$PY" -c "from utils.detect.detectors.detic import detic_available; raise SystemExit(not detic_available())"; then
+    bench 60 --sweep --detector detic --device "$DEVICE" --precision auto --batch_sizes 4 8 16 --repeats 1
+    bench 60 --sweep --detector detic --device "$DEVICE" --precision fp32 --batch_sizes 4 8 16 --repeats 1
+else
+    echo "!! DETIC not installed (tools/install_detic.sh): not measured"
 fi
 date -u

@@ -28,6 +28,7 @@ from utils.core.io import atomic_write_bytes
 from utils.core.layout import DatasetLayout
 from utils.core.video import read_frames
 from utils.detect.stage import PARSE_TRACKS_STAGE
+from utils.detect.tracking import iou_matrix
 from utils.export.stage import EXPORT_TRACKS_STAGE
 from utils.ingest.stage import BLUR_FACES_STAGE, DOWNLOAD_VIDEOS_STAGE
 from utils.metrics.stage import VISUAL_METRICS_STAGE
@@ -352,6 +353,20 @@ def parse_args(db: Path, yids: Path, prompts: Path, *extra: str, detector: str =
 
 def meta_path(db: Path, yid: str = PARSE_YID) -> Path:
     return DatasetLayout(db).tracks_meta("TrackVerseLVIS", yid)
+
+
+def match_to_ground_truth(record: TrackRecord, video: SyntheticVideo) -> tuple[int, float]:
+    """(identity most boxes of the record match, mean IoU with that identity's boxes)."""
+    votes: dict[int, list[float]] = {}
+    for t, box in zip(record.track_ts, record.bboxes_xyxy(), strict=True):
+        truth = video.boxes_at(t)
+        assert truth, f"track box at {t} s where the video has no object"
+        ious = iou_matrix(box[None], np.array([b.xyxy for b in truth]))[0]
+        best = int(np.argmax(ious))
+        votes.setdefault(truth[best].identity, []).append(float(ious[best]))
+    identity = max(votes, key=lambda k: len(votes[k]))
+    per_frame = votes[identity] + [0.0] * sum(len(v) for k, v in votes.items() if k != identity)
+    return identity, float(np.mean(per_frame))
 
 
 # ------------------------------------------------------------- exports (export_tracks.py)

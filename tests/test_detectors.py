@@ -470,8 +470,13 @@ def test_detic_missing_is_a_clear_error():
         make_detector("detic", NAMES)
 
 
-@pytest.mark.skipif(not detic_available(), reason="detectron2 and Detic are not installed (see docs/detic.md)")
+@pytest.mark.skipif(not detic_available(), reason="detectron2 and Detic are not installed: run tools/install_detic.sh")
 def test_detic_real_model():  # pragma: no cover - needs detectron2, Detic and its weights
+    from utils.detect.detectors.detic import check_weights
+
+    problem = check_weights()
+    if problem:  # the random-weight model is tested in tests/test_detic.py
+        pytest.skip(f"DETIC's trained weights cannot be had here: {problem}")
     det = make_detector("detic", NAMES, device="cpu", batch_size=1)
     frame = np.zeros((240, 320, 3), np.uint8)
     frame[60:180, 100:220] = 255

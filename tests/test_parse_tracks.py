@@ -27,6 +27,7 @@ from tests.helpers import (
     add_video,
     item_list,
     journal,
+    match_to_ground_truth,
     meta_path,
     run_cli,
 )
@@ -40,7 +41,7 @@ from utils.core.video import VideoError
 from utils.detect.detectors import DetectorError
 from utils.detect.parse import ParseConfig, keep_track
 from utils.detect.stage import PARSE_TRACKS_STAGE, detector_options
-from utils.detect.tracking import TrackHistory, iou_matrix
+from utils.detect.tracking import TrackHistory
 from utils.records.prompts import read_prompts
 from utils.records.track_files import read_records
 from utils.records.tracks import TrackRecord
@@ -69,20 +70,6 @@ def long_identities(video: SyntheticVideo, min_seconds: float) -> dict[int, str]
         if boxes[-1].time - boxes[0].time + 1.0 / video.fps >= min_seconds:
             out[identity] = boxes[0].class_name
     return out
-
-
-def match_to_ground_truth(record: TrackRecord, video: SyntheticVideo) -> tuple[int, float]:
-    """(identity most boxes of the record match, mean IoU with that identity's boxes)."""
-    votes: dict[int, list[float]] = {}
-    for t, box in zip(record.track_ts, record.bboxes_xyxy(), strict=True):
-        truth = video.boxes_at(t)
-        assert truth, f"track box at {t} s where the video has no object"
-        ious = iou_matrix(box[None], np.array([b.xyxy for b in truth]))[0]
-        best = int(np.argmax(ious))
-        votes.setdefault(truth[best].identity, []).append(float(ious[best]))
-    identity = max(votes, key=lambda k: len(votes[k]))
-    per_frame = votes[identity] + [0.0] * sum(len(v) for k, v in votes.items() if k != identity)
-    return identity, float(np.mean(per_frame))
 
 
 def check_records(records: list[TrackRecord], video: SyntheticVideo, prompts: Path) -> None:

@@ -74,8 +74,8 @@ class ParseConfig:
         help="processes that decode and resize segments ahead of the detector (several segments and videos at "
              "once; batches then fill across segment and video boundaries); 0: decode in a thread of this process")
     precision: str = option("auto", group=PARSE_GROUP, choices=PRECISIONS,
-                            help="OWLv2 precision: auto (float16 weights on CUDA, float32 on CPU), fp32, or bf16/fp16 "
-                                 "autocast with float32 weights")
+                            help="detector precision: auto (on CUDA, OWLv2 float16 weights, DETIC float16 autocast; "
+                                 "float32 on CPU), fp32, or bf16/fp16 autocast with float32 weights")
     compile: bool = option(False, group=PARSE_GROUP, help="OWLv2: run the image side through torch.compile")
 
     def __post_init__(self) -> None:
