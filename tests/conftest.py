@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import ASSET_STAND_INS, FETCH_SAMPLES
 from tests.http_server import FaultServer
-from utils.testing.synthetic import make_synthetic_video
+from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
 
 @pytest.fixture
@@ -33,6 +33,18 @@ def stand_in_assets(tmp_path, monkeypatch) -> Path:
 def synthetic_video(tmp_path_factory):
     """Three scenes, cuts at 4.0 s and 7.52 s, 25 fps, keyframe every second."""
     return make_synthetic_video(tmp_path_factory.mktemp("synthetic") / "synthetic.mp4")
+
+
+@pytest.fixture(scope="session")
+def long_video(tmp_path_factory) -> SyntheticVideo:
+    """20 s, 480x270, 8 objects whose tracks end one after the other."""
+    objects = tuple(
+        ObjectSpec(name, (60 + 8 * k, 50 + 6 * k), (10 + 30 * k, 20 + 10 * k), (300 - 20 * k, 150 - 8 * k),
+                   appear=0.5 * k, disappear=6.0 + 2 * k)
+        for k, name in enumerate(["cat", "cup", "rocket", "person", "dog", "car", "ball", "tree"])
+    )
+    return make_synthetic_video(tmp_path_factory.mktemp("long") / "long.mp4", [SceneSpec(20.0, objects)],
+                                width=480, height=270, fps=25.0)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,6 @@ from utils.core.layout import DatasetLayout
 from utils.core.video import ColorTags, Yuv420Image, keyframe_times, probe_video, read_frames
 from utils.records.tracks import TrackRecord
 from utils.runner.cli import main
-from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
 YID = "synthVideo1"
 DATASET = "TestSet"
@@ -256,18 +255,6 @@ def test_decode_spans_and_windows():
 
 
 # ---------------------------------------------------------------------------- crash safety
-
-
-@pytest.fixture(scope="module")
-def long_video(tmp_path_factory) -> SyntheticVideo:
-    """20 s, 480x270, 8 objects whose tracks end one after the other."""
-    objects = tuple(
-        ObjectSpec(name, (60 + 8 * k, 50 + 6 * k), (10 + 30 * k, 20 + 10 * k), (300 - 20 * k, 150 - 8 * k),
-                   appear=0.5 * k, disappear=6.0 + 2 * k)
-        for k, name in enumerate(["cat", "cup", "rocket", "person", "dog", "car", "ball", "tree"])
-    )
-    return make_synthetic_video(tmp_path_factory.mktemp("long") / "long.mp4", [SceneSpec(20.0, objects)],
-                                width=480, height=270, fps=25.0)
 
 
 def test_sigkill_mid_extraction_then_rerun_equals_an_uninterrupted_run(tmp_path, long_video):

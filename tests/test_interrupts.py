@@ -14,30 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO, gt_records, journal, run_cli, setup_db
 from tests.http_server import Fault, FaultServer
 from utils.core.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from utils.core.io import is_temp_file
 from utils.core.layout import DatasetLayout
 from utils.core.video import probe_video
-from utils.testing.synthetic import ObjectSpec, SceneSpec, SyntheticVideo, make_synthetic_video
 
 DATASET = "Interrupts"
 YID = "interrupt01"
-
-
-@pytest.fixture(scope="module")
-def long_video(tmp_path_factory) -> SyntheticVideo:
-    """20 s, 480x270, 8 objects whose tracks end one after the other."""
-    objects = tuple(
-        ObjectSpec(name, (60 + 8 * k, 50 + 6 * k), (10 + 30 * k, 20 + 10 * k), (300 - 20 * k, 150 - 8 * k),
-                   appear=0.5 * k, disappear=6.0 + 2 * k)
-        for k, name in enumerate(["cat", "cup", "rocket", "person", "dog", "car", "ball", "tree"])
-    )
-    return make_synthetic_video(tmp_path_factory.mktemp("long") / "long.mp4", [SceneSpec(20.0, objects)],
-                                width=480, height=270, fps=25.0)
 
 
 def start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:

@@ -10,7 +10,8 @@ Backends are built by name with :func:`utils.detect.detectors.registry.make_dete
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = [
     "nms_detections",
     "vocabulary_hash",
 ]
+
+log = logging.getLogger("trackverse")
 
 # Unit-norm tolerance of ``Detections.embedding`` rows (float32 arithmetic, fp16 models).
 _NORM_ATOL = 1e-3
@@ -285,3 +288,37 @@ def embed_prompts(detector: Any, prompts: Sequence[str]) -> np.ndarray:
         return l2_normalize(out)
     except ValueError as exc:
         raise DetectorError(f"detector {name!r}: embed_text returned an all-zero embedding") from exc
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def detect_in_batches(detector: Any, name: str, total: int, chunk_at: Callable[[int, int], Any],
+                      frame_size: Callable[[Any], tuple[int, int]], advice: str) -> list[Detections]:
+    """``detector._detect_batch`` over ``total`` frames, ``detector.batch_size`` at a time
+    (``chunk_at(start, count)`` makes each chunk). On CUDA out-of-memory the batch size is
+    halved, and kept halved, until it fits; at one frame it raises :class:`DetectorError` naming
+    the frame's size (``frame_size(chunk)``: ``(h, w)``) and ``advice`` (``name``: the model,
+    for messages)."""
+    import torch
+
+    results: list[Detections] = []
+    i = 0
+    while i < total:
+        n = min(detector.batch_size, total - i)
+        chunk = chunk_at(i, n)
+        try:
+            out = detector._detect_batch(chunk)
+        except torch.cuda.OutOfMemoryError as exc:
+            if detector.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if n <= 1:
+                h, w = frame_size(chunk)
+                raise DetectorError(f"{name} ran out of GPU memory on a single {w}x{h} frame on {detector.device}: "
+                                    f"{advice}") from exc
+            detector.batch_size = max(1, n // 2)
+            log.warning("%s: CUDA out of memory with %d frames; batch size now %d", name, n, detector.batch_size)
+            continue
+        results.extend(out)
+        i += n
+    return results

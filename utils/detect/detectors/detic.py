@@ -37,7 +37,7 @@ import numpy as np
 
 from utils.core.models import resolve_device
 from utils.core.network import unreachable
-from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames
+from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, detect_in_batches
 
 __all__ = [
     "DETIC_CONFIG_NAME",
@@ -600,32 +600,15 @@ class DeticDetector(Detector):
         :meth:`prepare` d batch. Runs ``batch_size`` frames at a time; on CUDA out-of-memory
         the batch size is halved (and kept halved) until it fits, and a failure at batch
         size 1 raises :class:`DetectorError`."""
-        import torch
-
         batch = frames if isinstance(frames, DeticPreparedBatch) else None
         arrays = None if batch is not None else check_frames(frames)  # type: ignore[arg-type]
-        total = len(batch) if batch is not None else len(arrays or [])
-        results: list[Detections] = []
-        i = 0
-        while i < total:
-            n = min(self.batch_size, total - i)
-            chunk = batch[i : i + n] if batch is not None else DeticPreparedBatch(self._inputs(arrays[i : i + n]))
-            try:
-                out = self._detect_batch(chunk)
-            except torch.cuda.OutOfMemoryError as exc:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if n <= 1:
-                    h, w = chunk.shapes[0]
-                    raise DetectorError(
-                        f"DETIC ran out of GPU memory on a single {w}x{h} frame on {self.device}: free GPU "
-                        "memory, use a smaller vocabulary or input_size, or run on another device") from exc
-                self.batch_size = max(1, n // 2)
-                log.warning("DETIC: CUDA out of memory with %d frames; batch size now %d", n, self.batch_size)
-                continue
-            results.extend(out)
-            i += n
-        return results
+
+        def chunk_at(i: int, n: int) -> DeticPreparedBatch:
+            return batch[i : i + n] if batch is not None else DeticPreparedBatch(self._inputs(arrays[i : i + n]))
+
+        return detect_in_batches(
+            self, "DETIC", len(batch) if batch is not None else len(arrays or []), chunk_at, lambda chunk: chunk.shapes[0],
+            "free GPU memory, use a smaller vocabulary or input_size, or run on another device")
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()

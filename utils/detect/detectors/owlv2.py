@@ -46,7 +46,7 @@ from utils.core.boxes import nms
 from utils.core.io import cached_rows
 from utils.core.models import torch_device
 from utils.core.network import hub_cache_dir, hub_endpoint, hub_offline, unreachable
-from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames
+from utils.detect.detectors.base import Detections, Detector, DetectorError, check_frames, detect_in_batches
 
 __all__ = ["DEFAULT_MODEL_ID", "PRECISIONS", "RANDOM_PREFIX", "OwlV2Detector", "PreparedBatch", "build_random_owlv2",
            "check_weights", "spread_random_heads"]
@@ -540,31 +540,11 @@ class OwlV2Detector(Detector):
         :meth:`prepare` d batch. Runs ``batch_size`` frames at a time; on CUDA out-of-memory
         the batch size is halved (and kept halved) until it fits, and a failure at batch
         size 1 raises :class:`DetectorError`."""
-        import torch
-
-        if not isinstance(frames, PreparedBatch):
-            frames = check_frames(frames)
-        results: list[Detections] = []
-        i = 0
-        while i < len(frames):
-            chunk = frames[i : i + self.batch_size]
-            try:
-                out = self._detect_batch(chunk)
-            except torch.cuda.OutOfMemoryError as exc:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if len(chunk) <= 1:
-                    h, w = chunk.shapes[0] if isinstance(chunk, PreparedBatch) else chunk[0].shape[:2]
-                    raise DetectorError(
-                        f"OWLv2 ran out of GPU memory on a single {w}x{h} frame "
-                        f"on {self.device}: free GPU memory, use a smaller vocabulary, or run on another device"
-                    ) from exc
-                self.batch_size = max(1, len(chunk) // 2)
-                log.warning("OWLv2: CUDA out of memory with %d frames; batch size now %d", len(chunk), self.batch_size)
-                continue
-            results.extend(out)
-            i += len(chunk)
-        return results
+        batch = frames if isinstance(frames, PreparedBatch) else check_frames(frames)
+        return detect_in_batches(
+            self, "OWLv2", len(batch), lambda i, n: batch[i : i + n],
+            lambda chunk: chunk.shapes[0] if isinstance(chunk, PreparedBatch) else chunk[0].shape[:2],
+            "free GPU memory, use a smaller vocabulary, or run on another device")
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
