@@ -17,15 +17,9 @@ import yt_dlp
 from tests.helpers import REPO, journal, run_cli, run_cli_blocked, shared_video
 from tests.http_server import Fault, FaultServer
 from utils.core.layout import DatasetLayout
-from utils.ingest.download import (
-    DEFAULT_FORMAT,
-    Backoff,
-    Pacer,
-    RateLimitGuard,
-    classify_failure,
-    clean_message,
-    verify_video,
-)
+from utils.ingest.download import DEFAULT_FORMAT, verify_video
+from utils.ingest.failures import classify_failure, clean_message
+from utils.ingest.pacing import Backoff, Pacer, RateLimitGuard
 from utils.records.segments import read_segments
 from utils.runner.journal import read_journals
 
@@ -288,7 +282,8 @@ class _ScriptedDownloader:
 
 def test_session_counts_refusals_of_the_same_host_in_a_row():
     from utils.core.errors import ItemError, SystemicError
-    from utils.ingest.download import DownloadFailed, DownloadOptions, DownloadSession, Failure
+    from utils.ingest.download import DownloadOptions, DownloadSession
+    from utils.ingest.failures import DownloadFailed, Failure
 
     refused = DownloadFailed("Connection refused", Failure("connection_refused", True))
     elsewhere = DownloadFailed("HTTPConnection(host='cdn.example', port=443): [Errno 111] Connection refused",

@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ from utils.core.errors import ItemError, SystemicError, UsageError
 from utils.core.io import commit_temp, remove_temps_of, temp_path_for
 from utils.core.network import host_of
 from utils.core.video import VideoError, probe_video, read_frames
+from utils.ingest.failures import NETWORK_CATEGORIES, DownloadFailed, Failure, classify_failure, clean_message
+from utils.ingest.pacing import Backoff, Pacer, RateLimitGuard
 
 log = logging.getLogger(__name__)
 
@@ -43,252 +43,6 @@ DEFAULT_FORMAT = (
     "/bv*[ext=mp4]"
 )
 
-RATE_LIMIT_HELP = (
-    "What helps: pass --cookiefile with the cookies of a browser session logged into YouTube "
-    "(Netscape format); run fewer ranks from the same IP address (a smaller --world_size, or "
-    "--array_parallelism with --slurm); pace each rank with --sleep_interval 5 (or more). "
-    "YouTube allows a session roughly 300 videos per hour."
-)
-
-
-# --------------------------------------------------------------------- classification
-
-
-@dataclass(frozen=True)
-class Failure:
-    """How a failed download is treated: its category and whether a retry may succeed."""
-
-    category: str
-    transient: bool
-
-    @property
-    def rate_limited(self) -> bool:
-        return self.category == "rate_limited"
-
-    @property
-    def unreachable(self) -> bool:
-        """The host refused the connection or its name did not resolve: nothing was asked of
-        it, and waiting a little will not change that (no back-off; systemic when it repeats)."""
-        return self.category in UNREACHABLE
-
-
-# (category, transient, lower-case fragments of yt-dlp's message). Order matters: YouTube
-# words its session rate limit "Video unavailable. This content isn't available, try again
-# later", so rate limits are matched before "unavailable".
-_MESSAGE_RULES: tuple[tuple[str, bool, tuple[str, ...]], ...] = (
-    ("rate_limited", True, (
-        "too many requests", "http error 429", "not a bot", "rate-limited", "rate limited",
-        "rate limit", "try again later", "captcha",
-    )),
-    ("private", False, ("private video", "this video is private", "video is private")),
-    ("age_restricted", False, (
-        "confirm your age", "age-restricted", "age restricted", "inappropriate for some users",
-    )),
-    ("geo_restricted", False, (
-        "not made this video available in your country", "not available in your country",
-        "blocked it in your country", "geo restrict", "geo-restrict", "from your location",
-    )),
-    ("members_only", False, ("members-only", "members only", "join this channel")),
-    ("removed", False, (
-        "has been removed", "account associated with this video has been terminated",
-        "no longer available", "copyright", "violating youtube", "video has been deleted",
-    )),
-    ("upcoming", True, ("premieres in", "live event will begin", "this live event", "is upcoming")),
-    ("no_format", False, (
-        "requested format is not available", "no video formats found", "drm protected",
-    )),
-    ("unsupported_url", False, ("unsupported url", "is not a valid url")),
-    ("unavailable", False, (
-        "video unavailable", "this video is unavailable", "is not available", "does not exist",
-    )),
-    ("connection_refused", True, ("connection refused", "errno 111", "[errno 61]", "actively refused")),
-    ("dns", True, (
-        "name or service not known", "nodename nor servname", "name resolution", "failed to resolve",
-        "getaddrinfo failed", "no address associated with hostname", "errno -2]", "errno -3]", "errno -5]",
-        "errno 11001", "errno 8]",
-    )),
-    ("timeout", True, ("timed out", "timeout")),
-    ("network", True, (
-        "connection reset", "connection aborted", "remote end closed",
-        "incompleteread", "incomplete read", "bytes read", "more expected", "content too short",
-        "did not get any data blocks", "downloaded file is empty",
-        "network is unreachable", "no route to host", "broken pipe", "eof occurred",
-        "unable to connect", "ssl", "connection broken", "errno 104",
-    )),
-)
-# Failures that say nothing about the item: the host refused, or its name did not resolve.
-UNREACHABLE = ("connection_refused", "dns")
-_NETWORK = (*UNREACHABLE, "timeout", "network")  # words that an HTTP answer in the chain outranks
-
-_PERMANENT_HTTP = {400: "bad_request", 401: "unauthorized", 404: "not_found", 410: "removed", 451: "removed"}
-
-
-def _cause_chain(exc: BaseException | None) -> list[BaseException]:
-    """An exception and its causes: yt-dlp's ``cause`` / ``exc_info``, then Python's."""
-    chain: list[BaseException] = []
-    while exc is not None and all(exc is not seen for seen in chain):
-        chain.append(exc)
-        following = getattr(exc, "cause", None)
-        if following is None:
-            info = getattr(exc, "exc_info", None)
-            following = info[1] if info else None
-        exc = following or exc.__cause__ or exc.__context__
-    return chain
-
-
-def _http_statuses(exc: BaseException | None) -> list[int]:
-    """HTTP status codes anywhere in an exception's cause chain."""
-    return [e.status for e in _cause_chain(exc) if isinstance(getattr(e, "status", None), int)]
-
-
-def _status_from_message(text: str) -> int | None:
-    marker = "http error "
-    at = text.find(marker)
-    if at < 0:
-        return None
-    digits = text[at + len(marker):at + len(marker) + 3]
-    return int(digits) if digits.isdigit() else None
-
-
-def classify_failure(message: str, exc: BaseException | None = None) -> Failure:
-    """Category and transience of a failed download, from yt-dlp's message and exception."""
-    text = message.lower().replace("\u2019", "'")
-    statuses = _http_statuses(exc)
-    status = statuses[0] if statuses else _status_from_message(text)
-    if status == 429:
-        return Failure("rate_limited", True)
-    if status is None:  # typed causes first: the words of a refusal vary by platform and library
-        chain = _cause_chain(exc)
-        if any(isinstance(e, ConnectionRefusedError) for e in chain):
-            return Failure("connection_refused", True)
-        if any(isinstance(e, socket.gaierror) for e in chain):
-            return Failure("dns", True)
-    for category, transient, fragments in _MESSAGE_RULES:
-        if category in _NETWORK and status is not None:
-            break  # an HTTP answer is more telling than the words around it
-        if any(fragment in text for fragment in fragments):
-            return Failure(category, transient)
-    if status is not None:
-        if status in _PERMANENT_HTTP:
-            return Failure(_PERMANENT_HTTP[status], False)
-        if status == 408:
-            return Failure("timeout", True)
-        if status >= 500:
-            return Failure("server_error", True)
-        if status == 403:
-            # YouTube answers 403 to expired stream URLs and throttled sessions: retry.
-            return Failure("forbidden", True)
-        if 400 <= status < 500:
-            return Failure(f"http_{status}", False)
-    for category, transient, fragments in _MESSAGE_RULES:
-        if category in _NETWORK and any(f in text for f in fragments):
-            return Failure(category, transient)
-    return Failure("download_error", True)
-
-
-def clean_message(message: str) -> str:
-    """yt-dlp's message without its ``ERROR:`` prefix and colour codes, on one line."""
-    text = " ".join(str(message).split())
-    for prefix in ("ERROR:", "error:"):
-        if text.startswith(prefix):
-            text = text[len(prefix):].strip()
-    return text.replace("\x1b[0;31m", "").replace("\x1b[0m", "")
-
-
-class DownloadFailed(Exception):
-    """A download that did not produce a verified mp4; ``reason`` is yt-dlp's own message."""
-
-    def __init__(self, reason: str, failure: Failure, attempts: int = 1):
-        super().__init__(reason)
-        self.reason = reason
-        self.failure = failure
-        self.attempts = attempts
-
-    @property
-    def transient(self) -> bool:
-        return self.failure.transient
-
-    @property
-    def category(self) -> str:
-        return self.failure.category
-
-
-# ------------------------------------------------------------------ pacing and backoff
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: attempt ``n`` (0-based) waits a random time in
-    ``[d/2, d]`` with ``d = min(cap, base * 2**n)`` (never two ranks in lockstep)."""
-
-    base: float = 5.0
-    cap: float = 300.0
-    rng: random.Random | None = None
-
-    def delay(self, attempt: int) -> float:
-        d = min(self.cap, self.base * (2 ** max(0, attempt)))
-        rng = self.rng or random
-        return d / 2 + rng.uniform(0, d / 2)
-
-
-class Pacer:
-    """At least ``interval`` seconds (times a random 1-1.5) between download starts."""
-
-    def __init__(self, interval: float = 0.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
-        self.interval = max(0.0, interval)
-        self._clock, self._sleep = clock, sleep
-        self._rng = rng or random.Random()
-        self._next_allowed: float | None = None
-
-    def wait(self) -> float:
-        """Sleep until the next download may start; returns the seconds slept."""
-        if self.interval <= 0:
-            return 0.0
-        now = self._clock()
-        waited = 0.0
-        if self._next_allowed is not None and now < self._next_allowed:
-            waited = self._next_allowed - now
-            self._sleep(waited)
-            now += waited
-        self._next_allowed = now + self.interval * self._rng.uniform(1.0, 1.5)
-        return waited
-
-
-class RateLimitGuard:
-    """Counts rate-limit answers in a row (across items) and pauses the rank when there are
-    ``pause_after`` of them: ``pause`` seconds the first time, doubling each time up to
-    ``pause_max``, until a download succeeds. Says plainly what is going on and what helps."""
-
-    def __init__(self, pause_after: int = 3, pause: float = 600.0, pause_max: float = 3600.0,
-                 sleep: Callable[[float], None] = time.sleep, notify: Callable[[str], None] | None = None):
-        self.pause_after = max(1, pause_after)
-        self.pause, self.pause_max = pause, pause_max
-        self.in_a_row = 0
-        self.pauses = 0
-        self.total_paused = 0.0
-        self._sleep = sleep
-        self._notify = notify or log.warning
-
-    def success(self) -> None:
-        self.in_a_row = 0
-        self.pauses = 0
-
-    def rate_limited(self, message: str) -> float:
-        """Record one rate-limit answer; pause if there were enough in a row. Returns the pause."""
-        self.in_a_row += 1
-        if self.in_a_row % self.pause_after:
-            return 0.0
-        seconds = min(self.pause_max, self.pause * (2 ** self.pauses))
-        self.pauses += 1
-        self._notify(
-            f"RATE LIMITED: the last {self.in_a_row} answers in a row were rate limits "
-            f"(last: {message[:200]}). Pausing this rank for {seconds:g} s "
-            f"(pause {self.pauses}; pauses grow until a download succeeds). {RATE_LIMIT_HELP}"
-        )
-        self._sleep(seconds)
-        self.total_paused += seconds
-        return seconds
 
 
 # ----------------------------------------------------------------------- verification
@@ -629,7 +383,7 @@ class DownloadSession:
                 self._unreachable(item, exc)
             else:
                 self.unreachable_in_a_row, self.unreachable_host = 0, None
-            if exc.category in _NETWORK:
+            if exc.category in NETWORK_CATEGORIES:
                 self.network_failures_in_a_row += 1
                 if self.network_failures_in_a_row >= self.max_network_failures:
                     raise SystemicError(
