@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ from utils.detect.stage import PARSE_TRACKS_STAGE
 from utils.export.stage import EXPORT_TRACKS_STAGE
 from utils.ingest.stage import BLUR_FACES_STAGE
 from utils.metrics.stage import VISUAL_METRICS_STAGE
+from utils.records.track_files import records_to_jsonl_gz_bytes
 from utils.records.tracks import TrackRecord
 from utils.relabel.scoring import relabel_fields, score_tracks
 from utils.relabel.search import subset_name
@@ -584,3 +586,19 @@ def test_sampling_with_a_misspelt_dataset_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--dataset_name {DS}x: the index was built from {DS}" in err
     assert not list((base / "tracks_subsets").glob(f"{DS}x-*"))
+
+
+def test_visual_metrics_with_its_own_clips_folder_may_make_the_root(tmp_path, synthetic_video):
+    """With --clips_dir (and an index given by path) the root only receives the metric files: a
+    new root is an output like any other, not a slip (the Slurm tests' reference runs do this)."""
+    record = gt_records(synthetic_video)[0]
+    index = tmp_path / "index.jsonl.gzip"
+    index.write_bytes(records_to_jsonl_gz_bytes([record]))
+    clips = tmp_path / "clips"
+    (clips / record.fn).parent.mkdir(parents=True)
+    shutil.copyfile(synthetic_video.path, clips / record.fn)
+    new_root = tmp_path / "metrics-root"
+    argv = ["--base_dir", str(new_root), "--index_file", str(index), "--metric", "motion", "--flow", "dis",
+            "--clips_dir", str(clips), "--dataset_name", DATASET]
+    assert main(VISUAL_METRICS_STAGE, argv) == EXIT_OK
+    assert list((new_root / "tracks_metrics" / DATASET / "motion").glob("*.parquet"))

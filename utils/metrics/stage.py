@@ -126,9 +126,10 @@ class VisualMetricsStage(Stage[VisualMetricsConfig]):
         index_file = DatasetLayout(config.base_dir).relative(config.index_file)
         if count_tracks(index_file) == 0:  # a run with no item would end "done" having done nothing
             raise UsageError(f"index file {index_file} has no tracks")
-        # then the root (the metric files go under it) and the clips: a wrong name is no "not ready"
-        require_dataset_root(config.base_dir)
+        # then the clips: from the root (a mistyped root or dataset name is no "not ready"), or from
+        # --clips_dir, when the root only receives the metric files (made if need be, as any output)
         if config.clips_dir is None:
+            require_dataset_root(config.base_dir)
             require_dataset(config.base_dir, config.dataset_name, ("tracks_mp4",), producers=("extract_tracks",))
         elif not Path(config.clips_dir).is_dir():
             problem = "is a file, not a folder" if Path(config.clips_dir).exists() else "does not exist"
